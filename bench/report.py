@@ -57,13 +57,26 @@ def _machine(m: dict[str, Any]) -> list[str]:
     ]
 
 
+def _load_note(meta: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Other processes on the machine slow every arm; say how busy it was (2 cores: above ~1.5 is busy)."""
+    end = meta.get("load_average_at_end")
+    if not end:
+        return []
+    start = machine["load_average_at_start"][0]
+    return [f"Load average (1 min) at start {start:.2f}, at end {end[0]:.2f}, 15-min at end {end[2]:.2f}: on 2 cores "
+            "anything above ~1.5 means other processes were competing for the CPU; alternating the arms spreads "
+            "that over both sides of each ratio, but absolute numbers and min–max spreads suffer.", ""]
+
+
 def _generation(g: dict[str, Any]) -> list[str]:
     s, b = g["settings"], g["decode_bound"]
     lines = [
         "## 1. Generation: our generate stage (HF backend) vs the SPIN recipe (`model.generate`)", "",
         f"{s['prompts']} GSM8K test questions (dataset order), {s['model']} in {s['dtype']}, batch {s['batch_size']}, "
         f"max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']}, chat template. "
-        f"{s['pairs']} alternating pairs after a warm-up. Tokens = generated tokens up to and including EOS "
+        f"{s['pairs']} alternating pairs after a warm-up. Both decode at most {s['batch_size']} rows at once: the "
+        "recipe in fixed batches until each batch's longest row ends, ours continuously (finished rows leave, "
+        "waiting prompts take their place). Tokens = generated tokens up to and including EOS "
         "(padding not counted). Ours is timed end to end through `run_generate` (prompt formatting, shard "
         "files, manifest) with the model already loaded; the recipe's loop is timed around its batches.", "",
         "| arm | generated tokens/s, median (min–max) | seconds, median |", "|---|---|---|",
@@ -167,7 +180,7 @@ def render(results: dict[str, Any]) -> str:
         verdict = {True: "met", False: "**missed**", None: "not run"}[row["met"]]
         lines.append(f"| {row['what']} | {row['target']} | {_spread(row['spread'], '{:.2f}')} | {verdict} |")
     lines += [""] + [f"Skipped: {s}" for s in meta.get("skipped", [])] + [""]
-    lines += _machine(results["machine"])
+    lines += _machine(results["machine"]) + _load_note(meta, results["machine"])
     if "generation" in results:
         lines += _generation(results["generation"])
     if "training" in results:

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     md_path = args.results_md or (out / "RESULTS.md" if args.smoke else REPO / "bench" / "RESULTS.md")
     t_start = time.perf_counter()
+    model = args.model  # the sections resolve it again (cached); resolving here fails early with a clear message
     try:
-        model = resolve_model(args.model)
+        resolve_model(model)
     except UserError as e:
         console.print(f"Error: {e}")
         return 2
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.report import render
 
         results["meta"]["total_minutes"] = (time.perf_counter() - t_start) / 60
+        results["meta"]["load_average_at_end"] = list(os.getloadavg())
         results["notes"] = _notes(results)
         write_json(out / "results.json", results)
         md_path.write_text(render(results))
