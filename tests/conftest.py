@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,27 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
 
     return invoke
+
+
+@pytest.fixture
+def chat_server() -> Iterator[Callable]:
+    """start(script) -> a scripted OpenAI-compatible server on 127.0.0.1 (tests/chat_server.py); closed after."""
+    from chat_server import ChatServer
+
+    servers: list[ChatServer] = []
+
+    def start(script):
+        servers.append(ChatServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def judge_server(chat_server) -> Callable:
+    """start(script) where script(number, messages) -> (status, reply text): the judge-reply form."""
+    from chat_server import chat_script
+
+    return lambda script: chat_server(chat_script(script))

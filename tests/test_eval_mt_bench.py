@@ -8,7 +8,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from test_eval_judge import judge_server  # noqa: F401 (fixture)
 
 from selfplay.evals.mt_bench_data import Question, judge_prompt_name
 from selfplay.evals.mt_bench_prompts import JUDGE_PROMPTS
@@ -52,7 +51,7 @@ def single_script(number: int, messages: list[dict]) -> tuple[int, str]:
 
 
 def test_mt_bench_single_end_to_end_and_resume(cli, tiny_model: Path, questions_file: Path, shared_data: Path,
-                                               tmp_path: Path, judge_server) -> None:  # noqa: F811
+                                               tmp_path: Path, judge_server) -> None:
     server = judge_server(single_script)
     out = tmp_path / "mt"
     args = ["eval", "mt-bench", "--model", tiny_model, "--questions", questions_file, "--judge", server.url,
@@ -104,7 +103,7 @@ def test_mt_bench_single_end_to_end_and_resume(cli, tiny_model: Path, questions_
 
 
 def test_mt_bench_pairwise_counts_flipping_verdicts_as_ties(cli, questions_file: Path, shared_data: Path,
-                                                            tmp_path: Path, judge_server) -> None:  # noqa: F811
+                                                            tmp_path: Path, judge_server) -> None:
     answers = tmp_path / "model_answers.jsonl"
     write_jsonl(answers, [{"question_id": q, "model_id": "m", "choices": [{"index": 0, "turns": ["long " * 9, "x"]}]}
                           for q in QUESTION_IDS])

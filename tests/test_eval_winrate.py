@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_eval_judge import judge_server  # noqa: F401 (fixture)
 
 from selfplay.evals.winrate_stats import fit_logistic, length_feature, summarize_preferences
 from selfplay.io import read_jsonl, write_jsonl
@@ -61,7 +60,7 @@ def prefer_longer(number: int, messages: list[dict]) -> tuple[int, str]:
     return 200, "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
 
 
-def test_winrate_cli_with_answer_files(cli, tmp_path: Path, judge_server) -> None:  # noqa: F811
+def test_winrate_cli_with_answer_files(cli, tmp_path: Path, judge_server) -> None:
     server = judge_server(prefer_longer)
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"instruction": f"question {i}"} for i in range(9)]
@@ -96,7 +95,7 @@ def test_winrate_cli_with_answer_files(cli, tmp_path: Path, judge_server) -> Non
     assert third.exit_code == 0 and len(server.requests) == 22  # only the changed answer is judged again
 
 
-def test_winrate_cli_generates_with_a_model(cli, tiny_model: Path, tmp_path: Path, judge_server) -> None:  # noqa: F811
+def test_winrate_cli_generates_with_a_model(cli, tiny_model: Path, tmp_path: Path, judge_server) -> None:
     server = judge_server(prefer_longer)
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Say {i}."}],

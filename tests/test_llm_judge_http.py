@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import threading
-import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chat_server import completion
 
 from selfplay.errors import UserError
 from selfplay.judges.http import ChatClient, JudgeError, MalformedReplyError
@@ -18,67 +14,11 @@ from selfplay.judges.llm_judge import LLMJudge, combine_orders, parse_verdict
 
 SECRET = "sk-test-SECRET-0123456789"
 
-# A reply is (status, body, delay seconds); the script sees the request number and the parsed request.
-Script = Callable[[int, dict], tuple[int, str, float]]
-
-
-def completion(text: str) -> str:
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
-
-
-class FakeServer:
-    """A scripted OpenAI-compatible server in a thread; records each request's headers and body."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    n = len(server.requests)
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, text, delay = server.script(n, body)
-                time.sleep(delay)
-                try:
-                    payload = text.encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Script], FakeServer]]:
+def serve(monkeypatch: pytest.MonkeyPatch, chat_server):
+    """start(script(number, body) -> (status, raw body, delay)) with the test key in the environment."""
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    servers: list[FakeServer] = []
-
-    def start(script: Script) -> FakeServer:
-        servers.append(FakeServer(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+    return chat_server
 
 
 def fast_client(url: str, **kw) -> ChatClient:
