@@ -22,12 +22,15 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     """A plain rich table: first column left-aligned, the rest right-aligned."""
     from rich.table import Table
 
-    table = Table(title=title)
+    # The title goes on its own line: as a Table title rich wraps it to the (often narrow) table's width.
+    table = Table()
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    _console().print(table)
+    console = _console()
+    console.print(title, style="bold", highlight=False)
+    console.print(table)
 
 
 def print_mt_bench_table(summary: dict[str, Any]) -> None:
