@@ -124,6 +124,9 @@ class EvalConfig:
     max_new_tokens: int = 256
     batch_size: int = 16
     judge: str | None = None
+    # Per-iteration eval: also draw this many samples per held-out prompt at generate.temperature/top_p
+    # and report their mean verifier accuracy / judge score (0 = greedy answers only).
+    num_samples: int = 0
 
 
 @dataclass

@@ -93,11 +93,16 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
     run = tmp_path / "sppo"
     res = cli(["loop", "--method", "sppo", "--iters", "2", "--model", tiny_model, "--data", "synth:arith",
                "--run-dir", run, *TINY, "--set", "generate.n=3", "--set", "loop.prompts_per_iter=6",
-               "--set", f"rank.judge=reward-model:{tiny_reward}", "--set", "train.beta=0.1"])
+               "--set", f"rank.judge=reward-model:{tiny_reward}", "--set", "train.beta=0.1",
+               "--set", "eval.num_samples=2"])
     assert res.exit_code == 0, res.output
     rows = read_jsonl(run / "eval" / "iterations.jsonl")
     assert [r["iteration"] for r in rows] == ["base", 0, 1]
     assert all(isinstance(r["mean_score"], float) for r in rows)
+    # fresh samples on the held-out prompts, scored by the verifier and by the judge
+    assert all(r["samples_per_prompt"] == 2 and 0 <= r["sample_accuracy"] <= 1 and isinstance(r["sample_score"], float)
+               for r in rows)
+    assert "sample acc" in (run / "eval" / "report.md").read_text()
     ids = [{r["id"] for r in read_jsonl(run / f"iter_{k}" / "generate.jsonl")} for k in (0, 1)]
     assert len(ids[0]) == len(ids[1]) == 6 and not ids[0] & ids[1]  # disjoint prompt slices
     for rec in read_jsonl(run / "iter_0" / "rank.jsonl"):

@@ -6,7 +6,11 @@ For the model of iteration k (or the base model) on held-out SFT records:
   [log π_k(y_real) − log π_{k−1}(y_real)] − [log π_k(y_prev) − log π_{k−1}(y_prev)],
   where y_prev are the previous iterate's own greedy answers (positive: the new model moved toward the
   real answers and away from its predecessor's);
-- ``accuracy``: greedy answers checked by the task's verifier (arith / gsm8k / math), when records carry one.
+- ``accuracy``: greedy answers checked by the task's verifier (arith / gsm8k / math), when records carry one;
+- with ``eval.num_samples = n > 0``, n fresh samples per prompt at the generation temperature/top_p:
+  ``sample_accuracy`` (verifier) and ``sample_score`` (judge) average over all of them. This is what
+  SPPO optimizes (the expected win of the policy's samples), and with n samples per prompt it resolves
+  changes that greedy accuracy on a few dozen prompts cannot.
 Own answers and their log-probs are saved so the next iteration's margin can be computed without
 reloading this model.
 """
@@ -90,7 +94,9 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         metrics["task"] = task
         metrics["accuracy"] = sum(check(a, r["reference"]) for a, r in zip(answers, records)) / max(1, len(records))
     if judge:
-        metrics["mean_score"] = _mean_judge_score(judge, records, answers, cfg)
+        metrics["mean_score"] = _mean_judge_score(judge, records, [[a] for a in answers], cfg)
+    if cfg.eval.num_samples > 0:
+        metrics.update(_sampled_metrics(cfg, sampler, prompts, records, task, judge))
     rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
             for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
     if previous is not None and Path(previous).exists():
@@ -108,14 +114,35 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     return metrics
 
 
-def _mean_judge_score(spec: str, records: list[dict[str, Any]], answers: list[str], cfg: Config) -> float | None:
-    """Mean score a scoring judge gives the answers; None for pairwise-only judges (nothing to average)."""
+def _sampled_metrics(cfg: Config, sampler: Any, prompts: list[str], records: list[dict[str, Any]],
+                     task: str | None, judge: str | None) -> dict[str, Any]:
+    """Verifier accuracy and judge score averaged over ``eval.num_samples`` fresh samples per prompt."""
+    from selfplay.envs.verifiers import get_verifier
+
+    n = cfg.eval.num_samples
+    # A seed apart from generation's, so held-out samples never replay the training draws.
+    samples = sampler.generate(prompts, n=n, temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
+                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed + 7919)
+    out: dict[str, Any] = {"samples_per_prompt": n}
+    if task:
+        check = get_verifier(task)
+        hits = [check(s, r["reference"]) for ss, r in zip(samples, records) for s in ss]
+        out["sample_accuracy"] = sum(hits) / max(1, len(hits))
+    if judge:
+        out["sample_score"] = _mean_judge_score(judge, records, samples, cfg)
+    return out
+
+
+def _mean_judge_score(spec: str, records: list[dict[str, Any]], answers: list[list[str]],
+                      cfg: Config) -> float | None:
+    """Mean score a scoring judge gives the answers (a list of samples per record); None for pairwise-only
+    judges (nothing to average)."""
     from selfplay.judges import make_judge
 
     j = make_judge(spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device)
     if j.kind != "scores":
         return None
-    items = [{"id": r["id"], "prompt_messages": r["messages"], "samples": [a], "reference": r.get("reference"),
+    items = [{"id": r["id"], "prompt_messages": r["messages"], "samples": a, "reference": r.get("reference"),
               "meta": r.get("meta", {})} for r, a in zip(records, answers)]
-    scores = [res["scores"][0] for res in j.score(items)]
+    scores = [s for res in j.score(items) for s in res["scores"]]
     return sum(scores) / max(1, len(scores))

@@ -135,7 +135,10 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
 
     # SPPO/GPO with a scoring judge (not a verifier: accuracy covers those) also report its mean score.
     judge = cfg.rank.judge if cfg.method in ("sppo", "gpo") and not cfg.rank.judge.startswith("verifier") else None
-    eval_fp = fingerprint(model_fp, dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge)
+    # Every evaluation samples with the run's base generate settings (not an iteration's schedule), so
+    # the rows stay comparable.
+    sampling = (cfg.generate.temperature, cfg.generate.top_p) if cfg.eval.num_samples else None
+    eval_fp = fingerprint(model_fp, dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge, sampling)
     base_dir = run_dir / "eval" / "base"
     if not run.done("eval/base", eval_fp):
         run.begin("eval/base", eval_fp, [base_dir])
@@ -177,11 +180,12 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
         train_seconds = time.perf_counter() - t0
 
         eval_dir = it_dir / "eval"
-        eval_fp = fingerprint(model_fp, dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge)
+        eval_fp = fingerprint(model_fp, dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge, sampling)
         if not run.done(f"iter_{k}/eval", eval_fp):
             run.begin(f"iter_{k}/eval", eval_fp, [eval_dir])
             t1 = time.perf_counter()
-            evaluate_model(ck, model, held_out, eval_dir, previous=prev_eval, judge=judge)
+            evaluate_model(dataclasses.replace(ck, generate=cfg.generate), model, held_out, eval_dir,
+                           previous=prev_eval, judge=judge)
             run.finish(f"iter_{k}/eval", eval_fp, {"seconds": time.perf_counter() - t1,
                                                     "iteration_seconds": train_seconds})
         prev_eval = eval_dir / "samples.jsonl"

@@ -14,6 +14,8 @@ COLUMNS = [
     ("spin_margin", "SPIN margin", "{:+.2f}"),
     ("accuracy", "accuracy", "{:.3f}"),
     ("mean_score", "judge score", "{:.3f}"),
+    ("sample_accuracy", "sample acc", "{:.3f}"),
+    ("sample_score", "sample score", "{:.3f}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("train_reward_acc", "train acc", "{:.2f}"),
     ("pairs", "pairs", "{}"),
@@ -60,7 +62,8 @@ def plot_iterations(rows: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     metrics = [c for c in _present(rows) if c[0] in {"real_loglik", "spin_margin", "accuracy", "mean_score",
-                                                      "train_loss", "train_reward_acc"}]
+                                                      "sample_accuracy", "sample_score", "train_loss",
+                                                      "train_reward_acc"}]
     if not metrics:
         return None
     ncols = min(3, len(metrics))
