@@ -5,14 +5,30 @@ the last position. The model is then asked for logits of the last ``max_response
 (``logits_to_keep``), which skips the vocabulary projection for prompt tokens — for a small model with a
 large vocabulary (SmolLM2: 49k × 576) that projection is a fifth of the forward FLOPs. Position ids are
 derived from the attention mask so left padding does not shift positions for any architecture.
+
+Memory: the [N, R, V] logits (and their gradient) are the largest activations of a small model with a
+large vocabulary. For a plain (undistributed) HF causal LM we therefore run the decoder alone and project
+only the response positions to the vocabulary, a chunk of tokens at a time, recomputing each chunk in the
+backward pass (activation checkpointing) — the idea of Liger's fused linear cross-entropy and TRL's
+chunked log-softmax, written here because neither applies to left-padded ``logits_to_keep`` batches.
+Wrapped models (DDP/FSDP/DeepSpeed must see the top-level forward) and models that transform their
+logits take the plain path; a one-time numeric check per model guards the split.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+# Vocabulary rows projected at once in the chunked path: chunk tokens x V floats ~ 128 MiB in fp32.
+_CHUNK_FLOATS = 2**25
+_MIN_CHUNK_TOKENS = 64
+# Per model: whether the decoder + lm_head split reproduced the model's own log-probs (checked once).
+_SPLIT_OK: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -82,6 +98,66 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     batch: output of :func:`collate_left_padded` (on the model's device). Returns ``logps`` [N] (float32,
     differentiable when grad is on) and ``num_tokens`` [N].
     """
+    parts = _decoder_and_head(model)
+    if parts is not None and model not in _SPLIT_OK:
+        with torch.no_grad():
+            probe = {k: v[:1] for k, v in batch.items()}
+            plain, split = _full_logits_logps(model, probe)[0], _chunked_logps(*parts, probe)[0]
+        # bf16 autocast rounds differently along the two paths; a real mismatch is orders larger.
+        _SPLIT_OK[model] = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
+    if parts is not None and _SPLIT_OK[model]:
+        return _chunked_logps(*parts, batch)
+    return _full_logits_logps(model, batch)
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, lm_head) of a plain HF causal LM (PEFT unwrapped), else None."""
+    from transformers import PreTrainedModel
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay in
+    if not isinstance(inner, PreTrainedModel):  # DDP / FSDP / DeepSpeed wrappers, or not an HF model
+        return None
+    cfg = inner.config
+    # Architectures that cap or scale logits after lm_head (Gemma 2/3, Cohere, Granite) keep the plain path.
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale",
+                                                                   "logits_scaling")):
+        return None
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    if decoder is None or head is None or decoder is inner:
+        return None
+    return decoder, head
+
+
+def _chunk_token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """hidden [M, H], labels [M] -> log p(label) [M] in float32."""
+    logits = head(hidden).float()
+    return torch.gather(logits, 1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module,
+                   batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    labels, label_mask = batch["labels"], batch["label_mask"]
+    R = labels.shape[1]
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    # Positions -R-1 .. -2 predict the R label slots; only real response tokens are projected (no padding).
+    picked_hidden = hidden[:, -R - 1:-1, :][label_mask]  # [M, H]
+    picked_labels = labels[label_mask]  # [M]
+    chunk = max(_MIN_CHUNK_TOKENS, _CHUNK_FLOATS // head.weight.shape[0])
+    parts = []
+    for i in range(0, picked_labels.shape[0], chunk):
+        h, y = picked_hidden[i:i + chunk], picked_labels[i:i + chunk]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_token_logps, head, h, y, use_reentrant=False))
+        else:
+            parts.append(_chunk_token_logps(head, h, y))
+    flat = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    token_logps = torch.zeros(label_mask.shape, dtype=torch.float32, device=flat.device).masked_scatter(label_mask, flat)
+    return token_logps.sum(-1), label_mask.sum(-1)
+
+
+def _full_logits_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own forward with ``logits_to_keep``: [N, R+1, V] logits at once."""
     labels, label_mask = batch["labels"], batch["label_mask"]
     R = labels.shape[1]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
