@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from selfplay.config import Config, load_config
 
-# Logs and CI capture stderr: give them room for the iteration table instead of rich's 80-column default.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+from selfplay.progress import console  # noqa: F401 (the one stderr console, re-exported for the CLI)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[

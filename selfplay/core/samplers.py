@@ -109,15 +109,15 @@ class GenerationProgress:
 def generation_progress(total: int, enabled: bool = True,
                         description: str = "generate") -> Iterator[GenerationProgress]:
     """A rich bar over ``total`` prompts showing prompts/s and tokens/s (a silent counter when disabled)."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from selfplay.progress import logged_progress
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[prompt_rate]} prompts/s  {task.fields[token_rate]} tok/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     # stderr, so a command's stdout stays clean for its result.
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
+    with logged_progress(*columns, disable=not enabled) as bar:
         task = bar.add_task(description, total=total, prompt_rate="-", token_rate="-")
         yield GenerationProgress(bar, task)
 

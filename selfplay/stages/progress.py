@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from selfplay.progress import logged_progress
+
 
 class Bar:
     """A single task on a rich Progress; ``advance`` and ``update`` are no-ops when disabled."""
@@ -25,11 +27,9 @@ class Bar:
 def progress_bar(description: str, total: int | None, completed: int = 0, disable: bool = False,
                  extra: str = "") -> Iterator[Bar]:
     """``with progress_bar("train", total=n) as bar: bar.advance()`` — to stderr, so stdout stays clean."""
-    from selfplay.cli.common import console
-
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     if extra:
         columns.append(TextColumn(extra))
-    with Progress(*columns, console=console, disable=disable, transient=False) as p:
+    with logged_progress(*columns, disable=disable) as p:
         yield Bar(p, p.add_task(description, total=total, completed=completed))

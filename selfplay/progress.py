@@ -1,0 +1,39 @@
+"""Progress bars that also show in logs: rich redraws a bar only on a terminal, so when stderr is a file
+or a pipe (nohup, CI, a cluster's job log) a heartbeat prints each unfinished task's line every
+``HEARTBEAT_S`` seconds instead of nothing until the end."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+# Logs capture stderr: give them room for wide tables instead of rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+HEARTBEAT_S = 30.0
+
+
+@contextmanager
+def logged_progress(*columns: Any, disable: bool = False, out: Console | None = None) -> Iterator[Progress]:
+    """``rich.progress.Progress(*columns)`` on stderr, plus the heartbeat when stderr is not a terminal."""
+    out = out or console
+    with Progress(*columns, console=out, disable=disable) as progress:
+        stop = threading.Event()
+        if not disable and not out.is_terminal:
+            def beat() -> None:
+                while not stop.wait(HEARTBEAT_S):
+                    running = [t for t in progress.tasks if not t.finished]
+                    if running:
+                        out.print(progress.make_tasks_table(running))
+
+            threading.Thread(target=beat, name="progress-heartbeat", daemon=True).start()
+        try:
+            yield progress
+        finally:
+            stop.set()
