@@ -89,6 +89,8 @@ def test_sppo_train_needs_probs(cli, tiny_model, tmp_path):
     res = cli(["train", "--model", tiny_model, "--data", pairs, "--out", tmp_path / "o", "--method", "sppo",
                "--beta", "0.1", *FAST])
     assert res.exit_code == 0, res.output
+    logged = read_jsonl(tmp_path / "o" / "metrics.jsonl")[-1]
+    assert "rewards/chosen" in logged and "logps/rejected" in logged and "rewards/real" not in logged
 
 
 def test_train_resumes_after_sigkill(tiny_model, tmp_path):

@@ -229,7 +229,7 @@ def run_train(cfg: Config, model: str, pairs_path: Path, out_dir: Path) -> Train
                 optimizer.zero_grad()
             state["batches_done"] += accelerator.num_processes
             state["tokens"] += int(accelerator.reduce(batch["attention_mask"].sum(), "sum"))
-            window.append(_batch_metrics(accelerator, loss, out, pc, pr, ntok))
+            window.append(_batch_metrics(accelerator, loss, out, pc, pr, cfg.train.method))
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
@@ -255,14 +255,16 @@ def run_train(cfg: Config, model: str, pairs_path: Path, out_dir: Path) -> Train
 
 
 def _batch_metrics(accelerator: Any, loss: torch.Tensor, out: Any, pc: torch.Tensor, pr: torch.Tensor,
-                   ntok: torch.Tensor) -> dict[str, float]:
-    """The anchor's logged metrics, averaged over processes (SPIN names: real = chosen, generated = rejected)."""
+                   method: str) -> dict[str, float]:
+    """The anchors' logged metrics, averaged over processes: SPIN's names (real = chosen, generated =
+    rejected) for SPIN, TRL's (chosen, rejected), which the SPPO code kept, for the others."""
     cr, rr = out.chosen_rewards.detach(), out.rejected_rewards.detach()
     vals = torch.stack([loss.detach().float(), cr.mean(), rr.mean(), (cr - rr).mean(), (cr > rr).float().mean(),
                         pc.detach().mean(), pr.detach().mean()])
     vals = accelerator.reduce(vals, "mean").tolist()
-    names = ["loss", "rewards/real", "rewards/generated", "rewards/margins", "rewards/accuracies",
-             "logps/real", "logps/generated"]
+    win, lose = ("real", "generated") if method == "spin" else ("chosen", "rejected")
+    names = ["loss", f"rewards/{win}", f"rewards/{lose}", "rewards/margins", "rewards/accuracies",
+             f"logps/{win}", f"logps/{lose}"]
     return dict(zip(names, vals))
 
 
