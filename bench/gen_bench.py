@@ -3,7 +3,8 @@
 The baseline reproduces SPIN's HF generation script (``spin/generate.py`` before its vLLM rewrite):
 prompts in dataset order, fixed batches of ``batch_size``, left padding to a multiple of 8, no added
 special tokens, ``model.generate`` with sampling, on the model exactly as ``from_pretrained`` loads it
-(its default attention). Ours loads the same weights through ``make_sampler``, which may switch the
+(its default attention) in bfloat16, as that script loaded it (``torch_dtype=torch.bfloat16``; ``--gen-dtype
+float32`` compares fp32 with fp32). Ours loads the same weights through ``make_sampler``, which may switch the
 attention implementation for its own decode loop; both run in the same dtype on the same prompt texts,
 sampling settings and ``max_new_tokens``.
 
@@ -108,21 +109,22 @@ def decode_bound(model: Any, machine: dict[str, Any], batch_size: int, mean_cont
 
 
 def run_generation_bench(model_name: str, source: Path, out_dir: Path, machine: dict[str, Any], *, num_prompts: int,
-                         max_new_tokens: int, batch_size: int, pairs: int, profile: bool = True) -> dict[str, Any]:
+                         max_new_tokens: int, batch_size: int, pairs: int, dtype: str = "bfloat16",
+                         profile: bool = True) -> dict[str, Any]:
     """A/B the two arms ``pairs`` times after a short warm-up; returns per-arm runs, summaries and the bound.
 
     ``profile``: also record the top ops of our sampler on one batch (what bounds it).
     """
     import shutil
 
-    from selfplay.config import load_config
+    from selfplay.config import ModelConfig, load_config
     from selfplay.core.samplers import format_prompt, make_sampler
     from selfplay.data.records import load_sft
     from selfplay.stages.generate import run_generate
 
     data = write_gsm8k_prompts(source, num_prompts, out_dir / "gsm8k_prompts.jsonl")
     records = load_sft(data)
-    sampler = make_sampler("hf", model_name, batch_size=batch_size, device="cpu")
+    sampler = make_sampler("hf", model_name, model_cfg=ModelConfig(dtype=dtype), batch_size=batch_size, device="cpu")
     model, tokenizer = load_spin_recipe_model(model_name, sampler.model.dtype)
     prompts = [format_prompt(tokenizer, r["messages"], "chat") for r in records]
     settings = {"temperature": 1.0, "top_p": 1.0}

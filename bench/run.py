@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-md", type=Path, default=None,
                    help="where to write the markdown (default bench/RESULTS.md; with --smoke, OUT/RESULTS.md)")
     p.add_argument("--no-bf16", action="store_true", help="skip the extra bf16-autocast training arm")
+    p.add_argument("--gen-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="dtype of both generation arms (SPIN's HF generation script loads the model in bf16)")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
         section("1. generation: ours vs the SPIN recipe")
         results["generation"] = run_generation_bench(model, gsm8k_test, out / "gen", results["machine"],
-                                                     pairs=pairs, **sizes["gen"])
+                                                     pairs=pairs, dtype=args.gen_dtype, **sizes["gen"])
         save()
     if "train" in args.only and available(gsm8k_train, "training benchmark"):
         from bench.train_bench import build_spin_pairs, profile_ours, run_training_bench
