@@ -93,10 +93,11 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         check = get_verifier(task)
         metrics["task"] = task
         metrics["accuracy"] = sum(check(a, r["reference"]) for a, r in zip(answers, records)) / max(1, len(records))
+    scorer = _scoring_judge(judge, cfg) if judge else None
     if judge:
-        metrics["mean_score"] = _mean_judge_score(judge, records, [[a] for a in answers], cfg)
+        metrics["mean_score"] = _mean_judge_score(scorer, records, [[a] for a in answers])
     if cfg.eval.num_samples > 0:
-        metrics.update(_sampled_metrics(cfg, sampler, prompts, records, task, judge))
+        metrics.update(_sampled_metrics(cfg, sampler, prompts, records, task, scorer, judged=bool(judge)))
     rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
             for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
     if previous is not None and Path(previous).exists():
@@ -109,13 +110,13 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         metrics["spin_margin"] = sum(margins) / max(1, len(margins))
     write_jsonl(out_dir / "samples.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)
-    del model, gen_model, sampler
+    del model, gen_model, sampler, scorer
     release_memory()
     return metrics
 
 
 def _sampled_metrics(cfg: Config, sampler: Any, prompts: list[str], records: list[dict[str, Any]],
-                     task: str | None, judge: str | None) -> dict[str, Any]:
+                     task: str | None, scorer: Any | None, judged: bool) -> dict[str, Any]:
     """Verifier accuracy and judge score averaged over ``eval.num_samples`` fresh samples per prompt."""
     from selfplay.envs.verifiers import get_verifier
 
@@ -128,21 +129,24 @@ def _sampled_metrics(cfg: Config, sampler: Any, prompts: list[str], records: lis
         check = get_verifier(task)
         hits = [check(s, r["reference"]) for ss, r in zip(samples, records) for s in ss]
         out["sample_accuracy"] = sum(hits) / max(1, len(hits))
-    if judge:
-        out["sample_score"] = _mean_judge_score(judge, records, samples, cfg)
+    if judged:
+        out["sample_score"] = _mean_judge_score(scorer, records, samples)
     return out
 
 
-def _mean_judge_score(spec: str, records: list[dict[str, Any]], answers: list[list[str]],
-                      cfg: Config) -> float | None:
-    """Mean score a scoring judge gives the answers (a list of samples per record); None for pairwise-only
-    judges (nothing to average)."""
+def _scoring_judge(spec: str, cfg: Config) -> Any | None:
+    """The judge of ``spec`` when it gives per-sample scores; None for pairwise-only judges (nothing to average)."""
     from selfplay.judges import make_judge
 
     j = make_judge(spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device)
-    if j.kind != "scores":
+    return j if j.kind == "scores" else None
+
+
+def _mean_judge_score(scorer: Any | None, records: list[dict[str, Any]], answers: list[list[str]]) -> float | None:
+    """Mean score ``scorer`` gives the answers (a list of samples per record); None without a scorer."""
+    if scorer is None:
         return None
     items = [{"id": r["id"], "prompt_messages": r["messages"], "samples": a, "reference": r.get("reference"),
               "meta": r.get("meta", {})} for r, a in zip(records, answers)]
-    scores = [s for res in j.score(items) for s in res["scores"]]
+    scores = [s for res in scorer.score(items) for s in res["scores"]]
     return sum(scores) / max(1, len(scores))
