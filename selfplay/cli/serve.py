@@ -17,6 +17,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
     max_tokens: Annotated[int, typer.Option(help="Cap on max_tokens per request.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Concurrent requests decoded together at most.")] = 8,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -24,4 +25,4 @@ def serve(
     from selfplay.evals.serve import serve as run_server
 
     cfg = resolve(config, set_)
-    run_server(model, host=host, port=port, max_tokens=max_tokens, model_cfg=cfg.model)
+    run_server(model, host=host, port=port, max_tokens=max_tokens, batch_size=batch_size, model_cfg=cfg.model)

@@ -41,11 +41,13 @@ class ChatClient:
     ``base_url`` is the API root, e.g. ``http://127.0.0.1:8000/v1`` (a full ``.../chat/completions``
     URL is accepted too). Requests that time out, fail to connect, or get 429/5xx are retried up to
     ``max_retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, or the server's
-    ``Retry-After``), then :class:`JudgeError` is raised.
+    ``Retry-After``), then :class:`JudgeError` is raised. The default ``timeout`` is the OpenAI Python
+    client's 600 s: a long judgment from a local model on a CPU takes minutes, and a retry of a request
+    the server is still decoding only adds to its queue.
     """
 
     def __init__(self, base_url: str, model: str = "default", *, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0) -> None:
+                 timeout: float = 600.0, max_retries: int = 4, backoff: float = 1.0) -> None:
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise UserError(f"judge URL must start with http:// or https://, got {base_url!r}")
