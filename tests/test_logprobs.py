@@ -83,6 +83,9 @@ def test_sequence_logps_takes_the_chunked_path_only_for_plain_models(tiny_model)
     assert lp._decoder_and_head(wrapped) is None
     model.config.final_logit_softcapping = 30.0  # Gemma-2-style capping happens after lm_head
     assert lp._decoder_and_head(model) is None
+    model.config.final_logit_softcapping = None
+    model.lm_head = torch.nn.Sequential(model.lm_head)  # a wrapped head (PEFT modules_to_save, tensor-parallel)
+    assert lp._decoder_and_head(model) is None
 
 
 def test_chunked_path_through_peft_keeps_lora_trainable(tiny_model):

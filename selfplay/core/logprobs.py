@@ -100,9 +100,12 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """
     parts = _decoder_and_head(model)
     if parts is not None and model not in _SPLIT_OK:
+        training = model.training
+        model.eval()  # dropout would make the two passes differ for no fault of the split
         with torch.no_grad():
             probe = {k: v[:1] for k, v in batch.items()}
             plain, split = _full_logits_logps(model, probe)[0], _chunked_logps(*parts, probe)[0]
+        model.train(training)
         # bf16 autocast rounds differently along the two paths; a real mismatch is orders larger.
         _SPLIT_OK[model] = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
     if parts is not None and _SPLIT_OK[model]:
@@ -123,7 +126,8 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
                                                                    "logits_scaling")):
         return None
     decoder, head = inner.get_decoder(), inner.get_output_embeddings()
-    if decoder is None or head is None or decoder is inner:
+    # A plain Linear head only: wrapped heads (PEFT modules_to_save, tensor-parallel) keep the full path.
+    if decoder is None or decoder is inner or type(head) is not torch.nn.Linear:
         return None
     return decoder, head
 
