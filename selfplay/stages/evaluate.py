@@ -90,14 +90,24 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     }
     task = _task_of(records, cfg.eval.task)
     if task:
-        check = get_verifier(task)
         metrics["task"] = task
-        metrics["accuracy"] = sum(check(a, r["reference"]) for a, r in zip(answers, records)) / max(1, len(records))
-    scorer = _scoring_judge(judge, cfg) if judge else None
-    if judge:
-        metrics["mean_score"] = _mean_judge_score(scorer, records, [[a] for a in answers])
+    # (accuracy key, judge-score key, answers per record): greedy answers, then fresh samples if asked for.
+    answer_sets = [("accuracy", "mean_score", [[a] for a in answers])]
     if cfg.eval.num_samples > 0:
-        metrics.update(_sampled_metrics(cfg, sampler, prompts, records, task, scorer, judged=bool(judge)))
+        # A seed apart from generation's, so held-out samples never replay the training draws.
+        samples = sampler.generate(prompts, n=cfg.eval.num_samples, temperature=cfg.generate.temperature,
+                                   top_p=cfg.generate.top_p, max_new_tokens=cfg.eval.max_new_tokens,
+                                   seed=cfg.seed + 7919)
+        metrics["samples_per_prompt"] = cfg.eval.num_samples
+        answer_sets.append(("sample_accuracy", "sample_score", samples))
+    check = get_verifier(task) if task else None
+    scorer = _scoring_judge(judge, cfg) if judge else None
+    for accuracy_key, score_key, texts in answer_sets:
+        if check:
+            hits = [check(t, r["reference"]) for ts, r in zip(texts, records) for t in ts]
+            metrics[accuracy_key] = sum(hits) / max(1, len(hits))
+        if judge:
+            metrics[score_key] = _mean_judge_score(scorer, records, texts)
     rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
             for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
     if previous is not None and Path(previous).exists():
@@ -113,25 +123,6 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     del model, gen_model, sampler, scorer
     release_memory()
     return metrics
-
-
-def _sampled_metrics(cfg: Config, sampler: Any, prompts: list[str], records: list[dict[str, Any]],
-                     task: str | None, scorer: Any | None, judged: bool) -> dict[str, Any]:
-    """Verifier accuracy and judge score averaged over ``eval.num_samples`` fresh samples per prompt."""
-    from selfplay.envs.verifiers import get_verifier
-
-    n = cfg.eval.num_samples
-    # A seed apart from generation's, so held-out samples never replay the training draws.
-    samples = sampler.generate(prompts, n=n, temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
-                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed + 7919)
-    out: dict[str, Any] = {"samples_per_prompt": n}
-    if task:
-        check = get_verifier(task)
-        hits = [check(s, r["reference"]) for ss, r in zip(samples, records) for s in ss]
-        out["sample_accuracy"] = sum(hits) / max(1, len(hits))
-    if judged:
-        out["sample_score"] = _mean_judge_score(scorer, records, samples)
-    return out
 
 
 def _scoring_judge(spec: str, cfg: Config) -> Any | None:
