@@ -86,24 +86,23 @@ def workload_shape(model_name: str, pairs_path: Path, *, batch_size: int, max_le
     """
     from transformers import AutoTokenizer
 
-    from selfplay.core.logprobs import pair_batch
-    from selfplay.io import read_jsonl
-    from selfplay.methods.pairs import tokenize_pairs
-    from selfplay.models import resolve_model
-    from selfplay.stages.train import _batches
+    from selfplay.core.examples import load_examples, tokenize_records
+    from selfplay.core.logprobs import example_batch
+    from selfplay.models import pad_token_id, resolve_model
+    from selfplay.stages.train_io import batch_order
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
-    examples, _ = tokenize_pairs(read_jsonl(pairs_path), tokenizer, prompt_format="chat", max_length=max_length,
-                                 max_prompt_length=max_length // 2)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples, _ = tokenize_records(load_examples(pairs_path, "pair"), tokenizer, prompt_format="chat",
+                                   max_length=max_length, max_prompt_length=max_length // 2)
+    pad_id = pad_token_id(tokenizer)
     real = padded = labels = logit_rows = prompt = 0
-    for idx in _batches(examples, batch_size, 1.0, 42):
-        batch = pair_batch([examples[i].tokens for i in idx], pad_id)
+    for idx in batch_order([e.length for e in examples], batch_size, 1.0, 42):
+        batch = example_batch([examples[i] for i in idx], pad_id)
         real += int(batch["attention_mask"].sum())
         padded += batch["attention_mask"].numel()
         labels += int(batch["label_mask"].sum())
         logit_rows += batch["label_mask"].numel() + batch["label_mask"].shape[0]  # R+1 kept positions per row
-        prompt += sum(len(examples[i].tokens.prompt_ids) for i in idx)
+        prompt += sum(len(examples[i].prompt_ids) for i in idx)
     return {"padding_fraction": 1 - real / padded, "repeated_prompt_fraction": prompt / real,
             "logit_waste_fraction": 1 - labels / logit_rows}
 

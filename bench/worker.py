@@ -27,10 +27,10 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     tokens of every chosen+rejected batch it builds.
     """
     import selfplay.stages.train as train_stage
-    from selfplay.config import load_config
+    from selfplay.methods import load_config
 
     cfg = load_config(flags={
-        "train.method": "spin", "train.batch_size": spec["batch_size"], "train.max_length": spec["max_length"],
+        "method": "spin", "train.batch_size": spec["batch_size"], "train.max_length": spec["max_length"],
         "train.max_prompt_length": spec["max_prompt_length"], "train.lr": spec["lr"],
         "train.precision": spec["precision"], "train.optimizer": spec["optimizer"], "train.epochs": 1.0,
         "train.max_steps": spec.get("max_steps", -1), "train.logging_steps": 10**6, "train.save_steps": 0,
@@ -39,7 +39,7 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     marks: dict[str, float] = {}
     tokens = {"reference": 0, "train": 0}
     original_precompute, original_finish, original_batch = (
-        train_stage.precompute_reference, train_stage._finish, train_stage.pair_batch)
+        train_stage.precompute_reference, train_stage.finish, train_stage.example_batch)
 
     def precompute(*args: Any, **kwargs: Any) -> Any:
         marks["precompute_start"] = time.perf_counter()
@@ -56,12 +56,12 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         tokens["train" if "precompute_end" in marks else "reference"] += int(batch["attention_mask"].sum())
         return batch
 
-    train_stage.precompute_reference, train_stage._finish, train_stage.pair_batch = precompute, finish, counted_batch
+    train_stage.precompute_reference, train_stage.finish, train_stage.example_batch = precompute, finish, counted_batch
     try:
         with RssSampler() as rss, Profile(bool(spec.get("profile")), memory=True) as profile:
             result = train_stage.run_train(cfg, spec["model"], Path(spec["pairs"]), Path(spec["out_dir"]))
     finally:  # in-process (smoke) runs call this again: leave the stage as it was
-        train_stage.precompute_reference, train_stage._finish, train_stage.pair_batch = (
+        train_stage.precompute_reference, train_stage.finish, train_stage.example_batch = (
             original_precompute, original_finish, original_batch)
     precompute_s = marks["precompute_end"] - marks["precompute_start"]
     train_s = marks["train_end"] - marks["precompute_end"]
@@ -136,7 +136,7 @@ def train_trl(spec: dict[str, Any]) -> dict[str, Any]:
 
 def loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``selfplay loop`` in-process; split time and peak RSS by iteration (the iter_k dir appearing)."""
-    from selfplay.config import load_config
+    from selfplay.methods import load_config
     from selfplay.stages.loop import run_loop
 
     cfg = load_config(flags=spec["flags"])

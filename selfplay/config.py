@@ -63,6 +63,8 @@ class GenerateConfig:
     batch_size: int = 16
     seed: int = 0
     prompt_format: Literal["chat", "spin-instruct"] = "chat"
+    # Texts that end a sample (not included in it), e.g. ["\nObservation:"]; EOS and max_new_tokens always do.
+    stop: list[str] = field(default_factory=list)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     # Sharding: slice ``data_frac`` of length ``frac_len`` of the shuffled prompts, or ``num_fracs`` equal slices.
@@ -81,8 +83,7 @@ class RankConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["spin", "sppo", "gpo", "dpo"] = "spin"
-    # Loss name from selfplay.core.losses.LOSSES; "auto" picks the method's default.
+    # A loss of the method's objective (selfplay.core.objectives); "auto" picks the method's default.
     loss: str = "auto"
     beta: float = 0.1
     lr: float = 5e-7
@@ -104,6 +105,13 @@ class TrainConfig:
     save_steps: int = 200
     seed: int = 42
     label_smoothing: float = 0.0
+    # Reward-weighted regression (loss "rwr", RISE): weight exp(reward / rwr_temperature) as in the paper
+    # and the anchor's conversion script, or the raw reward ("reward").
+    rwr_weighting: Literal["exp", "reward"] = "exp"
+    rwr_temperature: float = 0.4
+    # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...),
+    # besides metrics.jsonl; they write under the training output directory where they keep files.
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -141,7 +149,9 @@ class LaunchConfig:
 @dataclass
 class Config:
     run_dir: str = "runs/default"
-    method: Literal["spin", "sppo", "gpo"] = "spin"
+    # A method of the registry (selfplay.methods.METHODS); checked, with its preset applied, by
+    # selfplay.methods.load_config.
+    method: str = "spin"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -285,22 +295,14 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
-# The anchors' numbers for each method (DESIGN.md), layered between the defaults (SPIN's) and the YAML.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "spin": {},
-    "sppo": {"generate": {"n": 5, "temperature": 0.7, "top_p": 0.9},
-             "train": {"method": "sppo", "beta": 1e-3, "lr": 5e-7, "epochs": 1.0},
-             "loop": {"iters": 3, "disjoint_prompts": True, "mix_previous": False}},
-}
-METHOD_PRESETS["gpo"] = {**METHOD_PRESETS["sppo"], "train": {**METHOD_PRESETS["sppo"]["train"], "method": "gpo"}}
-
-
 def load_config(path: str | Path | None = None, sets: list[str] | None = None,
-                flags: dict[str, Any] | None = None) -> Config:
-    """Resolve the config: defaults < method preset < YAML < ``--set`` < explicit flags (dotted keys, None = unset)."""
-    cfg = _resolve(path, sets, flags, preset={})
-    preset = METHOD_PRESETS.get(cfg.method, {})
-    return _resolve(path, sets, flags, preset) if preset else cfg
+                flags: dict[str, Any] | None = None, preset: dict[str, Any] | None = None) -> Config:
+    """Resolve the config: defaults < ``preset`` < YAML < ``--set`` < explicit flags (dotted keys, None = unset).
+
+    Commands use :func:`selfplay.methods.load_config`, which passes the chosen method's preset (the
+    anchors' numbers) and checks the method's options; this function knows nothing about methods.
+    """
+    return _resolve(path, sets, flags, preset or {})
 
 
 def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, Any] | None,

@@ -9,6 +9,7 @@ which ships SmolLM2-135M-Instruct as a GGUF file; it is converted once to a plai
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -174,8 +175,15 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from unittest import mock
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.auto import tqdm
+
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers' GGUF reader draws its own plain tqdm bar; our status line already says what happens.
+    with mock.patch.object(gguf_utils, "tqdm", functools.partial(tqdm, disable=True)):
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are dequantized already; drop the GGUF quantizer so the copy saves as a plain model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -201,6 +209,11 @@ def ensure_special_tokens(model: Any, tokenizer: Any) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (as ensure_special_tokens sets)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 ALIASES: dict[str, Callable[[], Path]] = {SMOLLM2_ALIAS: provision_smollm2}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,17 @@ class RunState:
     def finish(self, unit: str, fp: str, info: dict[str, Any] | None = None) -> None:
         self.units[unit] = {"fingerprint": fp, "done": True, "info": info or {}}
         self._save()
+
+    def ensure(self, unit: str, fp: str, outputs: list[Path], work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """Run ``work`` unless ``unit`` is done for ``fp`` (stale outputs deleted first); returns the unit's info.
+
+        ``work`` returns the info to record (or None); an exception leaves the unit started, not done, so a
+        rerun resumes inside it.
+        """
+        if not self.done(unit, fp):
+            self.begin(unit, fp, outputs)
+            self.finish(unit, fp, work() or {})
+        return self.info(unit)
 
     def _save(self) -> None:
         write_json(self.path, {"units": self.units})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from selfplay.config import ConfigError, for_iteration, load_config
+from selfplay.config import ConfigError, for_iteration
+from selfplay.methods import load_config
 
 
 def write(tmp_path, text: str):
@@ -53,7 +54,7 @@ def test_unknown_key_in_yaml_names_it(tmp_path):
 
 def test_method_preset_sits_under_yaml(tmp_path):
     cfg = load_config(None, ["method=sppo"])
-    assert (cfg.generate.n, cfg.train.beta, cfg.train.method, cfg.loop.disjoint_prompts) == (5, 1e-3, "sppo", True)
+    assert (cfg.generate.n, cfg.train.beta, cfg.method, cfg.loop.disjoint_prompts) == (5, 1e-3, "sppo", True)
     cfg = load_config(write(tmp_path, "method: sppo\ngenerate:\n  n: 3\n"))
     assert cfg.generate.n == 3 and cfg.generate.temperature == 0.7
 

@@ -91,6 +91,32 @@ def test_sampler_order_shape_and_per_sample_seeds(loaded) -> None:
     assert HFSampler.from_loaded(model, tok).generate(prompts, **{**kw, "seed": 8}) != batched
 
 
+def test_stop_sequences_cut_samples_and_say_why(loaded) -> None:
+    """A stop text ends a sample (and is not part of it); samples it never occurs in are unchanged."""
+    from selfplay.core.samplers import HFSampler, format_prompt
+
+    model, tok = loaded
+    prompts = [format_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    sampler = HFSampler.from_loaded(model, tok, batch_size=3)
+    kw = dict(n=2, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=3, progress=False)
+    free = sampler.complete(prompts, **kw)
+    assert {c.finish_reason for cs in free for c in cs} <= {"eos", "length"}
+    assert all(c.num_tokens <= 12 for cs in free for c in cs)
+    text = next(c.text for cs in free for c in cs if len(c.text) > 6 and c.text[2:5].isascii() and c.text[2:5].strip())
+    stop = text[2:5]
+    cut = sampler.complete(prompts, stop=[stop], **kw)
+    hits = 0
+    for cs_free, cs_cut in zip(free, cut):
+        for f, c in zip(cs_free, cs_cut):
+            if stop in f.text:
+                hits += 1
+                assert c.text == f.text[:f.text.index(stop)] and c.finish_reason == "stop"
+            else:
+                assert c == f
+    assert hits >= 1
+    assert sampler.generate(prompts, stop=[stop], **kw) == [[c.text for c in cs] for cs in cut]
+
+
 def test_greedy_matches_transformers_generate(loaded) -> None:
     """The hand-written decode loop (row dropping, cache trimming) equals model.generate greedily."""
     import torch
@@ -248,8 +274,9 @@ def test_cli_writes_sample_sets(cli, tiny_model: Path, tmp_path: Path) -> None:
     rows = read_lines(tmp_path / "gen" / "shard-00000-of-00001.jsonl")
     assert sorted(r["id"] for r in rows) == [f"q{i}" for i in range(5)]
     row = rows[0]
-    assert set(row) == {"id", "prompt_messages", "reference", "samples", "sampler", "meta"}
+    assert set(row) == {"id", "prompt_messages", "reference", "samples", "finish_reasons", "sampler", "meta"}
     assert len(row["samples"]) == 2 and row["reference"] == f"answer {row['id'][1:]}"
+    assert set(row["finish_reasons"]) <= {"eos", "length"} and len(row["finish_reasons"]) == 2
     assert row["sampler"] == {"backend": "hf", "model": str(tiny_model), "temperature": 0.8, "top_p": 1.0,
                               "max_new_tokens": 4, "seed": 0, "n": 2, "prompt_format": "spin-instruct"}
     assert "prompt_format: spin-instruct" in (tmp_path / "gen" / "config.yaml").read_text()

@@ -15,9 +15,10 @@ def test_chunked_logps_on_cuda_match_the_full_logits_under_bf16(tiny_model):
     from transformers import AutoModelForCausalLM
 
     import selfplay.core.logprobs as lp
+    from selfplay.core.examples import TokenizedExample
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).cuda()
-    batch = {k: v.cuda() for k, v in lp.pair_batch([lp.TokenizedPair([5, 6, 7, 8], [9, 10, 11], [12])], 0).items()}
+    batch = {k: v.cuda() for k, v in lp.example_batch([TokenizedExample("x", [5, 6, 7, 8], [[9, 10, 11], [12]], [[True] * 3, [True]])], 0).items()}
     with torch.autocast("cuda", dtype=torch.bfloat16):
         full, _ = lp._full_logits_logps(model, batch)
         chunked, _ = lp._chunked_logps(*lp._decoder_and_head(model), batch)

@@ -2,7 +2,12 @@
 
 import torch
 
-from selfplay.core.logprobs import TokenizedPair, pair_batch, sequence_logps, split_chosen_rejected, truncate
+from selfplay.core.examples import TokenizedExample, truncate
+from selfplay.core.logprobs import example_batch, sequence_logps, split_responses
+
+
+def pair(prompt: list[int], chosen: list[int], rejected: list[int]) -> TokenizedExample:
+    return TokenizedExample("x", prompt, [chosen, rejected], [[True] * len(chosen), [True] * len(rejected)])
 
 
 def naive_logp(model, prompt, response):
@@ -17,17 +22,14 @@ def test_sequence_logps_match_naive(tiny_model):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    pairs = [
-        TokenizedPair([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]),
-        TokenizedPair([20, 21], [22], [23, 24, 25, 26, 27]),
-    ]
-    batch = pair_batch(pairs, pad_id=0)
+    pairs = [pair([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]), pair([20, 21], [22], [23, 24, 25, 26, 27])]
+    batch = example_batch(pairs, pad_id=0)
     with torch.no_grad():
         logps, ntok = sequence_logps(model, batch)
-    chosen, rejected = split_chosen_rejected(logps)
+    chosen, rejected = split_responses(logps, 2)
     for i, p in enumerate(pairs):
-        assert abs(chosen[i].item() - naive_logp(model, p.prompt_ids, p.chosen_ids)) < 1e-4
-        assert abs(rejected[i].item() - naive_logp(model, p.prompt_ids, p.rejected_ids)) < 1e-4
+        assert abs(chosen[i].item() - naive_logp(model, p.prompt_ids, p.responses[0])) < 1e-4
+        assert abs(rejected[i].item() - naive_logp(model, p.prompt_ids, p.responses[1])) < 1e-4
     assert ntok.tolist() == [3, 1, 2, 5]
 
 
@@ -49,9 +51,8 @@ def test_chunked_path_matches_full_logits_in_value_and_gradient(tiny_model, monk
     import selfplay.core.logprobs as lp
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    pairs = [TokenizedPair([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]),
-             TokenizedPair([20, 21], [22], [23, 24, 25, 26, 27])]
-    batch = pair_batch(pairs, pad_id=0)
+    pairs = [pair([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]), pair([20, 21], [22], [23, 24, 25, 26, 27])]
+    batch = example_batch(pairs, pad_id=0)
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0])  # distinct per row so a row mix-up changes the gradient
 
     full, _ = lp._full_logits_logps(model, batch)
@@ -75,7 +76,7 @@ def test_sequence_logps_takes_the_chunked_path_only_for_plain_models(tiny_model)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert lp._decoder_and_head(model) is not None
-    batch = pair_batch([TokenizedPair([5, 6, 7], [8, 9], [10])], pad_id=0)
+    batch = example_batch([pair([5, 6, 7], [8, 9], [10])], pad_id=0)
     sequence_logps(model, batch)
     assert lp._SPLIT_OK[model] is True  # the one-time check passed, so later calls project in chunks
 
@@ -96,7 +97,7 @@ def test_chunked_path_through_peft_keeps_lora_trainable(tiny_model):
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    batch = pair_batch([TokenizedPair([5, 6, 7], [8, 9], [10])], pad_id=0)
+    batch = example_batch([pair([5, 6, 7], [8, 9], [10])], pad_id=0)
     full, _ = lp._full_logits_logps(model, batch)
     chunked, _ = lp._chunked_logps(*lp._decoder_and_head(model), batch)
     assert torch.allclose(chunked, full, atol=1e-5)  # LoRA (non-zero init) is inside the decoder path

@@ -113,4 +113,4 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
     import yaml
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["train"]["method"] == "sppo" and saved["generate"]["temperature"] == 0.7  # the SPPO preset
+    assert saved["method"] == "sppo" and saved["generate"]["temperature"] == 0.7  # the SPPO preset

@@ -33,7 +33,7 @@ def test_table_names_and_aliases():
     assert set(L.LOSSES) == {"sigmoid", "dpo", "spin", "hinge", "ipo", "sppo", "sppo_single", "sppo_hard", "gpo"}
     assert L.LOSSES["dpo"] is L.LOSSES["spin"] is L.LOSSES["sigmoid"] is L.sigmoid_loss
     assert L.get_loss("sppo_hard") is L.sppo_hard_loss
-    assert L.LOSSES_NEEDING_PROBS <= set(L.LOSSES)
+    assert set(L.LOSS_FIELDS) <= set(L.LOSSES) and L.LABEL_SMOOTHING_LOSSES <= set(L.LOSSES)
 
 
 def test_sigmoid_hand_derived():
@@ -188,7 +188,7 @@ def test_shape_mismatch_is_an_error():
         L.sft_loss(torch.zeros(2), torch.ones(3))
 
 
-@pytest.mark.parametrize("name", sorted(L.LOSSES_NEEDING_PROBS))
+@pytest.mark.parametrize("name", sorted(L.LOSS_FIELDS))
 def test_missing_probabilities_are_an_error(name):
     with pytest.raises(ValueError, match="chosen_prob"):
         L.get_loss(name)(*(torch.zeros(2) for _ in range(4)), beta=0.1)

@@ -33,7 +33,11 @@ class FakeLLM:
         self.calls.append((prompts, params, kw))
         outputs = []
         for prompt, p in zip(prompts, params):
-            samples = [types.SimpleNamespace(index=j, text=f"{len(prompt['prompt_token_ids'])}:{j}")
+            # vLLM's CompletionOutput: finish_reason "stop" with stop_reason None (EOS) or the stop text.
+            stop = (p.kwargs.get("stop") or [None])[0]
+            samples = [types.SimpleNamespace(index=j, text=f"{len(prompt['prompt_token_ids'])}:{j}", token_ids=[1] * (j + 1),
+                                             finish_reason="length" if j == 2 else "stop",
+                                             stop_reason=stop if j == 1 else None)
                        for j in range(p.kwargs["n"])]
             outputs.append(types.SimpleNamespace(outputs=samples[::-1]))
         return outputs
@@ -67,7 +71,19 @@ def test_arguments_and_output_order(fake_vllm, tiny_model: Path) -> None:
     (inputs, params, kw) = llm.calls[0]
     assert [len(i["prompt_token_ids"]) for i in inputs] == lengths and kw == {"use_tqdm": False}
     assert [p.kwargs for p in params] == [
-        {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 17, "seed": sample_seed(11, p, 0)} for p in prompts]
+        {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 17, "seed": sample_seed(11, p, 0), "stop": None}
+        for p in prompts]
+
+
+def test_stop_sequences_and_finish_reasons(fake_vllm, tiny_model: Path) -> None:
+    """Stop texts reach SamplingParams; vLLM's finish_reason/stop_reason become eos / stop / length."""
+    from selfplay.core.samplers import VLLMSampler
+
+    sampler = VLLMSampler(str(tiny_model))
+    (out,) = sampler.complete(["a"], n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0,
+                              stop=["\nObservation:"], progress=False)
+    assert FakeLLM.instances[0].calls[0][1][0].kwargs["stop"] == ["\nObservation:"]
+    assert [c.finish_reason for c in out] == ["eos", "stop", "length"] and [c.num_tokens for c in out] == [1, 2, 3]
 
 
 def test_greedy_asks_once_and_copies(fake_vllm, tiny_model: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from selfplay.config import Config, load_config
+from selfplay.config import Config
 
 from selfplay.progress import console  # noqa: F401 (the one stderr console, re-exported for the CLI)
 
@@ -19,5 +19,8 @@ SetOpt = Annotated[
 
 
 def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config:
-    """Build the config from file, ``--set`` items and explicit flags (dotted keys; None = not given)."""
+    """Build the config from file, ``--set`` items and explicit flags (dotted keys; None = not given), with the
+    chosen method's preset and checks (:func:`selfplay.methods.load_config`)."""
+    from selfplay.methods import load_config
+
     return load_config(config, sets or [], {k.replace("__", "."): v for k, v in flags.items()})

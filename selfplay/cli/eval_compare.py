@@ -1,12 +1,29 @@
-"""``selfplay eval compare RUN_DIR``: every metric across a loop run's iterations, as one table and one plot."""
+"""``selfplay eval compare RUN_DIR [RUN_DIR ...]``: loop runs' metrics across iterations, as tables and one plot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
+
+
+def _load(run_dir: Path) -> tuple[list[dict[str, Any]], tuple]:
+    """A run's iteration rows and its method's extra table columns."""
+    import yaml
+
+    from selfplay.errors import UserError
+    from selfplay.io import read_jsonl
+    from selfplay.methods import METHODS
+
+    path = run_dir / "eval" / "iterations.jsonl"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no eval/iterations.jsonl — is this a `selfplay loop` run directory that "
+                        "evaluated at least its base model?")
+    config = run_dir / "config.yaml"
+    method = (yaml.safe_load(config.read_text()) or {}).get("method") if config.exists() else None
+    return read_jsonl(path), (METHODS[method].columns if method in METHODS else ())
 
 
 def register(app: typer.Typer) -> None:
@@ -14,23 +31,33 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare(
-        run_dir: Annotated[Path, typer.Argument(help="A `selfplay loop` run directory.")],
-        as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+        run_dirs: Annotated[list[Path], typer.Argument(help="One or more `selfplay loop` run directories.")],
+        out: Annotated[Optional[Path], typer.Option(
+            "--out", "-o", help="Plot path (default: RUN/eval/plots/iterations.png for one run, "
+                                "compare_<A>_<B>.png beside the first run for several).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of tables.")] = False,
     ) -> None:
-        """Compare base, iter 0, iter 1, ... of a loop run (table + eval/plots/iterations.png)."""
+        """Compare base, iter 0, iter 1, ... of one run, or several runs side by side (e.g. SPIN against SFT)."""
         from selfplay.errors import UserError
-        from selfplay.io import read_jsonl
-        from selfplay.stages.report import plot_iterations, print_iteration_table
+        from selfplay.stages.report import plot_runs, print_comparison, print_iteration_table
 
-        path = run_dir / "eval" / "iterations.jsonl"
-        if not path.exists():
-            raise UserError(f"{run_dir}: no eval/iterations.jsonl — is this a `selfplay loop` run directory that "
-                            "finished at least one iteration?")
-        rows = read_jsonl(path)
+        names = [d.resolve().name for d in run_dirs]
+        if len(set(names)) != len(names):
+            names = [str(d) for d in run_dirs]
+        if len(set(names)) != len(names):
+            raise UserError("the same run directory is given twice")
+        loaded = {name: _load(d) for name, d in zip(names, run_dirs)}
+        runs = {name: rows for name, (rows, _) in loaded.items()}
+        extra = tuple(dict.fromkeys(c for _, cols in loaded.values() for c in cols))
         if as_json:
-            typer.echo(json.dumps(rows, indent=2))
+            typer.echo(json.dumps(runs[names[0]] if len(runs) == 1 else runs, indent=2))
             return
-        print_iteration_table(rows)
-        plot = plot_iterations(rows, run_dir / "eval" / "plots" / "iterations.png")
+        if len(runs) == 1:
+            print_iteration_table(runs[names[0]], extra)
+            plot = plot_runs({"": runs[names[0]]}, out or run_dirs[0] / "eval" / "plots" / "iterations.png", extra)
+        else:
+            print_comparison(runs, extra)
+            default = run_dirs[0].resolve().parent / f"compare_{'_'.join(names)}.png"
+            plot = plot_runs(runs, out or default, extra)
         if plot:
             typer.echo(f"plot: {plot}")

@@ -9,12 +9,12 @@ import typer
 
 from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
 
-app = typer.Typer(help="Run self-play iterations (SPIN, SPPO, GPO) into a resumable run directory.")
+app = typer.Typer(help="Run self-play iterations (SPIN, SPPO, GPO, DPO, SFT, ...) into a resumable run directory.")
 
 
 @app.callback(invoke_without_command=True)
 def loop(
-    method: Annotated[Optional[str], typer.Option(help="spin | sppo | gpo")] = None,
+    method: Annotated[Optional[str], typer.Option(help="A registered method: spin | sppo | gpo | dpo | sft | ...")] = None,
     iters: Annotated[Optional[int], typer.Option(help="Number of iterations.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Starting model: HF id, local path or alias.")] = None,
     data: Annotated[Optional[str], typer.Option(help="SFT data: prepared dir, file, hub id or synth:arith.")] = None,

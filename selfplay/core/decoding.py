@@ -118,11 +118,13 @@ def new_cache(model: Any) -> Any:
 
 @dataclass
 class Row:
-    """One sample being decoded: which prompt it continues, its random stream, its tokens so far."""
+    """One sample being decoded: which prompt it continues, its random stream, its tokens so far, and why
+    it ended ("eos", "stop" for a stop text, "length" at max_new_tokens; "" while decoding)."""
 
     prompt: int
     rng: random.Random
     tokens: list[int] = field(default_factory=list)
+    finish: str = ""
 
 
 @dataclass
@@ -232,14 +234,26 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, rngs: li
     return (order.gather(-1, picked) if order is not None else picked).squeeze(-1)
 
 
+def _finish_reason(row: Row, token: int, eos_ids: set[int], max_new_tokens: int,
+                   stopped: Callable[[list[int]], bool] | None) -> str:
+    """Why ``row`` ends after ``token`` ("" when it goes on)."""
+    if token in eos_ids:
+        return "eos"
+    if stopped is not None and stopped(row.tokens):
+        return "stop"
+    return "length" if len(row.tokens) >= max_new_tokens else ""
+
+
 @torch.inference_mode()
 def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int, temperature: float, top_p: float,
            max_new_tokens: int, max_prompts: int, eos_ids: set[int], pad_id: int, seeds: Callable[[int, int], int],
-           on_tokens: Callable[[int], None], on_done: Callable[[int, list[list[int]]], None]) -> None:
+           on_tokens: Callable[[int], None], on_done: Callable[[int, list[Row]], None],
+           stopped: Callable[[list[int]], bool] | None = None) -> None:
     """Decode n samples of every prompt, admitting prompts in ``order`` while at most ``max_prompts`` run.
 
-    ``seeds(prompt, j)`` seeds row j of a prompt; ``on_done(prompt, tokens[n][...])`` fires once per prompt
-    when all its rows ended (EOS kept at the end of a row's tokens); ``on_tokens(k)`` counts new tokens.
+    ``seeds(prompt, j)`` seeds row j of a prompt; ``on_done(prompt, rows)`` fires once per prompt when all
+    its n rows ended (EOS kept at the end of a row's tokens, ``row.finish`` says why it ended);
+    ``stopped(tokens)`` ends a row when its text reached a stop sequence; ``on_tokens(k)`` counts new tokens.
     """
     pending = deque(order)
     rows_of: dict[int, list[Row]] = {}  # every row of each running prompt, finished or not
@@ -263,13 +277,14 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
         keep = []
         for b, (row, tok) in enumerate(zip(batch.rows, tokens.tolist())):
             row.tokens.append(tok)
-            if tok not in eos_ids and len(row.tokens) < max_new_tokens:
+            row.finish = _finish_reason(row, tok, eos_ids, max_new_tokens, stopped)
+            if not row.finish:
                 keep.append(b)
                 continue
             unfinished[row.prompt] -= 1
             if unfinished[row.prompt] == 0:
                 del unfinished[row.prompt]
-                on_done(row.prompt, [r.tokens for r in rows_of.pop(row.prompt)])
+                on_done(row.prompt, rows_of.pop(row.prompt))
         on_tokens(len(batch.rows))
         if not keep:
             batch = None

@@ -1,14 +1,14 @@
-"""Where training runs: in this process, or re-launched under ``accelerate launch`` for several processes.
+"""Where a stage runs: in this process, or re-launched under ``accelerate launch`` as several processes.
 
-Launchers know nothing about methods: they run ``selfplay train --config FILE ...`` with a config file the
-caller wrote. The training code itself is plain accelerate, so DDP/FSDP/DeepSpeed come from the
-accelerate config file (``launch.accelerate_config``) and need no change in the method code.
+Launchers know nothing about methods or commands: :func:`run_launched` runs a Python module (a stage's
+worker entry point, e.g. ``selfplay.stages.worker``) with the arguments the caller built. The training
+code itself is plain accelerate, so DDP/FSDP/DeepSpeed come from the accelerate config file
+(``launch.accelerate_config``) and need no change in the method code.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +22,12 @@ def under_distributed_launcher() -> bool:
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
-def accelerate_command(launch: LaunchConfig, train_args: list[str]) -> list[str]:
-    """The ``accelerate launch`` command line that runs ``selfplay train`` with ``train_args``."""
-    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
-        raise UserError("launch.backend=accelerate needs the `accelerate` command (pip install accelerate).")
+def accelerate_command(launch: LaunchConfig, module: str, args: list[str]) -> list[str]:
+    """The ``accelerate launch`` command line that runs ``python -m module args``."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise UserError("launch.backend=accelerate needs the `accelerate` package (pip install accelerate).")
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if launch.accelerate_config:
         if not Path(launch.accelerate_config).is_file():
@@ -38,13 +40,13 @@ def accelerate_command(launch: LaunchConfig, train_args: list[str]) -> list[str]
 
     if not torch.cuda.is_available():
         cmd += ["--cpu"]
-    return cmd + ["-m", "selfplay.cli.main", "train", *train_args]
+    return cmd + ["-m", module, *args]
 
 
-def run_launched(launch: LaunchConfig, train_args: list[str]) -> None:
-    """Run ``selfplay train`` under accelerate and wait; a failure is reported with its exit code."""
-    cmd = accelerate_command(launch, train_args)
+def run_launched(launch: LaunchConfig, module: str, args: list[str]) -> None:
+    """Run ``module`` under accelerate and wait; a failure is reported with its exit code."""
+    cmd = accelerate_command(launch, module, args)
     env = dict(os.environ, SELFPLAY_LAUNCHED="1")
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        raise UserError(f"training under `accelerate launch` failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        raise UserError(f"`accelerate launch` failed with exit code {proc.returncode}: {' '.join(cmd)}")

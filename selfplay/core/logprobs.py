@@ -18,11 +18,13 @@ logits take the plain path; a one-time numeric check per model guards the split.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from selfplay.core.examples import TokenizedExample
 
 # Vocabulary rows projected at once in the chunked path: chunk tokens x V floats ~ 128 MiB in fp32.
 _CHUNK_FLOATS = 2**25
@@ -31,48 +33,14 @@ _MIN_CHUNK_TOKENS = 64
 _SPLIT_OK: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
-@dataclass
-class TokenizedPair:
-    """One training example as token ids: a shared prompt and one or two responses."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int] | None = None
-    truncated: bool = False
-
-
-def tokenize_response(tokenizer: Any, text: str) -> list[int]:
-    """Response tokens, ending in EOS so the model learns to stop."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
-
-
-def truncate(prompt_ids: list[int], responses: list[list[int]], max_length: int,
-             max_prompt_length: int) -> tuple[list[int], list[list[int]], bool]:
-    """Keep the END of the prompt (its question is last) and the START of each response.
-
-    The prompt is cut to ``max_prompt_length`` only when prompt + longest response exceeds ``max_length``
-    (the rule TRL and the SPIN anchor use); responses are then cut to fit. Returns (prompt, responses, cut?).
-    """
-    longest = max(len(r) for r in responses)
-    cut = False
-    if len(prompt_ids) + longest > max_length and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
-        cut = True
-    room = max(1, max_length - len(prompt_ids))
-    if longest > room:
-        responses = [r[:room] for r in responses]
-        cut = True
-    return prompt_ids, responses, cut
-
-
-def collate_left_padded(prompts: list[list[int]], responses: list[list[int]],
-                        pad_id: int) -> dict[str, torch.Tensor]:
+def collate_left_padded(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                        masks: list[list[bool]] | None = None) -> dict[str, torch.Tensor]:
     """Concatenate prompt+response per row and left-pad to a batch.
 
-    Returns ``input_ids``/``attention_mask``/``position_ids`` [N, T] and ``response_mask`` [N, R+1] aligned
-    with the last R+1 positions (R = longest response); ``response_mask[:, j]`` marks the positions whose
-    NEXT token is a response token, i.e. the logits that predict the response.
+    Returns ``input_ids``/``attention_mask``/``position_ids`` [N, T], and ``labels``/``label_mask`` [N, R]
+    aligned with the last R positions (R = longest response): ``label_mask`` marks the response tokens
+    whose log-prob counts — all of them, or those ``masks`` (one bool per response token) marks trained;
+    tokens of context inside a response (tool observations) are fed to the model but never scored.
     """
     seqs = [p + r for p, r in zip(prompts, responses)]
     T = max(len(s) for s in seqs)
@@ -86,7 +54,7 @@ def collate_left_padded(prompts: list[list[int]], responses: list[list[int]],
         input_ids[i, T - len(s):] = torch.tensor(s)
         attention_mask[i, T - len(s):] = 1
         labels[i, R - len(r):] = torch.tensor(r)
-        label_mask[i, R - len(r):] = True
+        label_mask[i, R - len(r):] = torch.tensor(masks[i]) if masks is not None else True
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
             "labels": labels, "label_mask": label_mask}
@@ -175,14 +143,16 @@ def _full_logits_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     return token_logps.sum(-1), label_mask.sum(-1)
 
 
-def pair_batch(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows: one forward pass computes both (2B rows)."""
-    prompts = [p.prompt_ids for p in pairs] * 2
-    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]  # type: ignore[misc]
-    return collate_left_padded(prompts, responses, pad_id)
+def example_batch(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows grouped by response slot: every example's first response, then every second one (a pair's
+    chosen rows, then its rejected rows), so one forward pass scores all of them ([B * k] rows)."""
+    k = len(examples[0].responses)
+    prompts = [e.prompt_ids for e in examples] * k
+    responses = [e.responses[j] for j in range(k) for e in examples]
+    masks = [e.masks[j] for j in range(k) for e in examples]
+    return collate_left_padded(prompts, responses, pad_id, masks)
 
 
-def split_chosen_rejected(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[2B] -> ([B] chosen, [B] rejected) for a batch built by :func:`pair_batch`."""
-    half = values.shape[0] // 2
-    return values[:half], values[half:]
+def split_responses(values: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """[B * k] -> k tensors of [B], for a batch built by :func:`example_batch`."""
+    return list(values.view(k, -1).unbind(0))

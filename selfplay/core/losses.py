@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from selfplay.errors import ConfigError, UserError, suggest
 
 __all__ = [
+    "LABEL_SMOOTHING_LOSSES",
+    "LIKELIHOOD_LOSSES",
     "LOSSES",
-    "LOSSES_NEEDING_PROBS",
+    "LOSS_FIELDS",
     "LossFn",
     "LossOutput",
     "get_loss",
@@ -308,9 +310,15 @@ LOSSES: dict[str, LossFn] = {
     "gpo": gpo_loss,
 }
 
-# Losses whose pairs must carry chosen_prob (and, except sppo_single, rejected_prob): the pair builder
-# and the train stage check this before training starts.
-LOSSES_NEEDING_PROBS: frozenset[str] = frozenset({"sppo", "sppo_single", "gpo"})
+# The pair fields each loss reads beyond the log-probs; the example loader checks every record carries
+# them before any model is loaded (the pair builders of SPPO/GPO attach them).
+LOSS_FIELDS: dict[str, tuple[str, ...]] = {
+    "sppo": ("chosen_prob", "rejected_prob"),
+    "gpo": ("chosen_prob", "rejected_prob"),
+    "sppo_single": ("chosen_prob",),
+}
+# Losses that accept label smoothing (cDPO); the others refuse a non-zero value.
+LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "dpo", "spin"})
 
 
 def get_loss(name: str) -> LossFn:
@@ -330,23 +338,33 @@ def rwr_loss(
     *,
     temperature: float = 0.4,
     num_tokens: torch.Tensor | None = None,
+    weighting: str = "exp",
 ) -> torch.Tensor:
-    """Reward-weighted regression of RISE (arXiv 2407.18219, the training objective of Sec. 4:
-    maximise sum_t log pi(y_t | history) * exp(r(y_t) / tau)), as a scalar loss::
+    """Reward-weighted regression of RISE (arXiv 2407.18219, Sec. 4: maximise
+    sum_t log pi(y_t | history) * exp(r(y_t) / tau)), as a scalar loss::
 
-        w    = exp(rewards / temperature)                 # [B], unnormalised, no gradient
+        w    = exp(rewards / temperature)   (weighting "exp")   or   rewards   (weighting "reward")
         loss = -(w * policy_logps / num_tokens).mean()
 
-    The weights follow the paper: plain exp(r / tau), NOT normalised over the batch, so a failed turn
-    (r = 0) keeps weight 1 and a correct one (r = 1, tau = 0.4) weighs e^2.5 ~ 12.2 regardless of what
-    else is in the batch. ``num_tokens`` ([B], response token counts) turns the summed log-probs into
-    per-token means so long responses do not dominate; ``None`` keeps the sums.
-    Shapes: ``policy_logps`` [B] (summed over response tokens), ``rewards`` [B] -> scalar.
+    ``exp`` is the paper's weight, and what the official conversion script writes into its training data
+    (cmu-mind/RISE ``workflow_convert.py``: ``exp(reward / --temperature)``, default 0.4), so a failed turn
+    (r = 0) keeps weight 1, a correct one (r = 1) weighs e^2.5 ~ 12.2 and an unparsable one (r = -1)
+    e^-2.5 ~ 0.08. ``reward`` uses the raw reward: 0-reward turns contribute nothing, -1 turns are pushed
+    down. Weights are not normalised over the batch and carry no gradient. ``num_tokens`` ([B], trained
+    token counts) makes each example's term its mean token log-likelihood, as FastChat's per-sample loss
+    in the anchor does; ``None`` keeps the sums.
+    Shapes: ``policy_logps`` [B] (summed over trained tokens), ``rewards`` [B] -> scalar.
     """
     if policy_logps.shape != rewards.shape or policy_logps.dim() != 1:
         raise ValueError(f"policy_logps and rewards must both be [B]; got {tuple(policy_logps.shape)}, "
                          f"{tuple(rewards.shape)}")
-    weights = torch.exp(rewards.detach().to(policy_logps.dtype) / temperature)
+    rewards = rewards.detach().to(policy_logps.dtype)
+    if weighting == "exp":
+        weights = torch.exp(rewards / temperature)
+    elif weighting == "reward":
+        weights = rewards
+    else:
+        raise ValueError(f"unknown RWR weighting '{weighting}' (exp or reward)")
     per_example = policy_logps if num_tokens is None else policy_logps / _token_counts(num_tokens, policy_logps)
     return -(weights * per_example).mean()
 
@@ -370,3 +388,8 @@ def _token_counts(num_tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"num_tokens must have shape {tuple(like.shape)}; got {tuple(counts.shape)}")
     return counts.clamp(min=1)
 
+
+
+# Likelihood losses (no reference): name -> the per-example value each record must carry ("" = none).
+# SFT weighs every example alike; RWR weighs each by its reward (see :func:`rwr_loss`).
+LIKELIHOOD_LOSSES: dict[str, str] = {"sft": "", "rwr": "reward"}

@@ -16,6 +16,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from selfplay.errors import MissingExtraError, UserError, suggest
@@ -65,16 +66,61 @@ def sample_seed(seed: int, prompt: str, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One sample: its text (a stop sequence that ended it is not included), why it ended ("eos", "stop",
+    "length") and how many tokens it took."""
+
+    text: str
+    finish_reason: str
+    num_tokens: int
+
+
 class Sampler(Protocol):
-    """n completions per prompt, in input order; temperature 0 = greedy (then the n copies are equal)."""
+    """n completions per prompt, in input order; temperature 0 = greedy (then the n copies are equal).
+
+    ``stop``: texts that end a sample (excluded from it), e.g. ``["\nObservation:"]`` for a ReAct step.
+    ``complete`` returns :class:`Completion` objects, ``generate`` only their texts.
+    """
 
     tokenizer: Any
 
+    def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]: ...
+
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, progress: bool = True, on_result: OnResult | None = None) -> list[list[str]]: ...
+                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 on_result: OnResult | None = None) -> list[list[str]]: ...
 
 
-def _check_params(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+class _Texts:
+    """``generate`` = ``complete`` keeping only the texts (shared by the backends)."""
+
+    def complete(self, prompts: list[str], **kwargs: Any) -> list[list[Completion]]:
+        raise NotImplementedError  # each backend defines it
+
+    def generate(self, prompts: list[str], *, on_result: OnResult | None = None, **kwargs: Any) -> list[list[str]]:
+        texts_of = _texts_callback(on_result)
+        return [[c.text for c in cs] for cs in self.complete(prompts, on_result=texts_of, **kwargs)]
+
+
+def _texts_callback(on_result: OnResult | None) -> Callable[[int, list[Completion]], None] | None:
+    if on_result is None:
+        return None
+    return lambda i, completions: on_result(i, [c.text for c in completions])
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """``text`` up to the earliest occurrence of any stop sequence (all of it when none occurs)."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[:min(cuts)] if cuts else text
+
+
+def _check_params(n: int, temperature: float, top_p: float, max_new_tokens: int,
+                  stop: list[str] | None = None) -> None:
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop)):
+        raise UserError(f"stop must be a list of non-empty strings, got {stop!r}")
     if n < 1:
         raise UserError(f"n (samples per prompt) must be at least 1, got {n}")
     if temperature < 0:
@@ -125,7 +171,7 @@ def generation_progress(total: int, enabled: bool = True,
 # --------------------------------------------------------------------------- transformers backend
 
 
-class HFSampler:
+class HFSampler(_Texts):
     """Sampling with transformers through the continuous-batching loop of :mod:`selfplay.core.decoding`.
 
     Prompts are admitted longest first (similar lengths share a prefill, little padding); up to
@@ -134,13 +180,15 @@ class HFSampler:
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
+        from selfplay.models import pad_token_id
+
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.eos_ids = {i for i in eos_ids if i is not None}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
         self.last_stats: dict[str, float] = {}
 
@@ -149,21 +197,22 @@ class HFSampler:
         """Wrap an already loaded (model, tokenizer) pair, e.g. the policy being evaluated."""
         return cls(model, tokenizer, batch_size)
 
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, progress: bool = True, on_result: OnResult | None = None) -> list[list[str]]:
-        """n completions per prompt (special tokens and the final EOS removed), in input order."""
+    def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """n completions per prompt (special tokens, the final EOS and a stop text removed), in input order."""
         from selfplay.core.decoding import decode
 
-        _check_params(n, temperature, top_p, max_new_tokens)
+        _check_params(n, temperature, top_p, max_new_tokens, stop)
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         if any(not ids for ids in encoded):
             raise UserError("a prompt encodes to no tokens; check the data for empty prompts.")
         greedy = temperature == 0
-        results: list[list[str]] = [[] for _ in prompts]
+        results: list[list[Completion]] = [[] for _ in prompts]
         with generation_progress(len(prompts), progress) as bar:
-            def done(i: int, tokens: list[list[int]]) -> None:
-                texts = [self._decode_text(t) for t in tokens]
-                results[i] = texts * n if greedy else texts  # greedy decodes one row and copies it
+            def done(i: int, rows: list[Any]) -> None:
+                completions = [self._completion(row.tokens, row.finish, stop) for row in rows]
+                results[i] = completions * n if greedy else completions  # greedy decodes one row and copies it
                 if on_result is not None:
                     on_result(i, results[i])
                 bar.add(prompts=1)
@@ -172,14 +221,27 @@ class HFSampler:
                    n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                    max_prompts=self.batch_size, eos_ids=self.eos_ids, pad_id=self.pad_id,
                    seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
-                   on_done=done)
+                   on_done=done, stopped=self._stop_matcher(stop) if stop else None)
             self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds}
         return results
 
-    def _decode_text(self, token_ids: list[int]) -> str:
+    def _stop_matcher(self, stop: list[str]) -> Callable[[list[int]], bool]:
+        """Whether a row's text ends in a stop sequence. Only the last few tokens are decoded: a stop of L
+        characters spans at most L tokens, and earlier steps already checked everything before them."""
+        window = max(len(s) for s in stop) + 2
+
+        def stopped(tokens: list[int]) -> bool:
+            tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in stop)
+
+        return stopped
+
+    def _completion(self, token_ids: list[int], finish: str, stop: list[str] | None) -> Completion:
+        count = len(token_ids)
         if token_ids and token_ids[-1] in self.eos_ids:
             token_ids = token_ids[:-1]
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return Completion(cut_at_stop(text, stop) if stop and finish == "stop" else text, finish, count)
 
 
 # --------------------------------------------------------------------------- vLLM backend
@@ -197,7 +259,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-class VLLMSampler:
+class VLLMSampler(_Texts):
     """vLLM generation: one ``LLM`` engine, per-prompt seeded ``SamplingParams``, token-id prompts."""
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
@@ -211,24 +273,34 @@ class VLLMSampler:
         self.llm = self._vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
                                   gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype, **kwargs)
 
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, progress: bool = True, on_result: OnResult | None = None) -> list[list[str]]:
-        _check_params(n, temperature, top_p, max_new_tokens)
+    def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        _check_params(n, temperature, top_p, max_new_tokens, stop)
         greedy = temperature == 0
-        results: list[list[str]] = []
+        results: list[list[Completion]] = []
         for start in range(0, len(prompts), VLLM_CHUNK):
             chunk = prompts[start:start + VLLM_CHUNK]
             inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in chunk]
             params = [self._vllm.SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p,
-                                                max_tokens=max_new_tokens, seed=sample_seed(seed, p, 0))
+                                                max_tokens=max_new_tokens, seed=sample_seed(seed, p, 0),
+                                                stop=stop or None)
                       for p in chunk]
             outputs = self.llm.generate(inputs, params, use_tqdm=progress)
             for offset, out in enumerate(outputs):
-                texts = [o.text for o in sorted(out.outputs, key=lambda o: o.index)]
-                results.append(texts * n if greedy else texts)
+                completions = [Completion(o.text, _vllm_finish(o), len(o.token_ids))
+                               for o in sorted(out.outputs, key=lambda o: o.index)]
+                results.append(completions * n if greedy else completions)
                 if on_result is not None:
                     on_result(start + offset, results[-1])
         return results
+
+
+def _vllm_finish(output: Any) -> str:
+    """vLLM's finish_reason/stop_reason as ours: "length", "stop" (a stop text) or "eos"."""
+    if output.finish_reason == "length":
+        return "length"
+    return "stop" if isinstance(getattr(output, "stop_reason", None), str) else "eos"
 
 
 # --------------------------------------------------------------------------- factory

@@ -128,7 +128,7 @@ def make_server(sampler: Any, model_name: str, *, host: str = "127.0.0.1", port:
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_tokens: int = 1024, batch_size: int = 8,
           model_cfg: Any = None) -> None:
     """Load ``model`` and serve ``POST /v1/chat/completions`` until interrupted."""
-    from selfplay.cli.common import console
+    from selfplay.progress import console
     from selfplay.core.samplers import make_sampler
 
     sampler = make_sampler("hf", model, model_cfg=model_cfg, batch_size=batch_size)

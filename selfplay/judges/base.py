@@ -117,6 +117,16 @@ JUDGES: dict[str, Callable[[str | None, int, str], Judge]] = {
 }
 
 
+# Judges that check samples against the record's reference answer (their score is task accuracy, which
+# evaluations report as such, so they are not averaged a second time as a "judge score").
+REFERENCE_JUDGES: frozenset[str] = frozenset({"verifier"})
+
+
+def checks_reference(spec: str) -> bool:
+    """True when the judge of ``spec`` scores samples against the reference answer (a verifier)."""
+    return parse_judge_spec(spec)[0] in REFERENCE_JUDGES
+
+
 def _require(arg: str | None, name: str, what: str) -> str:
     if not arg:
         raise UserError(f"judge '{name}' needs {what}: --judge {name}:ARG")

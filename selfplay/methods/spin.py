@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from selfplay.methods.base import Method
+
 
 def build_spin_pairs(sample_rows: list[dict[str, Any]], iteration: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One pair per generated sample. Ids carry the iteration so mixed iterations never collide.
@@ -28,3 +30,19 @@ def build_spin_pairs(sample_rows: list[dict[str, Any]], iteration: int) -> tuple
                           "chosen": real, "rejected": sample})
     return pairs, {"pairs": len(pairs), "dropped_empty": empty, "dropped_identical": identical,
                    "dropped_no_reference": no_reference}
+
+
+def _build(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    return build_spin_pairs(rows, iteration)
+
+
+METHOD = Method(
+    name="spin",
+    summary="real SFT answer vs. the previous iterate's own answer (arXiv 2401.01335)",
+    collects="samples",
+    build=_build,
+    objective="preference",
+    default_loss="sigmoid",
+    mixes_previous=True,
+    names=("real", "generated"),
+)

@@ -20,7 +20,8 @@ from selfplay.core.preference import (
     win_prob_from_scores,
     win_prob_from_skew,
 )
-from selfplay.errors import DataError, UserError
+from selfplay.errors import ConfigError, DataError, UserError
+from selfplay.methods.base import Method
 
 METHODS = ("sppo", "gpo")
 
@@ -92,3 +93,46 @@ def build_sppo_pairs(scored_rows: list[dict[str, Any]], *, method: str = "sppo")
         "judge_errors": judge_errors,
     }
     return pairs, stats
+
+
+def _needs_k_samples(cfg: Any) -> None:
+    if cfg.generate.n < 2:
+        raise ConfigError(f"method '{cfg.method}' compares K samples per prompt: generate.n must be at least 2, "
+                          f"got {cfg.generate.n}")
+
+
+# The SPPO anchor's numbers (DESIGN.md); GPO and iterative DPO sample and rank the same way.
+_RANKED_PRESET: dict[str, Any] = {"generate": {"n": 5, "temperature": 0.7, "top_p": 0.9},
+                                  "train": {"beta": 1e-3, "lr": 5e-7, "epochs": 1.0},
+                                  "loop": {"iters": 3, "disjoint_prompts": True, "mix_previous": False}}
+
+SPPO = Method(
+    name="sppo",
+    summary="K samples per prompt against each other, squared loss to (P(win) - 1/2)/beta (arXiv 2405.00675)",
+    collects="ranked",
+    build=lambda rows, k, cfg: build_sppo_pairs(rows, method="sppo"),
+    objective="preference",
+    default_loss="sppo",
+    preset=_RANKED_PRESET,
+    check=_needs_k_samples,
+)
+GPO = Method(
+    name="gpo",
+    summary="as SPPO with a general preference model's raw skew-symmetric score (arXiv 2410.02197)",
+    collects="ranked",
+    build=lambda rows, k, cfg: build_sppo_pairs(rows, method="gpo"),
+    objective="preference",
+    default_loss="gpo",
+    preset=_RANKED_PRESET,
+    check=_needs_k_samples,
+)
+DPO = Method(
+    name="dpo",
+    summary="iterative DPO: the judge's best vs. worst of K samples, logistic loss (arXiv 2305.18290)",
+    collects="ranked",
+    build=lambda rows, k, cfg: build_sppo_pairs(rows, method="sppo"),
+    objective="preference",
+    default_loss="sigmoid",
+    preset={**_RANKED_PRESET, "train": {"beta": 0.1, "lr": 5e-7, "epochs": 1.0}},
+    check=_needs_k_samples,
+)

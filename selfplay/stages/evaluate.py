@@ -18,41 +18,54 @@ reloading this model.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfplay.config import Config
-from selfplay.core.logprobs import collate_left_padded, sequence_logps, tokenize_response, truncate
+from selfplay.core.examples import Segment, tokenize_segments, truncate
+from selfplay.core.logprobs import collate_left_padded, sequence_logps
 from selfplay.core.memory import release_memory
 from selfplay.hardware import resolve_dtype_name
 from selfplay.io import read_jsonl, write_json, write_jsonl
 from selfplay.progress import console
 
 
-def _task_of(records: list[dict[str, Any]], configured: str) -> str | None:
+def task_verifier(records: list[dict[str, Any]], configured: str) -> str | None:
+    """The verifier that checks answers to these records: ``eval.task`` when set (a task or verifier name),
+    else the one task the records share (``meta.task``, see :data:`selfplay.envs.verifiers.TASK_VERIFIERS`)."""
+    from selfplay.envs.verifiers import VERIFIERS, verifier_for_task
+
     if configured != "auto":
-        return configured
+        return configured if configured in VERIFIERS else verifier_for_task(configured)
     tasks = {r.get("meta", {}).get("task") for r in records}
-    task = tasks.pop() if len(tasks) == 1 else None
-    return task if task in {"arith", "gsm8k", "math"} else None
+    return verifier_for_task(tasks.pop()) if len(tasks) == 1 else None
+
+
+def gold_answer(record: dict[str, Any]) -> str:
+    """What a verifier compares with: the record's short answer (``meta.answer``, e.g. HotpotQA's entity
+    when the reference is a whole ReAct trajectory), else its reference."""
+    answer = record.get("meta", {}).get("answer")
+    return answer if isinstance(answer, str) and answer.strip() else record["reference"]
 
 
 def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], *, batch_size: int,
                    max_length: int) -> tuple[list[float], list[int]]:
     """Summed log-prob and token count of each response given its (already formatted) prompt."""
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    from selfplay.core.samplers import encode_prompt
+
     sums: list[float] = []
     counts: list[int] = []
     for i in range(0, len(prompts), batch_size):
         ps, rs = [], []
         for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
-            pid, (rid,), _ = truncate(tok(p, add_special_tokens=False)["input_ids"], [tokenize_response(tok, r)],
-                                      max_length, max_length // 2)
+            ids, _ = tokenize_segments(tok, [Segment(r)])
+            pid, (rid,), _ = truncate(encode_prompt(tok, p), [ids], max_length, max_length // 2)
             ps.append(pid)
             rs.append(rid)
-        batch = {k: v.to(model.device) for k, v in collate_left_padded(ps, rs, pad_id).items()}
+        batch = {k: v.to(model.device) for k, v in collate_left_padded(ps, rs, tok.pad_token_id).items()}
         with torch.no_grad():
             logps, ntok = sequence_logps(model, batch)
         sums += logps.tolist()
@@ -60,12 +73,20 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
     return sums, counts
 
 
+# A method's extra per-iteration evaluations (``Method.evaluations``), by name:
+# (config, sampler over the evaluated model, held-out records, output directory) -> metrics for the table.
+Evaluation = Callable[[Config, Any, list[dict[str, Any]], Path], dict[str, Any]]
+EVALUATIONS: dict[str, Evaluation] = {}
+
+
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, Any]], out_dir: Path,
-                   previous: Path | None = None, judge: str | None = None) -> dict[str, Any]:
+                   previous: Path | None = None, judge: str | None = None,
+                   evaluations: tuple[str, ...] = ()) -> dict[str, Any]:
     """Evaluate one model on held-out records; writes ``out_dir/samples.jsonl`` and ``metrics.json``.
 
     ``previous``: the previous evaluation's ``samples.jsonl`` (for the SPIN margin), or None for the base.
     ``judge``: a scoring judge spec (reward model, ...) whose mean score of the answers is reported (SPPO).
+    ``evaluations``: names in :data:`EVALUATIONS` whose metrics join the row (e.g. RISE's multi-turn).
     """
     from selfplay.core.samplers import HFSampler, format_prompt
     from selfplay.envs.verifiers import get_verifier
@@ -93,9 +114,10 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         "real_loglik": sum(real_sum) / max(1, sum(real_n)),
         "answer_tokens": sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(1, len(answers)),
     }
-    task = _task_of(records, cfg.eval.task)
-    if task:
-        metrics["task"] = task
+    verifier = task_verifier(records, cfg.eval.task)
+    tasks = {r.get("meta", {}).get("task") for r in records}
+    if len(tasks) == 1 and tasks != {None}:
+        metrics["task"] = tasks.pop()
     # (accuracy key, judge-score key, answers per record): greedy answers, then fresh samples if asked for.
     answer_sets = [("accuracy", "mean_score", [[a] for a in answers])]
     if cfg.eval.num_samples > 0:
@@ -105,11 +127,11 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
                                    seed=cfg.seed + 7919)
         metrics["samples_per_prompt"] = cfg.eval.num_samples
         answer_sets.append(("sample_accuracy", "sample_score", samples))
-    check = get_verifier(task) if task else None
+    check = get_verifier(verifier) if verifier else None
     scorer = _scoring_judge(judge, cfg) if judge else None
     for accuracy_key, score_key, texts in answer_sets:
         if check:
-            hits = [check(t, r["reference"]) for ts, r in zip(texts, records) for t in ts]
+            hits = [check(t, gold_answer(r)) for ts, r in zip(texts, records) for t in ts]
             metrics[accuracy_key] = sum(hits) / max(1, len(hits))
         if judge:
             metrics[score_key] = _mean_judge_score(scorer, records, texts)
@@ -123,6 +145,8 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         margins = [(real_sum[i] - prev[records[i]["id"]]["real_logp"]) - (ps - prev[records[i]["id"]]["answer_logp"])
                    for i, ps in zip(have, prev_sum)]
         metrics["spin_margin"] = sum(margins) / max(1, len(margins))
+    for name in evaluations:
+        metrics.update(EVALUATIONS[name](cfg, sampler, records, out_dir))
     write_jsonl(out_dir / "samples.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)
     del model, gen_model, sampler, scorer

@@ -176,6 +176,8 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
                         f"of --frac-len {sharding.frac_len}")
     sampler_info = {"backend": g.backend, "model": model, "temperature": g.temperature, "top_p": g.top_p,
                     "max_new_tokens": g.max_new_tokens, "seed": g.seed, "n": g.n, "prompt_format": g.prompt_format}
+    if g.stop:
+        sampler_info["stop"] = list(g.stop)
     manifest = {"prompt_ids": [r["id"] for r in records], "shuffle_seed": g.seed,
                 "sharding": dataclasses.asdict(sharding), "sampler": sampler_info,
                 "data": str(data), "split": split}
@@ -207,16 +209,17 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     prompts = [format_prompt(sampler.tokenizer, r["messages"], g.prompt_format) for r in todo]
 
     with JsonlAppender(shard_path) as out:
-        def write_record(i: int, samples: list[str]) -> None:
+        def write_record(i: int, completions: list[Any]) -> None:
             record = todo[i]
             row = {"id": record["id"], "prompt_messages": record["messages"], "reference": record.get("reference"),
-                   "samples": samples, "sampler": sampler_info}
+                   "samples": [c.text for c in completions],
+                   "finish_reasons": [c.finish_reason for c in completions], "sampler": sampler_info}
             if record.get("meta"):
                 row["meta"] = record["meta"]
             out.write(row)
 
-        sampler.generate(prompts, n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                         seed=g.seed, on_result=write_record)
+        sampler.complete(prompts, n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                         seed=g.seed, stop=g.stop or None, on_result=write_record)
     console.print(f"{label}: wrote {len(todo)} prompts x {g.n} samples to {shard_path}")
     return shard_path
 

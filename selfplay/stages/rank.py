@@ -19,19 +19,10 @@ from typing import Any
 
 from selfplay.config import Config, save_config
 from selfplay.core.preference import symmetrize, win_prob_from_scores
+from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
 from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge
-
-
-def _check_messages(value: Any, path: Path, line: int) -> None:
-    if not isinstance(value, list) or not value:
-        raise DataError("expected a non-empty list of chat messages", path=path, line=line, field="prompt_messages")
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise DataError("each message needs a string 'role' and a string 'content'",
-                            path=path, line=line, field="prompt_messages")
 
 
 def load_sample_sets(path: Path) -> list[dict[str, Any]]:
@@ -45,7 +36,7 @@ def load_sample_sets(path: Path) -> list[dict[str, Any]]:
         if row_id in seen:
             raise DataError(f"duplicate id '{row_id}' (first on line {seen[row_id]})", path=path, line=line, field="id")
         seen[row_id] = line
-        _check_messages(row.get("prompt_messages"), path, line)
+        check_messages(row.get("prompt_messages"), "prompt_messages", RowRef(str(path), line - 1, line=line))
         samples = row.get("samples")
         if not isinstance(samples, list) or not all(isinstance(s, str) for s in samples):
             raise DataError("expected a list of sample texts", path=path, line=line, field="samples")
@@ -135,7 +126,7 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     ``shard=(index, count)`` ranks only that contiguous slice of prompts and writes
     ``out_path/shard-0000i-of-0000n.jsonl``. Returns the JSONL written; rerunning resumes it.
     """
-    from selfplay.cli.common import console
+    from selfplay.progress import console
     from selfplay.stages.progress import progress_bar
 
     samples_path, out_path = Path(samples_path), Path(out_path)

@@ -1,0 +1,85 @@
+"""Collectors: what one loop iteration gathers with the current model, by the name a method declares.
+
+Each collector runs its units of work in the run directory (resumable, fingerprinted like every unit of
+:mod:`selfplay.runs`) and returns the JSONL its method's ``build`` reads, with the fingerprint of that
+file's inputs. Methods say which collector they need (``Method.collects``); adding a kind of collection
+is one function plus one entry in :data:`COLLECTORS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfplay.config import Config
+from selfplay.core.memory import release_memory
+from selfplay.io import write_jsonl
+from selfplay.runs import RunState, fingerprint
+
+
+@dataclass
+class Iteration:
+    """Everything a collector needs about iteration ``k``."""
+
+    k: int
+    cfg: Config  # the iteration's config (schedule applied, its own sampling seed)
+    dir: Path  # run_dir/iter_k
+    run: RunState
+    model: str  # the model the iteration starts from
+    model_fp: str
+    prompts: list[dict[str, Any]]  # the iteration's SFT records {id, messages, reference, meta}
+
+    def write_prompts(self) -> Path:
+        path = self.dir / "prompts.jsonl"
+        write_jsonl(path, self.prompts)
+        return path
+
+
+@dataclass
+class Collected:
+    path: Path  # JSONL of the collected records
+    fp: str  # fingerprint of everything that produced it
+
+
+def collect_references(it: Iteration) -> Collected:
+    """Nothing is generated: the iteration's SFT records themselves (SFT trains on their real answers)."""
+    path = it.write_prompts()
+    return Collected(path, fingerprint([r["id"] for r in it.prompts], it.k))
+
+
+def collect_samples(it: Iteration) -> Collected:
+    """``generate.n`` samples per prompt from the current model (shards merged into generate.jsonl)."""
+    from selfplay.stages.generate import merge_shards, run_generate
+
+    gen_dir, samples = it.dir / "generate", it.dir / "generate.jsonl"
+    fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), [r["id"] for r in it.prompts], it.k)
+
+    def work() -> None:
+        run_generate(it.cfg, it.model, it.write_prompts(), gen_dir)
+        merge_shards(gen_dir, samples)
+        release_memory()
+
+    it.run.ensure(f"iter_{it.k}/generate", fp, [gen_dir, samples], work)
+    return Collected(samples, fp)
+
+
+def collect_ranked(it: Iteration) -> Collected:
+    """Samples as above, then every prompt's K samples judged by ``rank.judge`` (rank.jsonl)."""
+    from selfplay.stages.rank import run_rank
+
+    samples = collect_samples(it)
+    rank_path = it.dir / "rank.jsonl"
+    fp = fingerprint(samples.fp, dataclasses.asdict(it.cfg.rank))
+    it.run.ensure(f"iter_{it.k}/rank", fp, [rank_path], lambda: run_rank(it.cfg, samples.path, rank_path) and None)
+    release_memory()
+    return Collected(rank_path, fp)
+
+
+COLLECTORS: dict[str, Callable[[Iteration], Collected]] = {
+    "references": collect_references,
+    "samples": collect_samples,
+    "ranked": collect_ranked,
+}

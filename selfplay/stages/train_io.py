@@ -1,0 +1,106 @@
+"""What the train stage writes besides the loop: batch order, checkpoints, trackers, the final model.
+
+Kept apart from :mod:`selfplay.stages.train` so the training loop reads in one sitting.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfplay.config import Config, to_dict
+from selfplay.io import write_json
+
+
+@dataclass
+class TrainResult:
+    model_path: Path  # what the next iteration should load (merged dir for LoRA, else model/)
+    steps: int
+    metrics: dict[str, float]
+
+
+def batch_order(lengths: list[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """Deterministic batch order over all epochs: shuffled, then length-grouped in windows of 50 batches.
+
+    Grouping similar lengths cuts padding (the cost of a batch is its longest row); the windowed shuffle
+    keeps batches random. Being a pure function of the seed makes resume a matter of skipping batches.
+    """
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = math.ceil(len(lengths) / batch_size)
+    total = max(1, round(per_epoch * epochs))
+    order: list[list[int]] = []
+    while len(order) < total:
+        idx = torch.randperm(len(lengths), generator=g).tolist()
+        window = batch_size * 50
+        epoch_batches = []
+        for w in range(0, len(idx), window):
+            chunk = sorted(idx[w:w + window], key=lambda i: lengths[i], reverse=True)
+            epoch_batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        perm = torch.randperm(len(epoch_batches), generator=g).tolist()
+        order += [epoch_batches[p] for p in perm]
+    return order[:total]
+
+
+def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int]) -> None:
+    """accelerate state + our counters, swapped in atomically so a kill never leaves half a checkpoint."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_json(tmp / "trainer_state.json", state)
+        old = ckpt.with_name(ckpt.name + ".old")
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def tracker_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config flattened to ``a.b.c`` keys with scalar values (what trackers accept)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix.rstrip(".")] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+
+    walk(to_dict(cfg), "")
+    return flat
+
+
+def finish(accelerator: Any, cfg: Config, policy: Any, tok: Any, out_dir: Path, state: dict[str, int],
+           last: dict[str, float], n_cut: int, n_examples: int, total_steps: int) -> TrainResult:
+    """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(policy)
+    model_dir = out_dir / "model"
+    merged = cfg.model.lora.enabled and cfg.train.save_merged
+    if accelerator.is_main_process:
+        for d in (model_dir, out_dir / "merged"):
+            shutil.rmtree(d, ignore_errors=True)
+        state_dict = accelerator.get_state_dict(policy)
+        unwrapped.save_pretrained(model_dir, state_dict=state_dict, safe_serialization=True)
+        tok.save_pretrained(model_dir)
+        if merged:
+            full = unwrapped.merge_and_unload()
+            full.save_pretrained(out_dir / "merged", safe_serialization=True)
+            tok.save_pretrained(out_dir / "merged")
+    next_model = out_dir / "merged" if merged else model_dir
+    summary = {"model_path": str(next_model), "steps": state["step"], "metrics": last,
+               "examples": n_examples, "truncated": n_cut, "planned_steps": total_steps,
+               "processes": accelerator.num_processes}
+    if accelerator.is_main_process:
+        write_json(out_dir / "summary.json", summary)
+        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(next_model, state["step"], last)
