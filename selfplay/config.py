@@ -138,6 +138,32 @@ class EvalConfig:
 
 
 @dataclass
+class RiseConfig:
+    """RISE (arXiv 2407.18219): multi-turn self-correction rollouts, conversion, multi-turn evaluation."""
+
+    # gsm8k | math | arith (selfplay.envs.answer_envs); auto = the data's task.
+    env: str = "auto"
+    # Collection: turns per episode (an episode stops at a correct answer) and candidates per turn
+    # (n_1 ... n_T, the last repeats): the best by reward (first on ties) becomes the turn's answer.
+    max_turns: int = 2
+    num_samples: list[int] = field(default_factory=lambda: [1, 4])
+    # The model of each turn (the last repeats): "policy" (the iteration's model), a model directory, hub
+    # id or alias, or an OpenAI-compatible URL "http://host:port/v1#model" (a teacher, e.g. selfplay serve).
+    models: list[str] = field(default_factory=lambda: ["policy"])
+    # Candidates with a word repeated more than this many times are dropped as degenerate (the anchor's 150).
+    max_word_repeats: int = 150
+    # Conversion into weighted training turns: all | better | best | success (workflow_convert.py).
+    criteria: Literal["all", "better", "best", "success"] = "all"
+    remove_duplicates: bool = True
+    shuffle: bool = True
+    # Evaluation: sequential turns (one sample each, feedback never reveals correctness), the context
+    # window (the most recent k turns kept, the anchor's --context_window), parallel samples of turn 1.
+    eval_turns: int = 5
+    context_window: int = 2
+    eval_parallel: int = 5
+
+
+@dataclass
 class LaunchConfig:
     # "local": this process; "accelerate": re-launch training under `accelerate launch`.
     backend: Literal["local", "accelerate"] = "local"
@@ -160,6 +186,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rise: RiseConfig = field(default_factory=RiseConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 

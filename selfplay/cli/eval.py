@@ -179,6 +179,54 @@ def task(
     console.print(f"results: {out_dir / 'task_eval.json'}")
 
 
+@app.command("multiturn")
+def multiturn(
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared data dir or records .jsonl with reference answers.")] = None,
+    env: Annotated[Optional[str], typer.Option(help="gsm8k | math | arith | auto (from the data).")] = None,
+    mode: Annotated[str, typer.Option(help="sequential | parallel | both")] = "both",
+    turns: Annotated[Optional[int], typer.Option(help="Sequential turns (config rise.eval_turns).")] = None,
+    context_window: Annotated[Optional[int], typer.Option(help="Most recent turns kept in the prompt.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Parallel samples of turn 1 (config rise.eval_parallel).")] = None,
+    split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (config generate.temperature).")] = None,
+    max_new_tokens: MaxTokensOpt = None,
+    batch_size: BatchOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """RISE's multi-turn evaluation: accuracy per turn, with an oracle and by majority vote (sequential), and
+    pass@n / maj@n of n first-turn samples (parallel)."""
+    if mode not in ("sequential", "parallel", "both"):
+        raise UserError(f"--mode must be sequential, parallel or both, got {mode!r}")
+    cfg = resolve(config, set_, method="rise", model__name_or_path=model, rise__env=env, rise__eval_turns=turns,
+                  rise__context_window=context_window, rise__eval_parallel=n, generate__temperature=temperature,
+                  eval__max_new_tokens=max_new_tokens, eval__batch_size=batch_size)
+    if data is None:
+        raise UserError("--data is required: problems with reference answers (a prepared directory or .jsonl).")
+    import dataclasses
+
+    from selfplay.data.records import load_sft
+    from selfplay.evals.generation import load_sampler
+    from selfplay.evals.multiturn import print_multiturn
+    from selfplay.stages.evaluate import multiturn_evaluation
+
+    records = load_sft(data, split) if Path(data).is_dir() else load_sft(data)
+    records = records[:limit] if limit else records
+    r = cfg.rise
+    rise = dataclasses.replace(r, eval_turns=1 if mode == "parallel" else r.eval_turns,
+                               eval_parallel=0 if mode == "sequential" else r.eval_parallel)
+    cfg = dataclasses.replace(cfg, rise=rise)
+    out_dir = _out_dir(out, cfg.model.name_or_path, "multiturn")
+    _save(cfg, out_dir)
+    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    metrics = multiturn_evaluation(cfg, sampler, records, out_dir)["multiturn"]
+    print_multiturn(metrics)
+    console.print(f"results: {out_dir / 'multiturn.json'}, plot: {out_dir / 'multiturn.png'}")
+
+
 # `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).
 try:
     from selfplay.cli import eval_compare

@@ -39,12 +39,13 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps import torch/transformers lazily inside their commands, so `selfplay --help` stays fast.
-    from selfplay.cli import config_cmd, data, eval as eval_cmd, generate, loop, rank, serve, train
+    from selfplay.cli import config_cmd, data, eval as eval_cmd, generate, loop, rank, rollout, serve, train
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(data.app, name="data")
     app.add_typer(generate.app, name="generate")
     app.add_typer(rank.app, name="rank")
+    app.add_typer(rollout.app, name="rollout")
     app.add_typer(train.app, name="train")
     app.add_typer(loop.app, name="loop")
     app.add_typer(eval_cmd.app, name="eval")

@@ -22,7 +22,7 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _PUNCTUATION = frozenset(string.punctuation)
 
 
-def _canonical_number(text: str) -> str | None:
+def canonical_number(text: str) -> str | None:
     """'12.00' -> '12', '3.50' -> '3.5', '-0' -> '0'; None when not a number."""
     try:
         value = Decimal(text)
@@ -49,9 +49,9 @@ def extract_gsm8k_answer(text: str) -> str | None:
     if "####" in text:
         after = _numbers(text.rsplit("####", 1)[1])
         if after:
-            return _canonical_number(after[0])
+            return canonical_number(after[0])
     found = _numbers(text)
-    return _canonical_number(found[-1]) if found else None
+    return canonical_number(found[-1]) if found else None
 
 
 def check_gsm8k(completion: str, reference: str) -> bool:
@@ -93,19 +93,59 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+# What may stand between the boxes of one set-valued final answer ("\\boxed{5}, \\boxed{11} and \\boxed{-3}").
+_BOX_SEPARATOR = re.compile(r"^(?:\s|,|;|\$|\\quad|\\qquad|\\text\{\s*(?:and|or)\s*\}|and|or)*$")
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The final answer's boxes: the last ``\\boxed{}`` and the boxes directly before it, separated only by
+    commas, "and"/"or" or spacing — one set-valued answer (MATH writes "the possible values are \\boxed{5},
+    \\boxed{11}"). A box earlier in the text (an intermediate result, a repeated answer) is not part of it."""
+    spans = []
+    for match in re.finditer(r"\\(?:boxed|fbox)", text):
+        content = last_boxed(text[:_box_end(text, match.start())])
+        if content is not None:
+            spans.append((match.start(), _box_end(text, match.start()), content))
+    if not spans:
+        return []
+    answers = [spans[-1][2]]
+    for (start, end, content), (next_start, _, _) in zip(reversed(spans[:-1]), reversed(spans[1:])):
+        if not _BOX_SEPARATOR.match(text[end:next_start]):
+            break
+        answers.insert(0, content)
+    return list(dict.fromkeys(answers))
+
+
+def _box_end(text: str, start: int) -> int:
+    """Index just past the box starting at ``start``: its closing brace, or the end of the token of the
+    ``\\boxed 5`` form (len(text) when unclosed)."""
+    rest = re.match(r"\\(?:boxed|fbox)\s*", text[start:])
+    i = start + (rest.end() if rest else 0)
+    if i >= len(text) or text[i] != "{":
+        token = re.match(r"[^\s$]*", text[i:])
+        return i + (token.end() if token else 0)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return j + 1
+    return len(text)
+
+
 def check_math(completion: str, reference: str) -> bool:
     """Mathematical equivalence of the final answers, by math-verify.
 
-    The gold answer is the reference solution's last ``\\boxed{}`` (or the whole reference when it
-    is a bare answer); the prediction is whatever math-verify extracts from the completion (a
-    boxed answer first, else the last expression). Any parser failure or timeout counts as wrong.
+    The gold answer is the reference solution's final boxed answer (several adjacent boxes are one
+    set-valued answer, see :func:`boxed_answers`), or the whole reference when it is a bare answer; the
+    prediction is whatever math-verify extracts from the completion (a boxed answer first, else the last
+    expression). Any parser failure or timeout counts as wrong.
     """
     try:
         from math_verify import parse, verify
     except ImportError:
         raise MissingExtraError("math-verify", "eval", "Checking MATH answers") from None
-    gold_text = last_boxed(reference)
-    gold_text = f"${gold_text if gold_text is not None else reference.strip().strip('$')}$"
+    boxes = boxed_answers(reference)
+    gold_text = f"${', '.join(boxes) if boxes else reference.strip().strip('$')}$"
     # math-verify's timeouts use SIGALRM, which only works in the main thread; elsewhere run without.
     limit = 5 if threading.current_thread() is threading.main_thread() else None
     try:

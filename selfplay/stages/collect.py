@@ -78,8 +78,27 @@ def collect_ranked(it: Iteration) -> Collected:
     return Collected(rank_path, fp)
 
 
+def collect_turns(it: Iteration) -> Collected:
+    """RISE episodes: multi-turn self-correction in the data's answer environment (rollout.jsonl)."""
+    from selfplay.stages.generate import merge_shards
+    from selfplay.stages.rollout import run_rollout
+
+    out_dir, episodes = it.dir / "rollout", it.dir / "rollout.jsonl"
+    fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.rise),
+                     [r["id"] for r in it.prompts], it.k)
+
+    def work() -> None:
+        run_rollout(it.cfg, it.model, it.write_prompts(), out_dir, skip_invalid=True)
+        merge_shards(out_dir, episodes)
+        release_memory()
+
+    it.run.ensure(f"iter_{it.k}/rollout", fp, [out_dir, episodes], work)
+    return Collected(episodes, fp)
+
+
 COLLECTORS: dict[str, Callable[[Iteration], Collected]] = {
     "references": collect_references,
     "samples": collect_samples,
     "ranked": collect_ranked,
+    "turns": collect_turns,
 }

@@ -76,7 +76,29 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
 # A method's extra per-iteration evaluations (``Method.evaluations``), by name:
 # (config, sampler over the evaluated model, held-out records, output directory) -> metrics for the table.
 Evaluation = Callable[[Config, Any, list[dict[str, Any]], Path], dict[str, Any]]
-EVALUATIONS: dict[str, Evaluation] = {}
+
+
+def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """RISE's sequential and parallel multi-turn evaluation of the held-out problems (selfplay.evals.multiturn)."""
+    import dataclasses
+
+    from selfplay.envs.answer_envs import env_for_records
+    from selfplay.evals.multiturn import evaluate_multiturn, table_metrics
+    from selfplay.stages.rollout import LocalTurnModel
+
+    r = cfg.rise
+    env = env_for_records(r.env, records)
+    usable = [rec for rec in records if env.parse_gold(env.gold(rec)) is not None]
+    sampling = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens))
+    console.print(f"eval: multi-turn, {len(usable)} problems x {r.eval_turns} turns"
+                  + (f" + {r.eval_parallel} parallel samples" if r.eval_parallel else ""))
+    metrics = evaluate_multiturn(env, LocalTurnModel(sampler, sampling).respond, usable, turns=r.eval_turns,
+                                 context_window=r.context_window, parallel=r.eval_parallel, seed=cfg.seed + 7919,
+                                 out_dir=out_dir)
+    return {**table_metrics(metrics), "multiturn": metrics}
+
+
+EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation}
 
 
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, Any]], out_dir: Path,

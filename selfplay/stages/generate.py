@@ -152,6 +152,55 @@ def _done_ids(shard_path: Path, expected: set[str], sampler_info: dict[str, Any]
     return done
 
 
+@dataclass
+class ShardPlan:
+    """One shard's share of a resumable, shardable stage: what is left to do and where it goes."""
+
+    path: Path  # the shard's JSONL, appended to per finished prompt
+    todo: list[dict[str, Any]]  # records not done yet, in shard order
+    total: int  # records in the shard
+    label: str  # "generate", "shard 2/4", ... for messages
+
+
+def plan_shard(cfg: Config, model: str, data: str | Path, out_dir: Path, info: dict[str, Any], *, split: str,
+               shard: tuple[int, int] | None, ids: list[str] | None, check_model: bool, stage: str = "generate",
+               records: list[dict[str, Any]] | None = None) -> ShardPlan:
+    """Shard, manifest and resume bookkeeping shared by the stages that write one record per prompt
+    (generate, rollout): ``info`` describes the settings every record of the directory must share.
+
+    Validates the shard selection (and the model with ``check_model``) before creating ``out_dir``.
+    ``records`` gives the prompts already loaded (and validated) instead of reading ``data``.
+    """
+    from selfplay.models import resolve_model
+    from selfplay.progress import console
+
+    out_dir = Path(out_dir)
+    sharding, index = sharding_from_config(cfg, shard)
+    records = records if records is not None else _load_prompts(data, split, ids)
+    count = sharding.count(len(records))
+    if index >= count:
+        raise UserError(f"--data-frac {index} is past the end: {len(records)} prompts make {count} slice(s) "
+                        f"of --frac-len {sharding.frac_len}")
+    manifest = {"prompt_ids": [r["id"] for r in records], "shuffle_seed": cfg.generate.seed,
+                "sharding": dataclasses.asdict(sharding), "sampler": info, "data": str(data), "split": split}
+    if check_model:
+        resolve_model(model, cfg.model.revision)  # fail on a bad model before touching the output directory
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_manifest(out_dir, manifest)
+    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model),
+                                   data=dataclasses.replace(cfg.data, source=str(data), split=split))
+    save_config(resolved, out_dir / "config.yaml")
+    path = out_dir / shard_name(index, count)
+    mine = [records[i] for i in shard_indices(manifest, index)]
+    done = _done_ids(path, {r["id"] for r in mine}, info, out_dir)
+    label = f"{stage} shard {index + 1}/{count}" if count > 1 else stage
+    if not [r for r in mine if r["id"] not in done]:
+        console.print(f"{label}: all {len(mine)} prompts already done in {path}")
+    elif done:
+        console.print(f"{label}: resuming, {len(done)} of {len(mine)} prompts already done")
+    return ShardPlan(path, [r for r in mine if r["id"] not in done], len(mine), label)
+
+
 def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
                  shard: tuple[int, int] | None = None, ids: list[str] | None = None,
                  sampler: Any | None = None) -> Path:
@@ -161,54 +210,23 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     the prompts (in the given order); ``sampler`` reuses a loaded backend instead of loading ``model``.
     Rerunning with the same settings skips the prompts already in the shard file.
     """
-    from selfplay.core.samplers import format_prompt, make_sampler
-    from selfplay.hardware import resolve_dtype_name
-    from selfplay.models import resolve_device, resolve_model
+    from selfplay.core.samplers import format_prompt
     from selfplay.progress import console
 
     g = cfg.generate
-    out_dir = Path(out_dir)
-    sharding, index = sharding_from_config(cfg, shard)
-    records = _load_prompts(data, split, ids)
-    count = sharding.count(len(records))
-    if index >= count:
-        raise UserError(f"--data-frac {index} is past the end: {len(records)} prompts make {count} slice(s) "
-                        f"of --frac-len {sharding.frac_len}")
     sampler_info = {"backend": g.backend, "model": model, "temperature": g.temperature, "top_p": g.top_p,
                     "max_new_tokens": g.max_new_tokens, "seed": g.seed, "n": g.n, "prompt_format": g.prompt_format}
     if g.stop:
         sampler_info["stop"] = list(g.stop)
-    manifest = {"prompt_ids": [r["id"] for r in records], "shuffle_seed": g.seed,
-                "sharding": dataclasses.asdict(sharding), "sampler": sampler_info,
-                "data": str(data), "split": split}
-    if sampler is None:
-        resolve_model(model, cfg.model.revision)  # fail on a bad model before touching the output directory
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_manifest(out_dir, manifest)
-    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model),
-                                   data=dataclasses.replace(cfg.data, source=str(data), split=split))
-    save_config(resolved, out_dir / "config.yaml")
-
-    shard_path = out_dir / shard_name(index, count)
-    mine = [records[i] for i in shard_indices(manifest, index)]
-    done = _done_ids(shard_path, {r["id"] for r in mine}, sampler_info, out_dir)
-    todo = [r for r in mine if r["id"] not in done]
-    label = f"shard {index + 1}/{count}" if count > 1 else "generate"
-    if not todo:
-        console.print(f"{label}: all {len(mine)} prompts already generated in {shard_path}")
-        return shard_path
-    if done:
-        console.print(f"{label}: resuming, {len(done)} of {len(mine)} prompts already done")
-    if sampler is None:
-        if g.backend == "hf":
-            device = resolve_device("auto")
-            console.print(f"{label}: sampling on {device} in {resolve_dtype_name(cfg.model.dtype, device)}")
-        sampler = make_sampler(g.backend, model, model_cfg=cfg.model, batch_size=g.batch_size,
-                               tensor_parallel_size=g.tensor_parallel_size,
-                               gpu_memory_utilization=g.gpu_memory_utilization, seed=g.seed)
+    plan = plan_shard(cfg, model, data, out_dir, sampler_info, split=split, shard=shard, ids=ids,
+                      check_model=sampler is None)
+    if not plan.todo:
+        return plan.path
+    sampler = sampler or load_sampler(cfg, model, plan.label)
+    todo = plan.todo
     prompts = [format_prompt(sampler.tokenizer, r["messages"], g.prompt_format) for r in todo]
 
-    with JsonlAppender(shard_path) as out:
+    with JsonlAppender(plan.path) as out:
         def write_record(i: int, completions: list[Any]) -> None:
             record = todo[i]
             row = {"id": record["id"], "prompt_messages": record["messages"], "reference": record.get("reference"),
@@ -220,8 +238,24 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
 
         sampler.complete(prompts, n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                          seed=g.seed, stop=g.stop or None, on_result=write_record)
-    console.print(f"{label}: wrote {len(todo)} prompts x {g.n} samples to {shard_path}")
-    return shard_path
+    console.print(f"{plan.label}: wrote {len(todo)} prompts x {g.n} samples to {plan.path}")
+    return plan.path
+
+
+def load_sampler(cfg: Config, model: str, label: str) -> Any:
+    """The configured generation backend for ``model``, saying which device and dtype it samples in."""
+    from selfplay.core.samplers import make_sampler
+    from selfplay.hardware import resolve_dtype_name
+    from selfplay.models import resolve_device
+    from selfplay.progress import console
+
+    g = cfg.generate
+    if g.backend == "hf":
+        device = resolve_device("auto")
+        console.print(f"{label}: sampling on {device} in {resolve_dtype_name(cfg.model.dtype, device)}")
+    return make_sampler(g.backend, model, model_cfg=cfg.model, batch_size=g.batch_size,
+                        tensor_parallel_size=g.tensor_parallel_size,
+                        gpu_memory_utilization=g.gpu_memory_utilization, seed=g.seed)
 
 
 def merge_shards(out_dir: Path, dest: Path | None = None) -> Path:
