@@ -36,7 +36,7 @@ from selfplay.hardware import fast_bf16
 from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
 from selfplay.progress import console
-from selfplay.runs import fingerprint
+from selfplay.runs import fingerprint, output_lock
 from selfplay.stages.train_io import TrainResult, batch_order, finish, save_checkpoint, tracker_config
 
 
@@ -122,7 +122,11 @@ def _policy(cfg: Config, policy: Any) -> Any:
 
 
 def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
-    """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable."""
+    """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable.
+
+    The trainer itself, in this process: :func:`train_stage` (which checks the inputs and locks ``out_dir``)
+    calls it, and so do the processes it launches.
+    """
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -235,19 +239,28 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
 
 
 def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
-    """Train in this process, or under ``accelerate launch`` when ``launch.backend`` says so."""
+    """Train in this process, or under ``accelerate launch`` when ``launch.backend`` says so; the entry point
+    of ``selfplay train`` and the loop. Inputs are checked before ``out_dir`` is created, and ``out_dir`` is
+    locked while training (a second process on it is refused, naming this one)."""
     from selfplay.core.launchers import run_launched, under_distributed_launcher
+    from selfplay.models import resolve_model
 
     out_dir = Path(out_dir)
-    if cfg.launch.backend != "accelerate" or under_distributed_launcher():
-        return run_train(cfg, model, data_path, out_dir)
     if (out_dir / "summary.json").exists():
         return run_train(cfg, model, data_path, out_dir)  # done already: read the summary, start nothing
+    method = get_method(cfg.method)
+    objective = get_objective(method.objective)
+    load_examples(data_path, objective.record_kind, objective.required_fields(loss_of(cfg)))
+    resolve_model(model, cfg.model.revision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    launch_cfg = out_dir / "launch_config.yaml"
-    save_config(dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, backend="local")), launch_cfg)
-    console.print(f"train: launching {cfg.launch.num_processes} process(es) under accelerate")
-    run_launched(cfg.launch, "selfplay.stages.worker",
-                 ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out", str(out_dir)])
-    s = read_json(out_dir / "summary.json")
-    return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
+    # Processes started by a distributed launcher train one output together: their parent holds the lock.
+    with output_lock(out_dir, "train", enabled=not under_distributed_launcher()):
+        if cfg.launch.backend != "accelerate" or under_distributed_launcher():
+            return run_train(cfg, model, data_path, out_dir)
+        launch_cfg = out_dir / "launch_config.yaml"
+        save_config(dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, backend="local")), launch_cfg)
+        console.print(f"train: launching {cfg.launch.num_processes} process(es) under accelerate")
+        run_launched(cfg.launch, "selfplay.stages.worker", ["train", "--config", str(launch_cfg), "--model", model,
+                                                            "--data", str(data_path), "--out", str(out_dir)])
+        s = read_json(out_dir / "summary.json")
+        return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
