@@ -381,34 +381,6 @@ def test_bad_inputs_are_user_errors(cli, tiny_model: Path, tmp_path: Path) -> No
     assert result.exit_code == 2 and "refusing to mix" in result.stderr and "new --out" in result.stderr
 
 
-def test_invalid_arguments_leave_no_output(cli, tiny_model: Path, tmp_path: Path) -> None:
-    """Checked before the output directory is created: a refused command leaves nothing behind."""
-    data = write_sft(tmp_path / "sft.jsonl", 4)
-    no_config = tmp_path / "weights-only"
-    no_config.mkdir()
-    (no_config / "model.safetensors").write_bytes(b"")
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"id": "p", "prompt": [{"role": "user", "content": "hi"}], "chosen": "a",
-                                 "rejected": "b"}) + "\n")
-    cases = [
-        (gen_args(tiny_model, data, tmp_path / "out", "--n", 0), "'generate.n' must be >= 1, got 0"),
-        (gen_args(tiny_model, data, tmp_path / "out", "--temperature", -1), "'generate.temperature' must be >= 0"),
-        (gen_args(tiny_model, data, tmp_path / "out", "--top-p", 1.5), "'generate.top_p' must be in (0, 1]"),
-        (gen_args(tiny_model, data, tmp_path / "out", "--max-new-tokens", 0), "'generate.max_new_tokens' must be >= 1"),
-        (gen_args(tiny_model, data, tmp_path / "out", "--batch-size", 0), "'generate.batch_size' must be >= 1"),
-        (gen_args(no_config, data, tmp_path / "out"), "has no config.json"),
-        (["rollout", "--model", no_config, "--data", data, "--out", tmp_path / "out", "--set", "rise.env=arith"],
-         "has no config.json"),
-        (["train", "--model", no_config, "--data", pairs, "--out", tmp_path / "out"], "has no config.json"),
-        (["train", "--model", tiny_model, "--data", data, "--out", tmp_path / "out"], "field 'prompt'"),
-        (["train", "--model", tiny_model, "--data", pairs, "--out", tmp_path / "out", "--lr", -1], "'train.lr'"),
-    ]
-    for args, message in cases:
-        result = cli(args)
-        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
-        assert not (tmp_path / "out").exists(), args
-
-
 def test_python_api_ids_and_prepared_dir(tiny_model: Path, tmp_path: Path, shared_data: Path) -> None:
     """The loop's entry points on a prepared directory of real GSM8K rows, restricted to some ids."""
     from selfplay.config import load_config

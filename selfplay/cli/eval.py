@@ -28,9 +28,16 @@ def _out_dir(out: Path | None, model: str, name: str) -> Path:
     return out if out is not None else Path("evals") / model_label(model) / name
 
 
-def _save(cfg: object, out: Path) -> None:
+def _save(cfg: object, out: Path, *models: str) -> None:
+    """Check the models (a missing one is refused before any output exists), then create ``out`` with the
+    resolved config. Answer files (winrate's ``--model``/``--baseline``) are read later, not models."""
     from selfplay.config import save_config
+    from selfplay.evals.generation import is_answer_file
+    from selfplay.models import resolve_model
 
+    for model in models:
+        if not is_answer_file(model):
+            resolve_model(model, cfg.model.revision)  # type: ignore[attr-defined]
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
@@ -64,7 +71,7 @@ def mt_bench(
     from selfplay.evals.mt_bench_data import DEFAULT_QUESTIONS
 
     out_dir = _out_dir(out, cfg.model.name_or_path, "mt_bench")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     result = run_mt_bench(cfg.model.name_or_path, out_dir, questions=questions or DEFAULT_QUESTIONS,
                           judge=cfg.eval.judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env,
                           judge_prompts=judge_prompts, reference_answers=reference_answers, mode=mode,
@@ -97,10 +104,10 @@ def leaderboard(
     cfg = resolve(config, set_, model__name_or_path=model, eval__batch_size=batch_size)
     from selfplay.evals.leaderboard import run_leaderboard
 
-    out_dir = _out_dir(out, cfg.model.name_or_path, "leaderboard")
-    _save(cfg, out_dir)
     if limit is not None and limit >= 1 and limit != int(limit):
         raise UserError(f"--limit must be a whole number of examples or a fraction below 1, got {limit}")
+    out_dir = _out_dir(out, cfg.model.name_or_path, "leaderboard")
+    _save(cfg, out_dir, cfg.model.name_or_path)
     run_leaderboard(cfg.model.name_or_path, out_dir, tasks=tasks,
                     limit=int(limit) if limit is not None and limit >= 1 else limit,
                     include_path=[str(p) for p in include_path or []], peft=str(peft) if peft else None,
@@ -138,7 +145,7 @@ def winrate(
     from selfplay.evals.winrate import run_winrate
 
     out_dir = _out_dir(out, cfg.model.name_or_path, f"winrate-vs-{model_label(baseline)}")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path, baseline)
     run_winrate(cfg.model.name_or_path, baseline, prompts, cfg.eval.judge, out_dir, judge_model=judge_model,
                 judge_api_key_env=judge_api_key_env, limit=limit, max_new_tokens=cfg.eval.max_new_tokens,
                 judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, bootstrap=bootstrap,
@@ -172,7 +179,7 @@ def task(
 
     chosen, records = load_task_records(cfg.eval.task, data, limit=limit, split=split)
     out_dir = _out_dir(out, cfg.model.name_or_path, f"task-{chosen}")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     run_task_eval(cfg.model.name_or_path, chosen, records, out_dir, n=n, temperature=temperature, top_p=top_p,
                   max_new_tokens=cfg.eval.max_new_tokens,
                   batch_size=cfg.eval.batch_size, model_cfg=cfg.model, seed=cfg.seed)
@@ -220,7 +227,7 @@ def multiturn(
                                eval_parallel=0 if mode == "sequential" else r.eval_parallel)
     cfg = dataclasses.replace(cfg, rise=rise)
     out_dir = _out_dir(out, cfg.model.name_or_path, "multiturn")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = multiturn_evaluation(cfg, sampler, records, out_dir)["multiturn"]
     print_multiturn(metrics)
