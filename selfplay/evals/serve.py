@@ -33,8 +33,10 @@ from selfplay.evals.serve_api import ApiError, ChatRequest, parse_request
 
 # How long the worker waits for more requests after the first before decoding (they arrive together).
 GATHER_S = 0.05
-# Requests bodies larger than this are refused (413) before being read: far above a 128k-token prompt.
+# Request bodies larger than this are refused (413), never held in memory: far above a 128k-token prompt.
 MAX_BODY_BYTES = 4 << 20
+# An oversized body is read (and dropped) up to this many bytes before answering 413; beyond, the connection closes.
+DRAIN_BYTES = 64 << 20
 API_KEY_ENV = "SELFPLAY_API_KEY"
 
 Settings = tuple[float, float, int, int, int, tuple[str, ...]]  # temperature, top_p, max_tokens, seed, n, stop
@@ -145,17 +147,21 @@ class ChatService:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
 
     async def read_body(self, request: Any) -> bytes:
-        """The body, refused with a 413 as soon as it is known to exceed the cap (header or bytes read)."""
-        too_large = ApiError(413, f"the request body exceeds {self.max_body_bytes} bytes", code="request_too_large")
+        """The body, refused with a 413 once it is known to exceed the cap (from its Content-Length or the
+        bytes read). The rest is read and dropped, up to :data:`DRAIN_BYTES`, so that the client, still
+        sending, gets the 413 instead of a reset connection; memory stays bounded by the cap."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise too_large
+        over = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise too_large
-            chunks.append(chunk)
+            over = over or size > self.max_body_bytes
+            if over and size > DRAIN_BYTES:
+                break
+            if not over:
+                chunks.append(chunk)
+        if over:
+            raise ApiError(413, f"the request body exceeds {self.max_body_bytes} bytes", code="request_too_large")
         return b"".join(chunks)
 
     async def complete(self, body: bytes) -> dict[str, Any]:
