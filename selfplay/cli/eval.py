@@ -234,6 +234,64 @@ def multiturn(
     console.print(f"results: {out_dir / 'multiturn.json'}, plot: {out_dir / 'multiturn.png'}")
 
 
+@app.command("agent")
+def agent(
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
+    search_sources: Annotated[Optional[str], typer.Option(
+        help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Steps per episode at most (anchor: 11).")] = None,
+    prompt_format: Annotated[Optional[str], typer.Option(help="alpaca (the anchor's) | chat")] = None,
+    split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    ids_from: Annotated[Optional[Path], typer.Option(
+        help="Only the questions that have a trajectory in this FireAct file (matched by question text).")] = None,
+    max_new_tokens: MaxTokensOpt = None,
+    batch_size: BatchOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A tool-using agent on a QA task: EM, F1, steps per episode, share finished, tool errors (greedy)."""
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__search=search,
+                  agent__search_sources=cli_list(search_sources), agent__max_steps=max_steps,
+                  generate__prompt_format=prompt_format, generate__max_new_tokens=max_new_tokens,
+                  eval__batch_size=batch_size)
+    if data is None:
+        raise UserError("--data is required: the questions (a prepared directory, .jsonl, or a HotpotQA file).")
+    from selfplay.data.records import convert_rows, is_prepared_dir, load_sft
+    from selfplay.data.sources import read_rows
+    from selfplay.evals.agent_eval import evaluate_agent, print_agent_metrics
+    from selfplay.evals.generation import load_sampler
+
+    if is_prepared_dir(data):
+        records = load_sft(data, split if (Path(data) / f"{split}.jsonl").is_file() else "train")
+    else:  # a raw file (HotpotQA, FireAct, ...) or a canonical .jsonl
+        converted = convert_rows(read_rows(data, split), "auto", show_progress=False)
+        records = [r for group in converted.groups for r in group]
+    if ids_from is not None:
+        from selfplay.methods.agent import read_trajectories
+
+        asked = {t["prompt"][-1]["content"].strip() for t in read_trajectories(ids_from).values()}
+        records = [r for r in records if r["messages"][-1]["content"].strip() in asked]
+        if not records:
+            raise UserError(f"no question of {data} has a trajectory in {ids_from}")
+    records = records[:limit] if limit else records
+    out_dir = _out_dir(out, cfg.model.name_or_path, f"agent-{cfg.agent.task}")
+    _save(cfg, out_dir)
+    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    metrics = evaluate_agent(cfg, sampler, records, out_dir)
+    print_agent_metrics(metrics)
+    console.print(f"results: {out_dir / 'agent.json'}, trajectories: {out_dir / 'agent.jsonl'}")
+
+
+def cli_list(value: Optional[str]) -> Optional[list[str]]:
+    """ "a,b" -> ["a", "b"]; None stays None (not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
 # `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).
 try:
     from selfplay.cli import eval_compare

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import Config, for_iteration, save_config
-from selfplay.core.examples import RESPONSE_FIELDS
 from selfplay.core.objectives import get_objective
 from selfplay.errors import UserError
 from selfplay.io import read_json, read_jsonl, write_jsonl
@@ -82,7 +81,7 @@ def _training_records(method: Method, it: Iteration, collected_rows: list[dict[s
     if mix and it.k > 0 and prev_own.exists():
         mixed += read_jsonl(prev_own)
     kind = get_objective(method.objective).record_kind
-    path = it.dir / "train_data" / ("pairs.jsonl" if RESPONSE_FIELDS[kind] == ("chosen", "rejected") else "examples.jsonl")
+    path = it.dir / "train_data" / ("pairs.jsonl" if kind == "pair" else "examples.jsonl")
     write_jsonl(path, mixed)
     stats["train_records"] = len(mixed)
     return path, fingerprint(collected_fp, mix, it.k, method.name), stats

@@ -172,7 +172,7 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                               num_training_steps=total_steps)
     policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
     if t.report_to:
-        accelerator.init_trackers(out_dir.parent.name or "selfplay", config=tracker_config(cfg))
+        accelerator.init_trackers(f"selfplay-{Path(cfg.run_dir).name}", config=tracker_config(cfg))
 
     ckpt = out_dir / "checkpoint"
     state = {"batches_done": 0, "step": 0, "tokens": 0}
