@@ -21,7 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfplay.config import Config
 from selfplay.envs.react import (
@@ -38,6 +38,9 @@ from selfplay.envs.react import (
 from selfplay.envs.search import SearchFn
 from selfplay.errors import UserError
 from selfplay.io import JsonlAppender
+
+if TYPE_CHECKING:
+    from selfplay.stages.generate import ShardPlan
 
 Messages = list[dict[str, str]]
 
@@ -198,16 +201,24 @@ def new_episodes(records: list[dict[str, Any]], tok: Any, cfg: Config, fewshot: 
 def run_agent_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
                       shard: tuple[int, int] | None = None, sampler: Any | None = None) -> Path:
     """Play ``agent.samples`` trajectories per question of one shard of ``data`` into ``out_dir``."""
-    from selfplay.progress import console
-    from selfplay.stages.generate import load_sampler, plan_shard
-    from selfplay.stages.progress import progress_bar
+    from selfplay.stages.generate import open_shard
 
     task, search, fewshot = load_tools(cfg)
     info = agent_info(cfg, model)
-    plan = plan_shard(cfg, model, data, out_dir, info, split=split, shard=shard, ids=None,
-                      check_model=sampler is None, stage="agent rollout")
-    if not plan.todo:
-        return plan.path
+    with open_shard(cfg, model, data, out_dir, info, split=split, shard=shard, ids=None,
+                    check_model=sampler is None, stage="agent rollout") as plan:
+        if plan.todo:
+            _play_into(plan, task, search, fewshot, info, sampler, cfg, model)
+    return plan.path
+
+
+def _play_into(plan: ShardPlan, task: AgentTask, search: SearchFn, fewshot: str, info: dict[str, Any],
+               sampler: Any | None, cfg: Config, model: str) -> None:
+    """Play the shard's remaining questions, appending each question's row when its trajectories end."""
+    from selfplay.progress import console
+    from selfplay.stages.generate import load_sampler
+    from selfplay.stages.progress import progress_bar
+
     sampler = sampler or load_sampler(cfg, model, plan.label)
     chunk = max(1, cfg.generate.batch_size) * 2
     totals = {"reward": 0.0, "done": 0}
@@ -231,4 +242,3 @@ def run_agent_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, 
                                 done, cfg.agent.temperature)
     console.print(f"{plan.label}: {totals['done']} questions, EM {totals['reward'] / max(1, totals['done']):.3f} "
                   f"-> {plan.path}")
-    return plan.path
