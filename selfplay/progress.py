@@ -14,8 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-# Logs capture stderr: give them room for wide tables instead of rich's 80-column default.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# Logs capture stderr: give them room for wide tables (RISE's and the agents' have 14 columns) instead of
+# rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
 
 HEARTBEAT_S = 30.0
 
