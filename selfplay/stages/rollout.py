@@ -87,7 +87,8 @@ class TurnModels:
 
     def __init__(self, cfg: Config, policy: str, loaded: dict[str, TurnModel] | None = None) -> None:
         self.cfg, self.policy = cfg, policy
-        self.loaded: dict[str, TurnModel] = dict(loaded or {})
+        # The caller's dict itself: models loaded here stay available to the caller's next shard.
+        self.loaded: dict[str, TurnModel] = loaded if loaded is not None else {}
 
     def spec(self, turn: int) -> str:
         models = self.cfg.rise.models
@@ -270,3 +271,12 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
             play_episodes(env, plan.todo[start:start + chunk], models, cfg, done)
     console.print(f"{plan.label}: {len(plan.todo)} episodes, {solved} solved, written to {plan.path}")
     return plan.path
+
+
+def rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
+                   num_shards: int, skip_invalid: bool) -> None:
+    """Play shards ``shards`` of ``num_shards`` in this process, loading each turn model once for all of them."""
+    loaded: dict[str, TurnModel] = {}
+    for k in shards:
+        run_rollout(cfg, model, data, out_dir, split=split, shard=(k, num_shards), skip_invalid=skip_invalid,
+                    loaded=loaded)
