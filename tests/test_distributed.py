@@ -221,3 +221,37 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     run_cli([*gen, "--out", tmp_path / "one"])
     run_cli(["generate", "merge", tmp_path / "one", "--out", tmp_path / "one.jsonl"])
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+def test_two_process_training_killed_then_resumed_finishes_its_steps(tiny_model, tmp_path):
+    """Kill the command once a checkpoint exists: its training processes exit with it, and the rerun resumes
+    each process at its own next batch (the checkpoint counts the batches of both)."""
+    import psutil
+    from test_train import make_pairs
+
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=40)
+    out = tmp_path / "out"
+    args = ["train", "--model", tiny_model, "--data", pairs, "--out", out, "--batch-size", 2, "--set", "train.save_steps=2",
+            "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "launch.num_processes=2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoint" / "trainer_state.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not state.exists():
+        time.sleep(0.05)
+    launched = {p: p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)}
+    launched = {p: cmd for p, cmd in launched.items() if "selfplay.stages.worker" in cmd}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (out / "summary.json").exists(), "killed too late (or before any checkpoint)"
+    done_before = read_json(state)
+    assert done_before["batches_done"] == 2 * done_before["step"] >= 4  # 2 processes x 1 batch per step
+    ranks = [p for p, cmd in launched.items() if "accelerate.commands.launch" not in cmd]
+    _, alive = psutil.wait_procs(list(launched), timeout=15)
+    assert len(ranks) == 2 and not alive  # the ranks (and accelerate's launcher) did not outlive the command
+    res = run_cli(args)
+    assert "resuming training at step" in res.stdout + res.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["processes"] == 2 and summary["steps"] == summary["planned_steps"] == 10  # 20 batches / 2
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == list(range(1, 11))

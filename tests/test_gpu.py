@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ZERO3 = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "deepspeed_zero3.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
@@ -59,11 +59,15 @@ def test_vllm_sampler_generates_for_real():
                                       progress=False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed: pip install -e '.[gpu]'")
-def test_zero3_training_for_real_matches_the_plain_reference(cli, tiny_model, tmp_path):
-    """ZeRO-3 (configs/accelerate/deepspeed_zero3.yaml) on every visible GPU: the weights are partitioned as
-    they load, the reference log-probs go through the engine along the chunked path, the model is gathered
-    and saved whole. fp32 (train.precision) so the engine's reference equals a plain full-logits pass."""
+@pytest.mark.parametrize("config", [
+    pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                                                 reason="needs deepspeed: pip install -e '.[gpu]'")),
+    "fsdp.yaml",
+])
+def test_sharded_training_for_real_matches_the_plain_reference(cli, tiny_model, tmp_path, config):
+    """ZeRO-3 / FSDP (configs/accelerate/) on every visible GPU: the weights are sharded, the reference
+    log-probs go through the wrapped model along the chunked path, the model is gathered and saved whole.
+    fp32 (train.precision) so the wrapped reference equals a plain full-logits pass."""
     from test_train import make_pairs
     from transformers import AutoModelForCausalLM
 
@@ -74,11 +78,11 @@ def test_zero3_training_for_real_matches_the_plain_reference(cli, tiny_model, tm
 
     gpus = torch.cuda.device_count()
     pairs = make_pairs(tmp_path / "pairs.jsonl", n=8 * gpus)
-    out = tmp_path / "zero3"
+    out = tmp_path / "sharded"
     res = cli(["train", "--model", tiny_model, "--data", pairs, "--out", out, "--method", "spin", "--lr", "1e-3",
                "--batch-size", 2, "--set", "train.precision=fp32", "--set", "train.logging_steps=1",
                "--set", f"launch.num_processes={gpus}", "--set", "launch.backend=accelerate",
-               "--set", f"launch.accelerate_config={ZERO3}"])
+               "--set", f"launch.accelerate_config={CONFIGS / config}"])
     assert res.exit_code == 0, res.output
     summary = read_json(out / "summary.json")
     assert summary["processes"] == gpus and summary["steps"] == summary["planned_steps"] >= 2

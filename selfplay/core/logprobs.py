@@ -76,7 +76,11 @@ class SequenceLogps(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, sync: bool = False) -> None:
         super().__init__()
         self.model, self.sync = model, sync
-        self.config = getattr(model, "config", None)  # accelerate sizes DeepSpeed's "auto" buckets from it
+        # What accelerate reads off the model it prepares: the config (DeepSpeed's "auto" bucket sizes) and the
+        # decoder layer classes FSDP wraps one by one (TRANSFORMER_BASED_WRAP; PEFT keeps them on the base model).
+        self.config = getattr(model, "config", None)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._no_split_modules = getattr(inner, "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 labels: torch.Tensor, label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
