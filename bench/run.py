@@ -26,7 +26,7 @@ FULL: dict[str, dict[str, Any]] = {
     "train": {"num_pairs": 4, "batch_size": 2, "max_length": 512, "rejected_tokens": 128},
     "scale": {"sizes": [32, 64, 128], "iters": 3, "iter_prompts": 16, "max_new_tokens": 8, "max_length": 32,
               "eval_num": 8},
-    "procs": {"prompts": 32, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 16, "train_batch_size": 2,
+    "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 16, "train_batch_size": 2,
               "max_length": 256, "rounds": 2},
 }
 SMOKE: dict[str, dict[str, Any]] = {

@@ -255,3 +255,36 @@ def test_two_process_training_killed_then_resumed_finishes_its_steps(tiny_model,
     summary = read_json(out / "summary.json")
     assert summary["processes"] == 2 and summary["steps"] == summary["planned_steps"] == 10  # 20 batches / 2
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == list(range(1, 11))
+
+
+def test_rank_and_rollout_workers_equal_one_process(tiny_model, tiny_reward, tmp_path):
+    """The other sampling stages on 2 workers: a reward model ranks (one replica per worker) and RISE rollouts,
+    each merged into what one process writes."""
+    from selfplay.io import write_jsonl
+
+    sets = [{"id": f"s{i}", "prompt_messages": [{"role": "user", "content": f"What is {i} + {i}?"}],
+             "samples": [f"{2 * i}", f"It is {2 * i + 1}.", "I do not know"]} for i in range(9)]
+    write_jsonl(tmp_path / "sets.jsonl", sets)
+    rank = ["rank", "--data", tmp_path / "sets.jsonl", "--judge", f"reward-model:{tiny_reward}", "--batch-size", 2]
+    run_cli([*rank, "--out", tmp_path / "one.jsonl"])
+    run_cli([*rank, "--out", tmp_path / "two.jsonl", "--set", "launch.num_processes=2"])
+    assert sorted(p.name for p in (tmp_path / "two.jsonl.shards").glob("shard-*")) == [
+        "shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
+    one, two = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "two.jsonl")
+    assert [r["id"] for r in two] == [r["id"] for r in one] == [s["id"] for s in sets]
+    for a, b in zip(one, two):  # batches differ between the runs: equal up to float32 rounding
+        assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 1e-5
+
+    problems = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+                 "reference": f"#### {i + 1}", "meta": {"task": "arith"}} for i in range(10)]
+    write_jsonl(tmp_path / "problems.jsonl", problems)
+    rollout = ["rollout", "--model", tiny_model, "--data", tmp_path / "problems.jsonl", "--env", "arith",
+               "--num-samples", "1,2", "--max-new-tokens", 12, "--set", "model.dtype=float32"]
+    run_cli([*rollout, "--out", tmp_path / "r1"])
+    run_cli([*rollout, "--out", tmp_path / "r2", "--set", "launch.num_processes=2"])
+    for d in ("r1", "r2"):
+        run_cli(["generate", "merge", tmp_path / d, "--out", tmp_path / f"{d}.jsonl"])
+    assert len(list((tmp_path / "r2").glob("shard-*"))) == 2
+    r1, r2 = read_jsonl(tmp_path / "r1.jsonl"), read_jsonl(tmp_path / "r2.jsonl")
+    assert [e["id"] for e in r1] == [e["id"] for e in r2] and len(r1) == 10
+    assert [e["turn_history"] for e in r1] == [e["turn_history"] for e in r2]
