@@ -7,8 +7,9 @@ rank) is pinned to one thread and 2 processes can use at most 2 cores. The two a
 Measured: the command's wall time (process start, imports, model load, the work, writing; what a user waits
 for) and throughput: generation = sample tokens (the texts re-tokenized) / wall time; training = the training
 loop's own tokens/s (non-pad tokens of all processes per second of the loop, from ``summary.json``: the
-reference pass and start-up excluded), with the wall time of the whole command beside it. The 1-process
-training arm accumulates 2 batches per step so both arms make the same updates (2 x batch b).
+reference pass and start-up excluded), with the wall time of the whole command beside it. Both training arms
+make the same updates: ``accumulation`` batches of b per step on 1 process, half as many per process on 2
+(DDP all-reduces the gradients once per step, so a step of several batches amortizes it as real runs do).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _sample_tokens(gen_dir: Path, model_dir: str) -> int:
 
 
 def run_processes_bench(model_name: str, source: Path, out_dir: Path, *, prompts: int, n: int, max_new_tokens: int,
-                        gen_batch_size: int, pairs: int, train_batch_size: int, max_length: int,
+                        gen_batch_size: int, pairs: int, train_batch_size: int, accumulation: int, max_length: int,
                         rounds: int) -> dict[str, Any]:
     """Generation and training, 1 vs 2 processes, ``rounds`` alternating rounds; returns every figure."""
     from selfplay.hardware import fast_bf16
@@ -96,7 +97,7 @@ def run_processes_bench(model_name: str, source: Path, out_dir: Path, *, prompts
             shutil.rmtree(out, ignore_errors=True)
             seconds = _run(["train", "--model", model_dir, "--data", str(pair_file), "--out", str(out),
                             "--method", "spin", "--batch-size", str(train_batch_size),
-                            "--grad-accum", str(2 // processes), "--max-length", str(max_length),
+                            "--grad-accum", str(accumulation // processes), "--max-length", str(max_length),
                             "--set", "train.logging_steps=1000000", "--set", "train.save_steps=0",
                             "--set", f"launch.num_processes={processes}"], out_dir / "logs" / f"train_p{processes}.log")
             s = read_json(out / "summary.json")
@@ -112,7 +113,8 @@ def run_processes_bench(model_name: str, source: Path, out_dir: Path, *, prompts
     return {
         "settings": {"model": model_name, "source": str(source), "prompts": prompts, "n": n,
                      "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size, "pairs": pairs,
-                     "train_batch_size": train_batch_size, "max_length": max_length, "rounds": rounds,
+                     "train_batch_size": train_batch_size, "accumulation": accumulation, "max_length": max_length,
+                     "rounds": rounds,
                      "threads_per_process": 1,
                      "dtype": f"{fast_bf16('cpu').name} (model.dtype and train.precision auto: {fast_bf16('cpu').reason})"},
         "generation": {arm: {k: summarize([r[k] for r in rs]) for k in ("seconds", "tokens_per_s", "tokens")}

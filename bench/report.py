@@ -173,9 +173,10 @@ def _processes(c: dict[str, Any]) -> list[str]:
         f"Generation: `selfplay generate`, {s['prompts']} GSM8K train questions x {s['n']} samples, max_new_tokens "
         f"{s['max_new_tokens']}, batch {s['gen_batch_size']}; tokens/s = sample tokens / the command's wall time "
         f"(start-up and model load included). Training: `selfplay train`, {s['pairs']} SPIN pairs, max_length "
-        f"{s['max_length']}, batch {s['train_batch_size']} per process (the 1-process arm accumulates 2 batches, "
-        "so both make the same updates); tokens/s = the training loop's own (all processes' non-pad tokens per "
-        "second of the loop; reference pass and start-up excluded).", "",
+        f"{s['max_length']}, batch {s['train_batch_size']} per process, {s['accumulation']} batches per step in "
+        f"all (1 process accumulates {s['accumulation']}, each of 2 processes {s['accumulation'] // 2}: the same "
+        "updates, one gradient all-reduce per step); tokens/s = the training loop's own (all processes' non-pad "
+        "tokens per second of the loop; reference pass and start-up excluded).", "",
         "| work | 1 process | 2 processes | 2 / 1 |", "|---|---|---|---|",
         f"| generation tokens/s | {_spread(g[one]['tokens_per_s'])} | {_spread(g[two]['tokens_per_s'])} | "
         f"{_spread(x['generation_tokens_per_s'], '{:.2f}')} |",

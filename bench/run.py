@@ -26,15 +26,15 @@ FULL: dict[str, dict[str, Any]] = {
     "train": {"num_pairs": 4, "batch_size": 2, "max_length": 512, "rejected_tokens": 128},
     "scale": {"sizes": [32, 64, 128], "iters": 3, "iter_prompts": 16, "max_new_tokens": 8, "max_length": 32,
               "eval_num": 8},
-    "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 16, "train_batch_size": 2,
-              "max_length": 256, "rounds": 2},
+    "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 24, "train_batch_size": 2,
+              "accumulation": 4, "max_length": 256, "rounds": 2},
 }
 SMOKE: dict[str, dict[str, Any]] = {
     "gen": {"num_prompts": 4, "max_new_tokens": 8, "batch_size": 2},
     "train": {"num_pairs": 2, "batch_size": 2, "max_length": 512, "rejected_tokens": 8},
     "scale": {"sizes": [2, 4], "iters": 2, "iter_prompts": 2, "max_new_tokens": 4, "max_length": 32, "eval_num": 2},
     "procs": {"prompts": 4, "n": 1, "max_new_tokens": 4, "gen_batch_size": 2, "pairs": 4, "train_batch_size": 1,
-              "max_length": 64, "rounds": 1},
+              "accumulation": 2, "max_length": 64, "rounds": 1},
 }
 
 
