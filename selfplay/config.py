@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from selfplay.config_ranges import check_ranges
 from selfplay.errors import ConfigError, suggest
 
 
@@ -62,7 +63,8 @@ class GenerateConfig:
     max_new_tokens: int = 256
     batch_size: int = 16
     seed: int = 0
-    prompt_format: Literal["chat", "spin-instruct"] = "chat"
+    # chat (the model's template) | spin-instruct (SPIN's "### Instruction:") | alpaca (FireAct / SPIN-agents)
+    prompt_format: Literal["chat", "spin-instruct", "alpaca"] = "chat"
     # Texts that end a sample (not included in it), e.g. ["\nObservation:"]; EOS and max_new_tokens always do.
     stop: list[str] = field(default_factory=list)
     tensor_parallel_size: int = 1
@@ -164,6 +166,30 @@ class RiseConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Tool-using agents (SPIN for agents, FireAct): ReAct rollouts with tools, evaluation."""
+
+    # hotpotqa | bamboogle | strategyqa | mmlu (selfplay.envs.react.TASKS): how answers are scored.
+    task: str = "hotpotqa"
+    # Search backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
+    search: str = "replay"
+    # Replay sources: FireAct trajectory files and query -> result caches (JSON/JSONL).
+    search_sources: list[str] = field(default_factory=list)
+    # serpapi: where fetched results are cached (the anchor's tools/search.json).
+    search_cache: str | None = None
+    max_steps: int = 11
+    # A step without "Action: " is sampled again up to this many times, then becomes "finish[]".
+    retries: int = 5
+    # Sampling temperature of rollouts (FireAct's --temperature 0.7); evaluation is greedy, and its retries
+    # sample at this temperature (a greedy retry would repeat itself).
+    temperature: float = 0.7
+    # Trajectories per question (>= 2 gives agent-dpo reward-different pairs).
+    samples: int = 1
+    # A few-shot ReAct prompt file put before each question (e.g. FireAct's react_hotpotqa_google.txt).
+    fewshot: str | None = None
+
+
+@dataclass
 class LaunchConfig:
     """Where every stage runs (``selfplay.core.launchers``); the same YAML runs on a laptop and on 2 x 8 GPUs.
 
@@ -201,6 +227,7 @@ class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rise: RiseConfig = field(default_factory=RiseConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
@@ -368,6 +395,7 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
         if value is not None:
             _set_dotted(tree, key, value)
     cfg = _build(Config, tree)
+    check_ranges(cfg)
     _check_schedule(cfg)
     _check_launch(cfg.launch)
     return cfg
@@ -397,6 +425,8 @@ def _check_schedule(cfg: Config) -> None:
             raise ConfigError(f"unknown key in loop.schedule: '{key}'.{suggest(key, ALL_KEYS)}")
         if not values:
             raise ConfigError(f"loop.schedule.{key} is an empty list")
+    for k in range(max((len(v) for v in cfg.loop.schedule.values()), default=0)):
+        check_ranges(for_iteration(cfg, k), f" (loop.schedule, iteration {k})")
 
 
 def for_iteration(cfg: Config, k: int) -> Config:

@@ -65,6 +65,8 @@ def resolve_model(name_or_path: str, revision: str | None = None) -> str:
         raise UserError("no model given: pass --model (a local directory, a hub id or 'smollm2-135m-instruct').")
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():  # checked here, before a command creates any output
+            raise UserError(f"model directory '{name}' has no config.json; is it an HF model directory?")
         return str(path)
     provision = ALIASES.get(name.lower())
     if provision is not None:

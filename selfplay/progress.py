@@ -4,6 +4,7 @@ or a pipe (nohup, CI, a cluster's job log) a heartbeat prints each unfinished ta
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -13,8 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-# Logs capture stderr: give them room for wide tables instead of rich's 80-column default.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# Logs capture stderr: give them room for wide tables (RISE's and the agents' have 14 columns) instead of
+# rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
 
 HEARTBEAT_S = 30.0
 
@@ -39,12 +41,33 @@ def logged_progress(*columns: Any, disable: bool = False, out: Console | None = 
             stop.set()
 
 
+# Messages libraries print on every run that tell a user nothing they can act on.
+KNOWN_NOISE = (
+    # DeepSpeed (the gpu/dev extras), imported by accelerate on a machine without a GPU.
+    "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.",
+)
+# Deprecations inside the libraries' own calls (peft calling transformers), not in our code.
+KNOWN_NOISE_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in KNOWN_NOISE)
+
+
 def quiet_libraries() -> None:
     """One progress display per stage: turn off the libraries' own tqdm bars (transformers' "Loading
-    weights", the hub's downloads, datasets' maps), which would interleave with ours. Set before those
-    libraries are imported (they read the variables once); a user's own setting wins."""
+    weights", the hub's downloads, datasets' maps), which would interleave with ours, and drop their
+    known noise (:data:`KNOWN_NOISE`). Set before those libraries are imported (they read the variables
+    once); a user's own setting wins. Real warnings still show."""
     import os
+    import warnings
 
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(name, "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # DeepSpeed sets its logger's level and handler when imported, but keeps a filter added before.
+    logging.getLogger("DeepSpeed").addFilter(_DropKnownNoise())
+    for pattern in KNOWN_NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)

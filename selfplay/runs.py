@@ -1,21 +1,39 @@
-"""The run directory and its ``state.json``: which unit of work is done, for which inputs.
+"""The run directory: its ``state.json`` (which unit of work is done, for which inputs) and its lock.
 
 A unit (``iter_0/generate``, ``iter_1/train``, ...) is done for a *fingerprint*: a hash of its config slice
 and of the fingerprints of the units it reads. Changing an input changes the fingerprints downstream of
 it and nothing else, so a rerun redoes exactly those units; a unit started but not finished keeps its
 partial output (generation and training resume inside it).
+
+Two processes writing one output (a rerun started while the first still runs) would delete and replace
+each other's files, so every stage that writes a run directory holds :func:`output_lock` on it: the second
+process fails at once, naming the holder's PID. The lock is the operating system's (``filelock``: flock on
+POSIX), so a killed holder leaves nothing that blocks a rerun.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from selfplay.errors import UserError
 from selfplay.io import read_json, write_json
+
+LOCK_NAME = ".selfplay.lock"
+# Outputs this process holds (resolved path -> depth): a stage called inside another stage's output
+# (the loop's train/generate under its run directory) must not lock again — a second flock by the same
+# process on another descriptor would refuse it.
+_held: dict[Path, int] = {}
+_held_guard = threading.Lock()
 
 
 def fingerprint(*parts: Any) -> str:
@@ -102,3 +120,90 @@ class RunState:
 
     def _save(self) -> None:
         write_json(self.path, {"units": self.units})
+
+
+class OutputInUseError(UserError):
+    """Another process holds the lock on an output directory or file."""
+
+
+@contextmanager
+def output_lock(output: Path, what: str, *, enabled: bool = True) -> Iterator[None]:
+    """Hold ``output`` (a directory, or one file such as a generate shard) for this process while the body runs.
+
+    The lock file is ``output/.selfplay.lock`` for an existing directory, else ``.<name>.lock`` beside the
+    file; the holder's PID and command go to a ``.owner`` file beside it (the lock file itself is the
+    OS's to hold). Re-entrant: inside an output this process already holds, nothing more is locked.
+    ``enabled=False`` (processes started by a distributed launcher, whose parent holds the lock) does nothing.
+    Raises :class:`OutputInUseError` at once, naming the holder, when another process holds it.
+    """
+    from filelock import FileLock, Timeout
+
+    if not enabled:
+        yield
+        return
+    output = Path(output).resolve()
+    with _held_guard:
+        covered = any(output == h or h in output.parents for h in _held)
+        if covered:
+            _held[output] = _held.get(output, 0) + 1
+    if covered:
+        try:
+            yield
+        finally:
+            _release_depth(output)
+        return
+    path = output / LOCK_NAME if output.is_dir() else output.parent / f".{output.name}.lock"
+    owner = path.with_name(path.name + ".owner")
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputInUseError(f"{output} is in use by another selfplay process ({_holder(owner)}); wait for it "
+                               f"to finish or stop it, or use another output.") from None
+    try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "command": f"selfplay {what}", "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        with _held_guard:
+            _held[output] = 1
+        try:
+            yield
+        finally:
+            _release_depth(output)
+            owner.unlink(missing_ok=True)  # while still holding the lock: a next holder's file is never removed
+    finally:
+        lock.release()
+
+
+def _release_depth(output: Path) -> None:
+    with _held_guard:
+        _held[output] -= 1
+        if not _held[output]:
+            del _held[output]
+
+
+def _holder(owner: Path) -> str:
+    """'PID 123, selfplay loop, since ...' from the holder's owner file (it writes it just after locking)."""
+    info: dict[str, Any] = {}
+    for _ in range(20):  # a file left by a killed holder is replaced within moments by the live one's
+        try:
+            info = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            info = {}
+        here = info.get("host") == socket.gethostname()
+        if info and (not here or _alive(info.get("pid"))):
+            break
+        time.sleep(0.05)
+    if not info:
+        return "PID unknown"
+    host = "" if info.get("host") == socket.gethostname() else f" on {info.get('host')}"
+    return f"PID {info.get('pid')}{host}, {info.get('command')}, since {info.get('since')}"
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -79,3 +79,18 @@ def test_shipped_configs_are_valid():
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_numeric_keys_are_checked_against_their_ranges_also_in_the_schedule():
+    from selfplay.config import load_config
+    from selfplay.errors import ConfigError
+
+    for flags, message in [({"generate.top_p": 0.0}, "'generate.top_p' must be in (0, 1], got 0.0"),
+                           ({"loop.iters": -1}, "'loop.iters' must be >= 0, got -1"),
+                           ({"train.label_smoothing": 0.7}, "'train.label_smoothing' must be in [0, 0.5]")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(flags=flags)
+        assert message in str(e.value)
+    assert load_config(flags={"loop.iters": 0, "generate.temperature": 0.0}).loop.iters == 0
+    with pytest.raises(ConfigError, match=r"'train.lr' must be >= 0, got -1.0 \(loop.schedule, iteration 1\)"):
+        load_config(sets=['loop.schedule={"train.lr": [1e-5, -1]}'])

@@ -369,7 +369,7 @@ def test_bad_inputs_are_user_errors(cli, tiny_model: Path, tmp_path: Path) -> No
         (gen_args(tiny_model, data, tmp_path / "o4", "--data-frac", 1), "--num-fracs"),
         (gen_args(tiny_model, data, tmp_path / "o5", "--data-frac", 3, "--num-fracs", 3), "0..2"),
         (gen_args(tiny_model, data, tmp_path / "o6", "--data-frac", 2, "--frac-len", 2), "past the end"),
-        (gen_args(tiny_model, data, tmp_path / "o7", "--prompt-format", "alpaca"), "prompt_format"),
+        (gen_args(tiny_model, data, tmp_path / "o7", "--prompt-format", "vicuna"), "prompt_format"),
         (["generate", "--model", tiny_model, "--data", data], "--out is required"),
     ]
     for args, message in cases:

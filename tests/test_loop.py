@@ -114,3 +114,49 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["method"] == "sppo" and saved["generate"]["temperature"] == 0.7  # the SPPO preset
+
+
+def test_a_second_loop_on_a_run_directory_in_use_is_refused(cli, tiny_model, tmp_path):
+    """A rerun started while the first still runs used to replace its files under it; now it is refused at
+    once, naming the first's PID, and the first finishes with what an undisturbed run produces."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    small = ["--set", "loop.iters=1", "--set", "data.num=12", "--set", "generate.max_new_tokens=8"]
+    first, alone = (loop_args(tiny_model, tmp_path / name, *small) for name in ("run", "alone"))
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *first], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    owner = tmp_path / "run" / ".selfplay.lock.owner"
+    deadline = time.time() + 120
+    while not owner.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    second = cli(first)
+    assert proc.poll() is None, "the first loop ended before the second started"
+    assert second.exit_code == 2
+    assert f"is in use by another selfplay process (PID {proc.pid}, selfplay loop" in second.stderr
+    assert cli(alone).exit_code == 0  # the undisturbed run, while the first still runs
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    def result(run: Path) -> list[dict]:
+        timing = {"seconds", "iteration_seconds", "model"}
+        return [{k: v for k, v in row.items() if k not in timing} for row in read_jsonl(run / "eval" / "iterations.jsonl")]
+
+    assert result(tmp_path / "run") == result(tmp_path / "alone")
+    for name in ("iter_0/generate.jsonl", "iter_0/train_data/pairs.jsonl", "iter_0/train/model/model.safetensors"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
+def test_zero_iterations_evaluate_the_base_model_only_and_bad_inputs_leave_no_run_directory(cli, tiny_model, tmp_path):
+    run = tmp_path / "base-only"
+    res = cli(loop_args(tiny_model, run, "--iters", "0"))
+    assert res.exit_code == 0 and "done: 0 iteration(s)" in res.stderr
+    assert [r["iteration"] for r in read_jsonl(run / "eval" / "iterations.jsonl")] == ["base"]
+    assert not list(run.glob("iter_*")) and (run / "eval" / "report.md").exists()
+    (tmp_path / "no-config").mkdir()
+    for args, message in [
+        (["--iters", "-1"], "loop.iters"),
+        (["--data", str(tmp_path / "missing.jsonl")], "file not found"),
+        (["--model", str(tmp_path / "no-config")], "has no config.json"),
+        (["--set", "generate.top_p=0"], "generate.top_p"),
+    ]:
+        res = cli([*loop_args(tiny_model, tmp_path / "never"), *args])
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+        assert not (tmp_path / "never").exists(), args

@@ -28,9 +28,16 @@ def _out_dir(out: Path | None, model: str, name: str) -> Path:
     return out if out is not None else Path("evals") / model_label(model) / name
 
 
-def _save(cfg: object, out: Path) -> None:
+def _save(cfg: object, out: Path, *models: str) -> None:
+    """Check the models (a missing one is refused before any output exists), then create ``out`` with the
+    resolved config. Answer files (winrate's ``--model``/``--baseline``) are read later, not models."""
     from selfplay.config import save_config
+    from selfplay.evals.generation import is_answer_file
+    from selfplay.models import resolve_model
 
+    for model in models:
+        if not is_answer_file(model):
+            resolve_model(model, cfg.model.revision)  # type: ignore[attr-defined]
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
@@ -64,7 +71,7 @@ def mt_bench(
     from selfplay.evals.mt_bench_data import DEFAULT_QUESTIONS
 
     out_dir = _out_dir(out, cfg.model.name_or_path, "mt_bench")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     result = run_mt_bench(cfg.model.name_or_path, out_dir, questions=questions or DEFAULT_QUESTIONS,
                           judge=cfg.eval.judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env,
                           judge_prompts=judge_prompts, reference_answers=reference_answers, mode=mode,
@@ -97,10 +104,10 @@ def leaderboard(
     cfg = resolve(config, set_, model__name_or_path=model, eval__batch_size=batch_size)
     from selfplay.evals.leaderboard import run_leaderboard
 
-    out_dir = _out_dir(out, cfg.model.name_or_path, "leaderboard")
-    _save(cfg, out_dir)
     if limit is not None and limit >= 1 and limit != int(limit):
         raise UserError(f"--limit must be a whole number of examples or a fraction below 1, got {limit}")
+    out_dir = _out_dir(out, cfg.model.name_or_path, "leaderboard")
+    _save(cfg, out_dir, cfg.model.name_or_path)
     run_leaderboard(cfg.model.name_or_path, out_dir, tasks=tasks,
                     limit=int(limit) if limit is not None and limit >= 1 else limit,
                     include_path=[str(p) for p in include_path or []], peft=str(peft) if peft else None,
@@ -138,7 +145,7 @@ def winrate(
     from selfplay.evals.winrate import run_winrate
 
     out_dir = _out_dir(out, cfg.model.name_or_path, f"winrate-vs-{model_label(baseline)}")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path, baseline)
     run_winrate(cfg.model.name_or_path, baseline, prompts, cfg.eval.judge, out_dir, judge_model=judge_model,
                 judge_api_key_env=judge_api_key_env, limit=limit, max_new_tokens=cfg.eval.max_new_tokens,
                 judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, bootstrap=bootstrap,
@@ -172,7 +179,7 @@ def task(
 
     chosen, records = load_task_records(cfg.eval.task, data, limit=limit, split=split)
     out_dir = _out_dir(out, cfg.model.name_or_path, f"task-{chosen}")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     run_task_eval(cfg.model.name_or_path, chosen, records, out_dir, n=n, temperature=temperature, top_p=top_p,
                   max_new_tokens=cfg.eval.max_new_tokens,
                   batch_size=cfg.eval.batch_size, model_cfg=cfg.model, seed=cfg.seed)
@@ -220,11 +227,69 @@ def multiturn(
                                eval_parallel=0 if mode == "sequential" else r.eval_parallel)
     cfg = dataclasses.replace(cfg, rise=rise)
     out_dir = _out_dir(out, cfg.model.name_or_path, "multiturn")
-    _save(cfg, out_dir)
+    _save(cfg, out_dir, cfg.model.name_or_path)
     sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = multiturn_evaluation(cfg, sampler, records, out_dir)["multiturn"]
     print_multiturn(metrics)
     console.print(f"results: {out_dir / 'multiturn.json'}, plot: {out_dir / 'multiturn.png'}")
+
+
+@app.command("agent")
+def agent(
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
+    search_sources: Annotated[Optional[str], typer.Option(
+        help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Steps per episode at most (anchor: 11).")] = None,
+    prompt_format: Annotated[Optional[str], typer.Option(help="alpaca (the anchor's) | chat")] = None,
+    split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    ids_from: Annotated[Optional[Path], typer.Option(
+        help="Only the questions that have a trajectory in this FireAct file (matched by question text).")] = None,
+    max_new_tokens: MaxTokensOpt = None,
+    batch_size: BatchOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A tool-using agent on a QA task: EM, F1, steps per episode, share finished, tool errors (greedy)."""
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__search=search,
+                  agent__search_sources=cli_list(search_sources), agent__max_steps=max_steps,
+                  generate__prompt_format=prompt_format, generate__max_new_tokens=max_new_tokens,
+                  eval__batch_size=batch_size)
+    if data is None:
+        raise UserError("--data is required: the questions (a prepared directory, .jsonl, or a HotpotQA file).")
+    from selfplay.data.records import convert_rows, is_prepared_dir, load_sft
+    from selfplay.data.sources import read_rows
+    from selfplay.evals.agent_eval import evaluate_agent, print_agent_metrics
+    from selfplay.evals.generation import load_sampler
+
+    if is_prepared_dir(data):
+        records = load_sft(data, split if (Path(data) / f"{split}.jsonl").is_file() else "train")
+    else:  # a raw file (HotpotQA, FireAct, ...) or a canonical .jsonl
+        converted = convert_rows(read_rows(data, split), "auto", show_progress=False)
+        records = [r for group in converted.groups for r in group]
+    if ids_from is not None:
+        from selfplay.methods.agent import read_trajectories
+
+        asked = {t["prompt"][-1]["content"].strip() for t in read_trajectories(ids_from).values()}
+        records = [r for r in records if r["messages"][-1]["content"].strip() in asked]
+        if not records:
+            raise UserError(f"no question of {data} has a trajectory in {ids_from}")
+    records = records[:limit] if limit else records
+    out_dir = _out_dir(out, cfg.model.name_or_path, f"agent-{cfg.agent.task}")
+    _save(cfg, out_dir)
+    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    metrics = evaluate_agent(cfg, sampler, records, out_dir)
+    print_agent_metrics(metrics)
+    console.print(f"results: {out_dir / 'agent.json'}, trajectories: {out_dir / 'agent.jsonl'}")
+
+
+def cli_list(value: Optional[str]) -> Optional[list[str]]:
+    """ "a,b" -> ["a", "b"]; None stays None (not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 # `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).

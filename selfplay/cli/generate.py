@@ -30,7 +30,7 @@ def generate(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="New tokens per sample at most.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the prompt shuffle and of every sample.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Prompts per batch (hf backend; n rows each).")] = None,
-    prompt_format: Annotated[Optional[str], typer.Option(help="chat | spin-instruct")] = None,
+    prompt_format: Annotated[Optional[str], typer.Option(help="chat | spin-instruct | alpaca")] = None,
     backend: Annotated[Optional[str], typer.Option(help="hf | vllm")] = None,
     data_frac: Annotated[Optional[int], typer.Option(
         help="Generate only slice K (0-based) of the shuffled prompts.")] = None,

@@ -98,3 +98,58 @@ def convert(
     write_jsonl(out, records)
     console.print(f"{stats['episodes']} episodes ({stats['solved']} solved) -> {len(records)} training turns "
                   f"(per turn {stats['kept_per_turn']}), criteria {cfg.rise.criteria} -> {out}")
+
+
+@app.command("agent")
+def agent(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="The agent: directory, hub id or alias.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Questions: prepared data directory or SFT JSONL.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory of trajectory shards.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
+    search_sources: Annotated[Optional[str], typer.Option(
+        help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Steps per episode at most (anchor: 11).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Trajectories per question.")] = None,
+    prompt_format: Annotated[Optional[str], typer.Option(help="alpaca (the anchor's) | chat")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split of a prepared data directory.")] = None,
+    data_frac: Annotated[Optional[int], typer.Option(help="Only slice K (0-based) of the shuffled questions.")] = None,
+    num_fracs: Annotated[Optional[int], typer.Option(help="With --data-frac: number of near-equal slices.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Play ReAct trajectories with tools for every question of DATA into OUT/shard-K-of-F.jsonl (FireAct fields)."""
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, data__source=data,
+                  data__split=split, agent__task=task, agent__search=search,
+                  agent__search_sources=_list(search_sources, str), agent__max_steps=max_steps,
+                  agent__samples=samples, generate__prompt_format=prompt_format, generate__data_frac=data_frac,
+                  generate__num_fracs=num_fracs)
+    if out is None:
+        raise UserError("--out is required: the directory to write the trajectory shards into.")
+    if data is None and config is None:
+        raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
+    if cfg.generate.data_frac is not None:  # one slice, as the anchors' flags did
+        from selfplay.stages.agent_rollout import run_agent_rollout
+
+        run_agent_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+        return
+    from selfplay.stages.parallel import agent_rollout_stage
+
+    agent_rollout_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+
+
+@app.command("agent-pairs")
+def agent_pairs(
+    first: Annotated[Path, typer.Argument(help="Trajectories (FireAct/anchor JSON or our JSONL).")],
+    second: Annotated[Path, typer.Argument(help="Trajectories of the same questions from another run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs JSONL for `selfplay train --method agent-dpo`.")],
+) -> None:
+    """DPO pairs between two trajectory files: per question whose rewards differ, the rewarded one is chosen."""
+    from selfplay.io import write_jsonl
+    from selfplay.methods.agent import dpo_pairs_from_files
+
+    pairs, stats = dpo_pairs_from_files(first, second)
+    if not pairs:
+        raise UserError(f"no question has trajectories with different rewards in both files ({stats})")
+    write_jsonl(out, pairs)
+    console.print(f"{stats['common_questions']} common questions -> {len(pairs)} pairs -> {out}")

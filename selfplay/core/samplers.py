@@ -24,7 +24,10 @@ from selfplay.errors import MissingExtraError, UserError, suggest
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig
 
-PROMPT_FORMATS = ("chat", "spin-instruct")
+PROMPT_FORMATS = ("chat", "spin-instruct", "alpaca")
+# The Alpaca wrapper the FireAct / SPIN-for-agents anchors prompt with (generation_fireact.py).
+ALPACA_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                 "the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n")
 BACKENDS = ("hf", "vllm")
 # Architectures whose attention is plain scaled-dot-product (no softcapping, no sinks): on CPU they decode
 # faster with selfplay.core.decoding.grouped_query_attention than with SDPA or eager attention.
@@ -38,15 +41,18 @@ def format_prompt(tokenizer: Any, messages: list[dict[str, str]], prompt_format:
 
     ``chat``: the tokenizer's chat template with the generation prompt. ``spin-instruct``: the SPIN
     anchor's ``### Instruction: {prompt}\\n\\n### Response: `` with the last user turn as the prompt and
-    any earlier turns folded in front of it as ``Role: content`` paragraphs.
+    any earlier turns folded in front of it as ``Role: content`` paragraphs. ``alpaca``: the Alpaca wrapper
+    of the FireAct and SPIN-for-agents anchors, turns folded the same way.
     """
     if prompt_format == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("the model's tokenizer has no chat template; use --prompt-format spin-instruct.")
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if prompt_format == "spin-instruct":
+    if prompt_format in ("spin-instruct", "alpaca"):
         *earlier, last = messages
         context = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in earlier)
+        if prompt_format == "alpaca":
+            return ALPACA_PROMPT.format(prompt=f"{context}{last['content'].rstrip()}")
         return f"### Instruction: {context}{last['content']}\n\n### Response: "
     raise UserError(f"unknown prompt format '{prompt_format}'; choose one of {', '.join(PROMPT_FORMATS)}."
                     f"{suggest(prompt_format, PROMPT_FORMATS)}")

@@ -13,7 +13,7 @@ from typing import Any
 from selfplay import config as C
 from selfplay.core.objectives import get_objective
 from selfplay.errors import ConfigError, suggest
-from selfplay.methods import rise, sft, spin, sppo
+from selfplay.methods import agent, rise, sft, spin, sppo
 from selfplay.methods.base import Method
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -23,6 +23,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     sppo.DPO,
     sft.METHOD,
     rise.METHOD,
+    agent.SPIN_AGENT,
+    agent.AGENT_DPO,
+    agent.AGENT_SFT,
 )}
 
 

@@ -102,9 +102,29 @@ def collect_turns(it: Iteration) -> Collected:
     return Collected(episodes, fp)
 
 
+def collect_trajectories(it: Iteration) -> Collected:
+    """Agent trajectories: ReAct episodes with the tools (trajectories.jsonl, FireAct fields)."""
+    from selfplay.stages.generate import merge_shards
+    from selfplay.stages.parallel import agent_rollout_stage, is_main_machine
+
+    out_dir, trajectories = it.dir / "trajectories", it.dir / "trajectories.jsonl"
+    fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.agent),
+                     [r["id"] for r in it.prompts], it.k)
+
+    def work() -> None:
+        agent_rollout_stage(it.cfg, it.model, it.write_prompts(), out_dir)
+        if is_main_machine(it.cfg):
+            merge_shards(out_dir, trajectories)
+        release_memory()
+
+    it.run.ensure(f"iter_{it.k}/trajectories", fp, [out_dir, trajectories], work, every_machine=True)
+    return Collected(trajectories, fp)
+
+
 COLLECTORS: dict[str, Callable[[Iteration], Collected]] = {
     "references": collect_references,
     "samples": collect_samples,
     "ranked": collect_ranked,
     "turns": collect_turns,
+    "trajectories": collect_trajectories,
 }

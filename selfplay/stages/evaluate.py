@@ -51,21 +51,35 @@ def gold_answer(record: dict[str, Any]) -> str:
     return answer if isinstance(answer, str) and answer.strip() else record["reference"]
 
 
+def reference_segments(text: str) -> list[Segment]:
+    """A response as training segments: a ReAct trajectory's tool observations are context (not scored),
+    as in training; any other text is scored whole."""
+    from selfplay.envs.react import is_react_trajectory, parse_trajectory, trajectory_segments
+
+    if is_react_trajectory(text):
+        segments = trajectory_segments(parse_trajectory(text))
+        if any(s.train for s in segments):
+            return segments
+    return [Segment(text)]
+
+
 def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], *, batch_size: int,
                    max_length: int) -> tuple[list[float], list[int]]:
-    """Summed log-prob and token count of each response given its (already formatted) prompt."""
+    """Summed log-prob and scored-token count of each response given its (already formatted) prompt."""
     from selfplay.core.samplers import encode_prompt
 
     sums: list[float] = []
     counts: list[int] = []
     for i in range(0, len(prompts), batch_size):
         ps, rs = [], []
+        ms = []
         for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
-            ids, _ = tokenize_segments(tok, [Segment(r)])
+            ids, mask = tokenize_segments(tok, reference_segments(r))
             pid, (rid,), _ = truncate(encode_prompt(tok, p), [ids], max_length, max_length // 2)
             ps.append(pid)
             rs.append(rid)
-        batch = {k: v.to(model.device) for k, v in collate_left_padded(ps, rs, tok.pad_token_id).items()}
+            ms.append(mask[:len(rid)])
+        batch = {k: v.to(model.device) for k, v in collate_left_padded(ps, rs, tok.pad_token_id, ms).items()}
         with torch.no_grad():
             logps, ntok = sequence_logps(model, batch)
         sums += logps.tolist()
@@ -98,7 +112,17 @@ def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]
     return {**table_metrics(metrics), "multiturn": metrics}
 
 
-EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation}
+def agent_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """Greedy ReAct episodes with the tools on the held-out questions (selfplay.evals.agent_eval)."""
+    from selfplay.evals.agent_eval import evaluate_agent
+
+    console.print(f"eval: agent, {len(records)} questions, search {cfg.agent.search}")
+    metrics = evaluate_agent(cfg, sampler, records, out_dir)
+    return {"agent_em": metrics["em"], "agent_f1": metrics["f1"], "agent_steps": metrics["steps"],
+            "agent_finished": metrics["finished"], "agent": metrics}
+
+
+EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation, "agent": agent_evaluation}
 
 
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, Any]], out_dir: Path,

@@ -18,6 +18,8 @@ import dataclasses
 import math
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 from selfplay.config import Config, save_config
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl, read_json, write_json, write_jsonl
+from selfplay.runs import output_lock
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
@@ -162,13 +165,16 @@ class ShardPlan:
     label: str  # "generate", "shard 2/4", ... for messages
 
 
-def plan_shard(cfg: Config, model: str, data: str | Path, out_dir: Path, info: dict[str, Any], *, split: str,
+@contextmanager
+def open_shard(cfg: Config, model: str, data: str | Path, out_dir: Path, info: dict[str, Any], *, split: str,
                shard: tuple[int, int] | None, ids: list[str] | None, check_model: bool, stage: str = "generate",
-               records: list[dict[str, Any]] | None = None) -> ShardPlan:
-    """Shard, manifest and resume bookkeeping shared by the stages that write one record per prompt
+               records: list[dict[str, Any]] | None = None) -> Iterator[ShardPlan]:
+    """Shard, manifest, lock and resume bookkeeping shared by the stages that write one record per prompt
     (generate, rollout): ``info`` describes the settings every record of the directory must share.
 
-    Validates the shard selection (and the model with ``check_model``) before creating ``out_dir``.
+    Validates the shard selection (and the model with ``check_model``) before creating ``out_dir``, then
+    holds the shard's lock while the caller writes it: a second process on the same shard is refused,
+    naming the holder (processes writing other shards of the directory are not disturbed).
     ``records`` gives the prompts already loaded (and validated) instead of reading ``data``.
     """
     from selfplay.models import resolve_model
@@ -186,19 +192,20 @@ def plan_shard(cfg: Config, model: str, data: str | Path, out_dir: Path, info: d
     if check_model:
         resolve_model(model, cfg.model.revision)  # fail on a bad model before touching the output directory
     out_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_manifest(out_dir, manifest)
-    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model),
-                                   data=dataclasses.replace(cfg.data, source=str(data), split=split))
-    save_config(resolved, out_dir / "config.yaml")
     path = out_dir / shard_name(index, count)
-    mine = [records[i] for i in shard_indices(manifest, index)]
-    done = _done_ids(path, {r["id"] for r in mine}, info, out_dir)
-    label = f"{stage} shard {index + 1}/{count}" if count > 1 else stage
-    if not [r for r in mine if r["id"] not in done]:
-        console.print(f"{label}: all {len(mine)} prompts already done in {path}")
-    elif done:
-        console.print(f"{label}: resuming, {len(done)} of {len(mine)} prompts already done")
-    return ShardPlan(path, [r for r in mine if r["id"] not in done], len(mine), label)
+    with output_lock(path, stage):
+        _prepare_manifest(out_dir, manifest)
+        resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model),
+                                       data=dataclasses.replace(cfg.data, source=str(data), split=split))
+        save_config(resolved, out_dir / "config.yaml")
+        mine = [records[i] for i in shard_indices(manifest, index)]
+        done = _done_ids(path, {r["id"] for r in mine}, info, out_dir)
+        label = f"{stage} shard {index + 1}/{count}" if count > 1 else stage
+        if not [r for r in mine if r["id"] not in done]:
+            console.print(f"{label}: all {len(mine)} prompts already done in {path}")
+        elif done:
+            console.print(f"{label}: resuming, {len(done)} of {len(mine)} prompts already done")
+        yield ShardPlan(path, [r for r in mine if r["id"] not in done], len(mine), label)
 
 
 def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
@@ -210,15 +217,21 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     the prompts (in the given order); ``sampler`` reuses a loaded backend instead of loading ``model``.
     Rerunning with the same settings skips the prompts already in the shard file.
     """
+    g = cfg.generate
+    sampler_info = generation_info(cfg, model)
+    with open_shard(cfg, model, data, out_dir, sampler_info, split=split, shard=shard, ids=ids,
+                    check_model=sampler is None) as plan:
+        if plan.todo:
+            _sample_into(plan, cfg, model, sampler, sampler_info)
+    return plan.path
+
+
+def _sample_into(plan: ShardPlan, cfg: Config, model: str, sampler: Any, sampler_info: dict[str, Any]) -> None:
+    """Sample the shard's remaining prompts, appending each record as its prompt finishes."""
     from selfplay.core.samplers import format_prompt
     from selfplay.progress import console
 
     g = cfg.generate
-    sampler_info = generation_info(cfg, model)
-    plan = plan_shard(cfg, model, data, out_dir, sampler_info, split=split, shard=shard, ids=ids,
-                      check_model=sampler is None)
-    if not plan.todo:
-        return plan.path
     sampler = sampler or load_sampler(cfg, model, plan.label)
     todo = plan.todo
     prompts = [format_prompt(sampler.tokenizer, r["messages"], g.prompt_format) for r in todo]
@@ -236,7 +249,6 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
         sampler.complete(prompts, n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                          seed=g.seed, stop=g.stop or None, on_result=write_record)
     console.print(f"{plan.label}: wrote {len(todo)} prompts x {g.n} samples to {plan.path}")
-    return plan.path
 
 
 def generation_info(cfg: Config, model: str) -> dict[str, Any]:

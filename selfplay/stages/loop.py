@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from selfplay.config import Config, for_iteration, save_config
-from selfplay.core.examples import RESPONSE_FIELDS
 from selfplay.core.objectives import get_objective
 from selfplay.errors import UserError
 from selfplay.io import read_json, read_jsonl, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
-from selfplay.runs import RunState, fingerprint
+from selfplay.runs import RunState, fingerprint, output_lock
 from selfplay.stages.collect import COLLECTORS, Iteration
 
 
@@ -72,7 +72,7 @@ def _training_records(method: Method, it: Iteration, collected_path: Path, colle
     of a multi-node run): only the path and fingerprint; the main machine writes the records."""
     mix = method.mixes_previous and it.cfg.loop.mix_previous
     kind = get_objective(method.objective).record_kind
-    path = it.dir / "train_data" / ("pairs.jsonl" if RESPONSE_FIELDS[kind] == ("chosen", "rejected") else "examples.jsonl")
+    path = it.dir / "train_data" / ("pairs.jsonl" if kind == "pair" else "examples.jsonl")
     fp = fingerprint(collected_fp, mix, it.k, method.name)
     if not write:
         return path, fp, {}
@@ -104,23 +104,46 @@ def _eval_judge(cfg: Config, method: Method) -> str | None:
 
 
 def run_loop(cfg: Config) -> list[dict[str, Any]]:
-    """Run (or resume) ``cfg.loop.iters`` iterations; returns the per-iteration metrics rows."""
+    """Run (or resume) ``cfg.loop.iters`` iterations (0: evaluate the base model only); returns the
+    per-iteration metrics rows.
+
+    The run directory is locked for the whole run: a second loop on it (a rerun started too early) is
+    refused at once, naming this one. A run directory this call creates is removed again when the data
+    cannot be prepared (the first unit): a mistake in the inputs leaves no output behind.
+    """
+    from selfplay.models import resolve_model
+    from selfplay.stages.parallel import is_main_machine
+
+    method = get_method(cfg.method)
+    resolve_model(cfg.model.name_or_path, cfg.model.revision)  # a bad model fails before any output exists
+    run_dir = Path(cfg.run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Multi-node: every machine runs this loop; the main one keeps the books (config, state, merges, evals,
+    # reports) and holds the run directory's lock, the others follow state.json and do their share of
+    # sampling and training (selfplay.runs.RunState, follower).
+    main = is_main_machine(cfg)
+    with output_lock(run_dir, "loop", enabled=main):
+        run = RunState(run_dir, follower=not main)
+        try:
+            train, held_out, data_fp = _prepare_data(cfg, run)
+        except UserError:
+            if created and main:  # nothing of this run exists yet but the directory we made: take it back
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if main:
+            save_config(cfg, run_dir / "config.yaml")
+        return _iterate(cfg, method, run, train, held_out, data_fp, main)
+
+
+def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, Any]], held_out: list[dict[str, Any]],
+             data_fp: str, main: bool) -> list[dict[str, Any]]:
+    """The base evaluation and the iterations, each unit skipped when done for its inputs."""
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import print_iteration_table, write_report
     from selfplay.stages.train import train_stage
 
-    from selfplay.stages.parallel import is_main_machine
-
-    method = get_method(cfg.method)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Multi-node: every machine runs this loop; the main one keeps the books (config, state, merges, evals,
-    # reports), the others do their share of sampling and training (selfplay.runs.RunState, follower).
-    main = is_main_machine(cfg)
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-    run = RunState(run_dir, follower=not main)
-    train, held_out, data_fp = _prepare_data(cfg, run)
+    run_dir = run.dir
     model, model_fp = cfg.model.name_or_path, fingerprint(cfg.model.name_or_path, cfg.model.revision, data_fp)
     judge = _eval_judge(cfg, method)
     # Every evaluation samples with the run's base generate settings (not an iteration's schedule), so

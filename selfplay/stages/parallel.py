@@ -1,4 +1,4 @@
-"""Data-parallel sampling stages: generate, rank and rollout over ``launch.num_processes`` workers.
+"""Data-parallel sampling stages: generate, rank and rollouts over ``launch.num_processes`` workers.
 
 Every prompt is independent and every sample is a pure function of (seed, prompt text, sample index), so
 the prompts can be cut into shards, each produced by its own process with its own model replica (or vLLM
@@ -154,6 +154,22 @@ def rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, s
     run_sharded(cfg, "rollout", out_dir, shard_count(out_dir), args + (["--skip-invalid"] if skip_invalid else []),
                 here, workers)
     wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"rollout shards in {out_dir}")
+
+
+def agent_rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
+    """Agent trajectories under ``cfg.launch``: shards of questions in ``out_dir`` (joined by ``merge_shards``)."""
+    from selfplay.stages.agent_rollout import agent_rollout_shards
+    from selfplay.stages.generate import shard_count, unfinished_shards
+
+    g = cfg.generate
+    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
+
+    def here(shards: list[int], count: int) -> None:
+        agent_rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
+
+    run_sharded(cfg, "agent-rollout", out_dir, shard_count(out_dir),
+                ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split], here, workers)
+    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"agent rollout shards in {out_dir}")
 
 
 def rank_stage(cfg: Config, samples: Path, shard_dir: Path, dest: Path) -> Path | None:

@@ -22,7 +22,7 @@ from selfplay.core.preference import symmetrize, win_prob_from_scores
 from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge
+from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
 from selfplay.stages.generate import SHARD_PATTERN
 
 
@@ -136,6 +136,8 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
 
         samples_path = merge_shards(samples_path)
     judge_spec = cfg.rank.judge
+    if judge is None:
+        parse_judge_spec(judge_spec)  # an unknown judge is refused before the output exists
     all_rows = load_sample_sets(samples_path)
     rows = all_rows[shard_slice(len(all_rows), *shard)] if shard is not None else all_rows
     dest, config_path = _output_paths(out_path, shard)

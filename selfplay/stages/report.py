@@ -51,7 +51,7 @@ def print_iteration_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] 
     cols = _present(rows, extra)
     table = Table(title="self-play progress (held-out prompts)")
     for _, title, _ in cols:
-        table.add_column(title, justify="right")
+        table.add_column(title, justify="right", overflow="fold")  # a narrow terminal wraps, never elides digits
     for r in rows:
         table.add_row(*_cells(r, cols))
     console.print(table)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import concurrent.futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from selfplay.config import Config
 from selfplay.envs.answer_envs import AnswerEnv, env_for_records, is_degenerate
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
+
+if TYPE_CHECKING:
+    from selfplay.stages.generate import ShardPlan
 
 Messages = list[dict[str, str]]
 RESAMPLE_TRIES = 3
@@ -241,8 +244,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
     """
     from selfplay.data.records import load_sft
     from selfplay.progress import console
-    from selfplay.stages.generate import plan_shard
-    from selfplay.stages.progress import progress_bar
+    from selfplay.stages.generate import open_shard
 
     records = load_sft(data, split)
     env = env_for_records(cfg.rise.env, records)
@@ -252,11 +254,18 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
     if not records:
         raise UserError(f"{data}: no record with a reference answer the {env.name} environment can parse")
     info = rollout_info(cfg, model, env)
-    plan = plan_shard(cfg, model, data, out_dir, info, split=split, shard=shard, ids=None,
-                      check_model=not loaded, stage="rollout", records=records)
-    if not plan.todo:
-        return plan.path
-    models = TurnModels(cfg, model, loaded)
+    with open_shard(cfg, model, data, out_dir, info, split=split, shard=shard, ids=None,
+                    check_model=not loaded, stage="rollout", records=records) as plan:
+        if plan.todo:
+            _play_into(plan, env, info, TurnModels(cfg, model, loaded), cfg)
+    return plan.path
+
+
+def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: TurnModels, cfg: Config) -> None:
+    """Play the shard's remaining problems, appending each episode as it ends."""
+    from selfplay.progress import console
+    from selfplay.stages.progress import progress_bar
+
     chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0
     with JsonlAppender(plan.path) as out, progress_bar(f"{plan.label} ({env.name})", total=plan.total,
@@ -270,7 +279,6 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
         for start in range(0, len(plan.todo), chunk):
             play_episodes(env, plan.todo[start:start + chunk], models, cfg, done)
     console.print(f"{plan.label}: {len(plan.todo)} episodes, {solved} solved, written to {plan.path}")
-    return plan.path
 
 
 def rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],

@@ -35,7 +35,7 @@ from selfplay.hardware import fast_bf16
 from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
 from selfplay.progress import console
-from selfplay.runs import fingerprint
+from selfplay.runs import fingerprint, output_lock
 from selfplay.stages.train_io import TrainResult, batch_order, finish, save_checkpoint, tracker_config
 
 
@@ -125,7 +125,11 @@ def _policy(cfg: Config, policy: Any) -> Any:
 
 
 def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
-    """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable."""
+    """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable.
+
+    The trainer itself, in this process: :func:`train_stage` (which checks the inputs and locks ``out_dir``)
+    calls it, and so do the processes it launches.
+    """
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -185,7 +189,7 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                                    ref_fp, RESPONSE_FIELDS[objective.record_kind])
     scorer.train()
     if t.report_to:
-        accelerator.init_trackers(out_dir.parent.name or "selfplay", config=tracker_config(cfg))
+        accelerator.init_trackers(f"selfplay-{Path(cfg.run_dir).name}", config=tracker_config(cfg))
 
     ckpt = out_dir / "checkpoint"
     state = {"batches_done": 0, "step": 0, "tokens": 0}
@@ -255,20 +259,32 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
 
 def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
     """Train in this process, or under ``accelerate launch`` when ``launch`` asks for several processes or
-    machines (or ``launch.backend`` is ``accelerate``); the launched processes run :func:`run_train`."""
+    machines (or ``launch.backend`` is ``accelerate``); the launched processes run :func:`run_train`. The
+    entry point of ``selfplay train`` and the loop: inputs are checked before ``out_dir`` is created, and
+    ``out_dir`` is locked while training (a second run on it is refused, naming this one)."""
     from selfplay.core.launchers import machine_file, run_launched, several_processes, under_distributed_launcher
+    from selfplay.models import resolve_model
 
     out_dir = Path(out_dir)
     launch = cfg.launch
-    relaunch = several_processes(launch) or launch.backend == "accelerate"
-    if not relaunch or under_distributed_launcher() or (out_dir / "summary.json").exists():
-        return run_train(cfg, model, data_path, out_dir)  # (done already: reads the summary, starts nothing)
+    if (out_dir / "summary.json").exists() or under_distributed_launcher():
+        return run_train(cfg, model, data_path, out_dir)  # done already (reads the summary), or a launched rank
+    method = get_method(cfg.method)
+    objective = get_objective(method.objective)
+    load_examples(data_path, objective.record_kind, objective.required_fields(loss_of(cfg)))
+    resolve_model(model, cfg.model.revision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    launch_cfg = out_dir / machine_file(launch, "launch_config.yaml")
-    save_config(cfg, launch_cfg)
-    where = f" on machine {launch.machine_rank} of {launch.num_machines}" if launch.num_machines > 1 else ""
-    console.print(f"train: launching {launch.num_processes} process(es) under accelerate{where}")
-    run_launched(launch, "selfplay.stages.worker",
-                 ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out", str(out_dir)])
-    s = read_json(out_dir / "summary.json")
-    return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
+    # One lock per output: the main machine holds it; the other machines of a multi-node run train the same
+    # output with it (and the processes a launcher starts run under their parent's).
+    with output_lock(out_dir, "train", enabled=launch.machine_rank == 0):
+        if not (several_processes(launch) or launch.backend == "accelerate"):
+            return run_train(cfg, model, data_path, out_dir)
+        launch_cfg = out_dir / machine_file(launch, "launch_config.yaml")
+        save_config(cfg, launch_cfg)
+        where = f" on machine {launch.machine_rank} of {launch.num_machines}" if launch.num_machines > 1 else ""
+        console.print(f"train: launching {launch.num_processes} process(es) under accelerate{where}")
+        run_launched(launch, "selfplay.stages.worker",
+                     ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out",
+                      str(out_dir)])
+        s = read_json(out_dir / "summary.json")
+        return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])

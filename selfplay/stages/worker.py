@@ -1,7 +1,7 @@
 """Entry point of a stage run in another process (``python -m selfplay.stages.worker STAGE ...``).
 
 The launchers (:mod:`selfplay.core.launchers`) start this module: under ``accelerate launch`` for
-``train``, as plain data-parallel workers for ``generate``, ``rank`` and ``rollout`` (each given its
+``train``, as plain data-parallel workers for ``generate``, ``rank``, ``rollout`` and ``agent-rollout`` (each given its
 shards). It reads the config file the parent wrote and runs the stage's work in this process. Kept apart
 from the CLI so stages never depend on it.
 """
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfplay.stages.worker")
     sub = parser.add_subparsers(dest="stage", required=True)
     train = sub.add_parser("train", help="run the train stage in this (accelerate-launched) process")
-    for stage in ("generate", "rank", "rollout"):
+    for stage in ("generate", "rank", "rollout", "agent-rollout"):
         p = sub.add_parser(stage, help=f"run shards of the {stage} stage in this process")
         p.add_argument("--shards", required=True, type=_shards, help="comma-separated shard indices")
         p.add_argument("--num-shards", required=True, type=int)
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from selfplay.core.launchers import exit_with_parent
     from selfplay.methods import load_config
+    from selfplay.progress import quiet_libraries
+
+    quiet_libraries()  # as the CLI does: one progress display, no known library noise
 
     exit_with_parent()  # a killed run must not leave this process appending to the files its rerun resumes
     try:
@@ -60,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             from selfplay.stages.rank import rank_shards
 
             rank_shards(cfg, args.data, args.out, shards=args.shards, num_shards=args.num_shards)
+        elif args.stage == "agent-rollout":
+            from selfplay.stages.agent_rollout import agent_rollout_shards
+
+            agent_rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
+                                 num_shards=args.num_shards)
         else:
             from selfplay.stages.rollout import rollout_shards
 

@@ -1,0 +1,62 @@
+"""Allowed ranges of the numeric config keys, checked when the config is resolved.
+
+Why at resolution: every command resolves its config first, so ``--n 0`` or ``--temperature -1`` is refused
+before it reads data, loads a model or creates an output (a sampler would refuse them too, but only after
+the output directory exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from selfplay.errors import ConfigError
+
+# Allowed values of numeric keys, checked when the config is resolved: before any command reads data,
+# loads a model or creates an output. (lower, lower inclusive, upper, upper inclusive); None = unbounded.
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "data.num": (1, True, None, False),
+    "data.eval_num": (1, True, None, False),
+    "generate.n": (1, True, None, False),
+    "generate.temperature": (0, True, None, False),
+    "generate.top_p": (0, False, 1, True),
+    "generate.max_new_tokens": (1, True, None, False),
+    "generate.batch_size": (1, True, None, False),
+    "generate.tensor_parallel_size": (1, True, None, False),
+    "generate.gpu_memory_utilization": (0, False, 1, True),
+    "rank.batch_size": (1, True, None, False),
+    "train.lr": (0, True, None, False),
+    "train.epochs": (0, False, None, False),
+    "train.warmup_ratio": (0, True, 1, True),
+    "train.weight_decay": (0, True, None, False),
+    "train.batch_size": (1, True, None, False),
+    "train.grad_accum": (1, True, None, False),
+    "train.max_length": (2, True, None, False),
+    "train.max_prompt_length": (1, True, None, False),
+    "train.logging_steps": (1, True, None, False),
+    "train.save_steps": (0, True, None, False),
+    "train.label_smoothing": (0, True, 0.5, True),
+    "loop.iters": (0, True, None, False),
+    "loop.prompts_per_iter": (1, True, None, False),
+    "eval.max_new_tokens": (1, True, None, False),
+    "eval.batch_size": (1, True, None, False),
+    "eval.num_samples": (0, True, None, False),
+    "launch.num_processes": (1, True, None, False),
+}
+
+
+def check_ranges(cfg: Any, where: str = "") -> None:
+    """ConfigError naming the first key in :data:`RANGES` whose value is outside its range (None = unset)."""
+    tree = dataclasses.asdict(cfg)
+    for key, (low, low_in, high, high_in) in RANGES.items():
+        section, name = key.split(".")
+        value = tree[section][name]
+        if value is None:
+            continue
+        if (low is not None and (value < low if low_in else value <= low)) or \
+                (high is not None and (value > high if high_in else value >= high)):
+            left = "" if low is None else f"{'[' if low_in else '('}{low:g}"
+            right = "" if high is None else f"{high:g}{']' if high_in else ')'}"
+            allowed = f"in {left}, {right}" if low is not None and high is not None else \
+                (f"{'>=' if low_in else '>'} {low:g}" if low is not None else f"{'<=' if high_in else '<'} {high:g}")
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value}{where}")

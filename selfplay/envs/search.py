@@ -1,0 +1,178 @@
+"""The agent's tools: ``search`` backends behind one interface, and ``finish`` (handled by the episode).
+
+* ``replay`` (default, offline): answers from what earlier runs recorded — the ``Action: search[q]`` /
+  ``Observation: ...`` pairs inside FireAct trajectory files (anchor JSON, our JSONL, Alpaca SFT files) and
+  query → result cache files like the anchor's ``tools/search.json``. The exact query (case and spacing
+  folded) returns its recorded result; otherwise the nearest recorded query-and-result by BM25 (``bm25s``)
+  does; nothing similar at all gives "No results found."
+* ``serpapi``: Google through SerpAPI when ``SERPAPI_API_KEY`` is set (answer box, else the first organic
+  snippet, as the anchor's ``extract_answer``); results are cached to a JSON file. The key is read from
+  the environment, sent only to SerpAPI, and never logged.
+
+A backend that fails or times out never crashes a rollout: its observation says so and it is counted
+(:class:`SearchResult.error`). Tool output is untrusted text: it is only ever shown to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfplay.errors import DataError, UserError, suggest
+
+NO_RESULTS = "No results found."
+SERPAPI_URL = "https://serpapi.com/search.json"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    text: str
+    error: bool = False
+
+
+def normalize_query(query: str) -> str:
+    return " ".join(query.lower().split())
+
+
+def recorded_pairs(path: Path) -> list[tuple[str, str]]:
+    """(query, observation) pairs recorded in a trajectory or cache file; a broken file names itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("search source not found", path=path)
+    try:
+        if path.suffix == ".jsonl":
+            data: Any = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg})", path=path, line=e.lineno) from None
+    if isinstance(data, dict) and all(isinstance(v, (str, type(None))) for v in data.values()):
+        return [(q, v) for q, v in data.items() if isinstance(v, str) and v.strip()]  # a query -> result cache
+    entries = data.values() if isinstance(data, dict) else data if isinstance(data, list) else []
+    pairs = []
+    for entry in entries:
+        text = (entry.get("traj") or entry.get("output") or "") if isinstance(entry, dict) else ""
+        pairs += _pairs_in_text(text if isinstance(text, str) else "")
+    return pairs
+
+
+def _pairs_in_text(text: str) -> list[tuple[str, str]]:
+    found = re.findall(r"^Action:\s*search\[(.*)\]\s*\nObservation:\s?(.*)$", text, re.M)
+    return [(q, o) for q, o in found if o.strip() and o.strip() != "None"]
+
+
+class ReplaySearch:
+    """Recorded results: exact query first, else the nearest recorded query-and-result by BM25."""
+
+    def __init__(self, sources: list[str | Path]) -> None:
+        if not sources:
+            raise UserError("the replay search needs at least one source file (agent.search_sources): FireAct "
+                            "trajectories or a query -> result cache such as ../shared/data/agent/search_cache.json")
+        pairs = [p for src in sources for p in recorded_pairs(Path(src))]
+        self.exact = {normalize_query(q): o for q, o in pairs}
+        self.docs = list({(normalize_query(q), o): (q, o) for q, o in pairs}.values())
+        self._index = None
+        self._lock = threading.Lock()
+
+    def _retriever(self) -> Any:
+        import bm25s
+
+        with self._lock:
+            if self._index is None and self.docs:
+                corpus = [f"{q} {o}" for q, o in self.docs]
+                retriever = bm25s.BM25()
+                retriever.index(bm25s.tokenize(corpus, show_progress=False), show_progress=False)
+                self._index = retriever
+        return self._index
+
+    def __call__(self, query: str) -> SearchResult:
+        hit = self.exact.get(normalize_query(query))
+        if hit is not None:
+            return SearchResult(hit)
+        retriever = self._retriever()
+        if retriever is None or not query.strip():
+            return SearchResult(NO_RESULTS)
+        import bm25s
+
+        tokens = bm25s.tokenize([query], show_progress=False)
+        if not tokens.ids or not tokens.ids[0]:
+            return SearchResult(NO_RESULTS)
+        ids, scores = retriever.retrieve(tokens, k=1, show_progress=False)
+        return SearchResult(self.docs[int(ids[0][0])][1] if float(scores[0][0]) > 0 else NO_RESULTS)
+
+
+class SerpApiSearch:
+    """Google through SerpAPI, cached in ``cache_path`` (query -> result JSON, the anchor's search.json form)."""
+
+    def __init__(self, cache_path: str | Path | None = None, *, timeout: float = 30.0, url: str = SERPAPI_URL) -> None:
+        self.key = os.environ.get("SERPAPI_API_KEY", "")
+        if not self.key:
+            raise UserError("the serpapi search backend needs the SERPAPI_API_KEY environment variable "
+                            "(or use agent.search=replay, which works offline)")
+        self.url, self.timeout = url, timeout
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.cache: dict[str, str] = {}
+        if self.cache_path is not None and self.cache_path.is_file():
+            self.cache = {q: v for q, v in recorded_pairs(self.cache_path)}
+        self._lock = threading.Lock()
+
+    def __call__(self, query: str) -> SearchResult:
+        if query in self.cache:
+            return SearchResult(self.cache[query])
+        params = urllib.parse.urlencode({"engine": "google", "q": query, "google_domain": "google.com", "gl": "us",
+                                         "hl": "en", "api_key": self.key})
+        try:
+            with urllib.request.urlopen(f"{self.url}?{params}", timeout=self.timeout) as response:
+                result = extract_answer(json.loads(response.read()))
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
+            reason = str(getattr(e, "reason", e)).replace(self.key, "***")
+            return SearchResult(f"search failed: {type(e).__name__}: {reason}"[:300], error=True)
+        text = result or NO_RESULTS
+        with self._lock:
+            self.cache[query] = text
+            if self.cache_path is not None:
+                from selfplay.io import write_json
+
+                write_json(self.cache_path, self.cache)
+        return SearchResult(text)
+
+
+def extract_answer(res: dict[str, Any]) -> str | None:
+    """The anchor's choice of text from a SerpAPI result: the answer box's answer, snippet or highlighted
+    words, else the first organic result's snippet."""
+    box = res.get("answer_box") or {}
+    if "answer" in box:
+        return str(box["answer"])
+    if "snippet" in box:
+        return str(box["snippet"])
+    if box.get("snippet_highlighted_words"):
+        return str(box["snippet_highlighted_words"][0])
+    organic = res.get("organic_results") or []
+    if organic and "snippet" in organic[0]:
+        return str(organic[0]["snippet"])
+    return None
+
+
+SearchFn = Callable[[str], SearchResult]
+# name -> factory(sources, cache path): the `agent.search` backends.
+SEARCH_BACKENDS: dict[str, Callable[[list[str], str | None], SearchFn]] = {
+    "replay": lambda sources, cache: ReplaySearch(sources),
+    "serpapi": lambda sources, cache: SerpApiSearch(cache),
+}
+
+
+def make_search(name: str, sources: list[str], cache: str | None = None) -> SearchFn:
+    """The search backend called ``name`` (checked, and its key or sources, before any model is loaded)."""
+    if name not in SEARCH_BACKENDS:
+        raise UserError(f"unknown search backend '{name}'.{suggest(name, SEARCH_BACKENDS)} "
+                        f"Available: {', '.join(SEARCH_BACKENDS)}.")
+    return SEARCH_BACKENDS[name](sources, cache)

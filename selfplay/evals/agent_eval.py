@@ -1,0 +1,52 @@
+"""Agent evaluation: greedy ReAct episodes with the tools, scored by the task (``selfplay eval agent``).
+
+Reports exact match and F1 of the final answers (unfinished episodes score 0, as in the anchor), steps per
+episode, the share of episodes that called ``finish`` within ``agent.max_steps``, tool errors and invalid
+actions per episode. Per-episode trajectories are saved in the FireAct form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from selfplay.config import Config
+
+
+def evaluate_agent(cfg: Config, sampler: Any, records: list[dict[str, Any]], out_dir: Path | None = None) -> dict:
+    """Greedy (temperature 0) episodes for ``records``; metrics, and ``out_dir/agent.jsonl`` when given."""
+    from selfplay.io import write_json, write_jsonl
+    from selfplay.stages.agent_rollout import agent_info, load_tools, new_episodes, play_agent_episodes, trajectory_row
+
+    task, search, fewshot = load_tools(cfg)
+    one = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, samples=1))
+    done: list[Any] = []
+    play_agent_episodes(task, search, sampler, new_episodes(records, sampler.tokenizer, one, fewshot), one,
+                        done.append, temperature=0.0)
+    n = max(1, len(done))
+    metrics = {"task": task.name, "search": cfg.agent.search, "episodes": len(done),
+               "em": sum(ep.info.get("em", 0.0) for ep in done) / n,
+               "f1": sum(ep.info.get("f1", 0.0) for ep in done) / n,
+               "steps": sum(len(ep.steps) for ep in done) / n,
+               "finished": sum(ep.finished for ep in done) / n,
+               "tool_errors": sum(ep.tool_errors for ep in done) / n,
+               "invalid_actions": sum(ep.invalid_actions for ep in done) / n}
+    if out_dir is not None:
+        info = agent_info(one, "evaluated")
+        write_jsonl(Path(out_dir) / "agent.jsonl", [trajectory_row(ep.record, [ep], info) for ep in done])
+        write_json(Path(out_dir) / "agent.json", metrics)
+    return metrics
+
+
+def print_agent_metrics(metrics: dict[str, Any], title: str = "agent evaluation") -> None:
+    from rich.table import Table
+
+    from selfplay.progress import console
+
+    table = Table(title=f"{title} ({metrics['task']}, search {metrics['search']}, {metrics['episodes']} episodes)")
+    for name in ("EM", "F1", "steps/episode", "finished", "tool errors/episode", "invalid actions/episode"):
+        table.add_column(name, justify="right")
+    table.add_row(f"{metrics['em']:.3f}", f"{metrics['f1']:.3f}", f"{metrics['steps']:.2f}",
+                  f"{metrics['finished']:.2f}", f"{metrics['tool_errors']:.2f}", f"{metrics['invalid_actions']:.2f}")
+    console.print(table)

@@ -1,0 +1,192 @@
+"""Self-play for tool-using agents (ReinholdM/SPIN: SPIN joined with FireAct), and its DPO and SFT variants.
+
+Each iteration plays ReAct trajectories with the current model and the tools (:mod:`selfplay.stages.agent_rollout`).
+Training records keep the tool observations as context segments (never trained):
+
+* ``spin-agent`` — SPIN pairs: the real (FireAct) trajectory of a question against the model's own;
+* ``agent-dpo`` — DPO pairs between two trajectories of the same question whose rewards differ (the
+  anchor's ``convert_dpo_data.py``: chosen = the rewarded one); needs ``agent.samples >= 2``;
+* ``agent-sft`` — SFT on the successful trajectories (the anchor's ``convert_alpaca.py`` of a rollout).
+
+LoRA adapters by default, as the anchor trains them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selfplay.core.examples import segments_to_json
+from selfplay.envs.react import Step, parse_trajectory, response_part, trajectory_segments
+from selfplay.errors import ConfigError
+from selfplay.methods.base import Method
+
+
+def _trajectories(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return row.get("samples") or [row]
+
+
+def _segments(trajectory: dict[str, Any]) -> list:
+    return trajectory_segments([Step(**s) for s in trajectory["steps"]])
+
+
+def real_segments(reference: str) -> list:
+    """The training segments of a real trajectory (an SFT record's reference)."""
+    return trajectory_segments(parse_trajectory(response_part(reference)))
+
+
+def build_spin_agent_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
+    """chosen = the real trajectory, rejected = the model's own, for every question with a real one."""
+    pairs, no_real, identical = [], 0, 0
+    for row in rows:
+        real = real_segments(row.get("reference") or "")
+        if not any(s.train for s in real):
+            no_real += 1
+            continue
+        for j, traj in enumerate(_trajectories(row)):
+            own = _segments(traj)
+            if [(s.text, s.train) for s in own] == [(s.text, s.train) for s in real]:
+                identical += 1
+                continue
+            pairs.append({"id": f"{row['id']}#s{j}@it{iteration}", "prompt": traj["prompt"],
+                          "chosen": segments_to_json(real), "rejected": segments_to_json(own)})
+    return pairs, {"pairs": len(pairs), "dropped_no_real": no_real, "dropped_identical": identical,
+                   "own_em": _mean_reward(rows)}
+
+
+def build_agent_dpo_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
+    """chosen = a rewarded trajectory, rejected = an unrewarded one of the same question."""
+    pairs, same = [], 0
+    for row in rows:
+        trajs = _trajectories(row)
+        good = [t for t in trajs if t["reward"]]
+        bad = [t for t in trajs if not t["reward"]]
+        if not good or not bad:
+            same += 1
+            continue
+        pairs.append({"id": f"{row['id']}@it{iteration}", "prompt": good[0]["prompt"],
+                      "chosen": segments_to_json(_segments(good[0])), "rejected": segments_to_json(_segments(bad[0]))})
+    return pairs, {"pairs": len(pairs), "dropped_equal_rewards": same, "own_em": _mean_reward(rows)}
+
+
+def build_agent_sft(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
+    """One single-response record per successful trajectory."""
+    examples = [{"id": f"{row['id']}#s{j}@it{iteration}", "prompt": t["prompt"],
+                 "response": segments_to_json(_segments(t))}
+                for row in rows for j, t in enumerate(_trajectories(row)) if t["reward"]]
+    return examples, {"examples": len(examples), "own_em": _mean_reward(rows)}
+
+
+def _mean_reward(rows: list[dict[str, Any]]) -> float | None:
+    rewards = [float(bool(t["reward"])) for row in rows for t in _trajectories(row)]
+    return sum(rewards) / len(rewards) if rewards else None
+
+
+def _check(cfg: Any) -> None:
+    from selfplay.envs.react import TASKS
+    from selfplay.envs.search import SEARCH_BACKENDS
+
+    a = cfg.agent
+    if a.task not in TASKS:
+        raise ConfigError(f"agent.task '{a.task}' is not one of {', '.join(TASKS)}")
+    if a.search not in SEARCH_BACKENDS:
+        raise ConfigError(f"agent.search '{a.search}' is not one of {', '.join(SEARCH_BACKENDS)}")
+    # (serpapi's key is checked when the backend is built, first thing in a rollout: a config can be shown
+    # and checked on a machine without the key.)
+    if a.search == "replay" and not a.search_sources:
+        raise ConfigError("agent.search=replay needs agent.search_sources: FireAct trajectory files and/or a "
+                          "query -> result cache (e.g. ../shared/data/agent/search_cache.json)")
+    if a.max_steps < 1 or a.retries < 0 or a.samples < 1:
+        raise ConfigError("agent.max_steps must be >= 1, agent.retries >= 0 and agent.samples >= 1")
+
+
+def _check_dpo(cfg: Any) -> None:
+    _check(cfg)
+    if cfg.agent.samples < 2:
+        raise ConfigError("agent-dpo pairs trajectories of one question whose rewards differ: "
+                          f"agent.samples must be at least 2, got {cfg.agent.samples}")
+
+
+# The anchor's settings (ReinholdM/SPIN configs/config.yaml), LoRA as it trains agents, FireAct's prompt.
+_PRESET: dict[str, Any] = {
+    "model": {"lora": {"enabled": True}},
+    "generate": {"prompt_format": "alpaca", "max_new_tokens": 256},
+    "train": {"beta": 0.1, "lr": 5e-7, "epochs": 3.0, "optimizer": "rmsprop", "max_length": 1024,
+              "max_prompt_length": 512},
+}
+_COLUMNS = (("agent_em", "EM", "{:.3f}"), ("agent_f1", "F1", "{:.3f}"), ("agent_steps", "steps", "{:.1f}"),
+            ("agent_finished", "finished", "{:.2f}"))
+
+SPIN_AGENT = Method(
+    name="spin-agent",
+    summary="real ReAct trajectory vs. the agent's own, tool observations as context (SPIN + FireAct)",
+    collects="trajectories", build=build_spin_agent_pairs, objective="preference", default_loss="sigmoid",
+    preset=_PRESET, mixes_previous=True, names=("real", "generated"), columns=_COLUMNS, evaluations=("agent",),
+    check=_check,
+)
+AGENT_DPO = Method(
+    name="agent-dpo",
+    summary="DPO between the agent's reward-different trajectories of a question",
+    collects="trajectories", build=build_agent_dpo_pairs, objective="preference", default_loss="sigmoid",
+    preset={**_PRESET, "agent": {"samples": 2}}, columns=_COLUMNS, evaluations=("agent",), check=_check_dpo,
+)
+AGENT_SFT = Method(
+    name="agent-sft",
+    summary="SFT on the agent's successful trajectories (FireAct-style)",
+    collects="trajectories", build=build_agent_sft, objective="likelihood", default_loss="sft",
+    preset={**_PRESET, "train": {**_PRESET["train"], "lr": 1e-5, "optimizer": "adamw"}},
+    names=("response", "response"), columns=_COLUMNS, evaluations=("agent",), check=_check,
+)
+
+
+def read_trajectories(path: Any) -> dict[str, dict[str, Any]]:
+    """Trajectories of a FireAct/anchor JSON file (``{idx: {reward, traj, ...}}``) or our rollout JSONL, by
+    question id, each with ``steps`` and ``prompt``; a broken entry names the file and the entry id."""
+    import json
+    import re
+    from pathlib import Path
+
+    from selfplay.errors import DataError
+    from selfplay.io import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path=path)
+    if path.suffix == ".jsonl":
+        entries = [(str(r.get("id", i)), r) for i, r in enumerate(read_jsonl(path), start=1)]
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg})", path=path, line=e.lineno) from None
+        if not isinstance(data, dict):
+            raise DataError("expected a JSON object of trajectories keyed by question id", path=path)
+        entries = [(str(k), v) for k, v in data.items()]
+    out = {}
+    for key, entry in entries:
+        def bad(message: str, field: str) -> DataError:
+            return DataError(f"entry '{key}': {message}", path=path, field=field)
+
+        if not isinstance(entry, dict):
+            raise bad(f"expected an object, got {type(entry).__name__}", "<entry>")
+        if not isinstance(entry.get("reward"), (bool, int, float)):
+            raise bad("missing or not a boolean/number", "reward")
+        traj = entry.get("traj")
+        if not isinstance(traj, str) or "### Response:" not in traj:
+            raise bad("expected the trajectory text with '### Instruction:' and '### Response:'", "traj")
+        question = re.search(r"### Instruction:\s*\n(.*?)\n\s*### Response:", traj, re.DOTALL)
+        steps = parse_trajectory(response_part(traj))
+        if question is None or not steps:
+            raise bad("no question or no Thought/Action steps in the trajectory", "traj")
+        prompt = entry.get("prompt") if isinstance(entry.get("prompt"), list) else \
+            [{"role": "user", "content": question[1].strip()}]
+        out[key] = {**entry, "steps": [vars(s) for s in steps], "prompt": prompt}
+    return out
+
+
+def dpo_pairs_from_files(first: Any, second: Any) -> tuple[list[dict], dict]:
+    """The anchor's ``convert_dpo_data.py``: for each question in both files whose rewards differ, the
+    rewarded trajectory is chosen, the other rejected."""
+    a, b = read_trajectories(first), read_trajectories(second)
+    rows = [{"id": k, "samples": [a[k], b[k]]} for k in a if k in b]
+    pairs, stats = build_agent_dpo_pairs(rows, 0, None)
+    return pairs, {**stats, "common_questions": len(rows)}
