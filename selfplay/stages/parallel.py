@@ -158,9 +158,10 @@ def rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, s
 
 def agent_rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
     """Agent trajectories under ``cfg.launch``: shards of questions in ``out_dir`` (joined by ``merge_shards``)."""
-    from selfplay.stages.agent_rollout import agent_rollout_shards
+    from selfplay.stages.agent_rollout import agent_rollout_shards, load_tools
     from selfplay.stages.generate import shard_count, unfinished_shards
 
+    load_tools(cfg)  # a missing search key or source fails here, before any model is looked at
     g = cfg.generate
     workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
 
