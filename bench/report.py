@@ -163,6 +163,32 @@ def _scaling(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _processes(c: dict[str, Any]) -> list[str]:
+    s, g, t, x = c["settings"], c["generation"], c["training"], c["speedup"]
+    one, two = "1 process", "2 processes"
+    lines = [
+        "## 4. Scale-out: 1 vs 2 processes, one thread each", "",
+        f"The real commands with `launch.num_processes` 1 or 2 and `OMP_NUM_THREADS=1` (each generation worker "
+        f"and each training rank on one thread), {s['model']}, {s['dtype']}, {s['rounds']} alternating round(s). "
+        f"Generation: `selfplay generate`, {s['prompts']} GSM8K train questions x {s['n']} samples, max_new_tokens "
+        f"{s['max_new_tokens']}, batch {s['gen_batch_size']}; tokens/s = sample tokens / the command's wall time "
+        f"(start-up and model load included). Training: `selfplay train`, {s['pairs']} SPIN pairs, max_length "
+        f"{s['max_length']}, batch {s['train_batch_size']} per process, {s['accumulation']} batches per step in "
+        f"all (1 process accumulates {s['accumulation']}, each of 2 processes {s['accumulation'] // 2}: the same "
+        "updates, one gradient all-reduce per step); tokens/s = the training loop's own (all processes' non-pad "
+        "tokens per second of the loop; reference pass and start-up excluded).", "",
+        "| work | 1 process | 2 processes | 2 / 1 |", "|---|---|---|---|",
+        f"| generation tokens/s | {_spread(g[one]['tokens_per_s'])} | {_spread(g[two]['tokens_per_s'])} | "
+        f"{_spread(x['generation_tokens_per_s'], '{:.2f}')} |",
+        f"| generation command s | {_spread(g[one]['seconds'])} | {_spread(g[two]['seconds'])} | |",
+        f"| training loop tokens/s | {_spread(t[one]['loop_tokens_per_s'])} | {_spread(t[two]['loop_tokens_per_s'])} | "
+        f"{_spread(x['training_loop_tokens_per_s'], '{:.2f}')} |",
+        f"| training command s | {_spread(t[one]['seconds'])} | {_spread(t[two]['seconds'])} | "
+        f"{_spread(x['training_wall'], '{:.2f}')} (speed-up) |", "",
+    ]
+    return lines
+
+
 def _profile(title: str, table: str) -> list[str]:
     return [f"### {title}", "", "```", table.strip(), "```", ""] if table else []
 
@@ -187,6 +213,8 @@ def render(results: dict[str, Any]) -> str:
         lines += _training(results["training"])
     if "scaling" in results:
         lines += _scaling(results["scaling"])
+    if "processes" in results:
+        lines += _processes(results["processes"])
     notes = results.get("notes", [])
     profiles = _profile("Our sampler, one batch (top ops by self CPU time)",
                         results.get("generation", {}).get("profile_ours", ""))

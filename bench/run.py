@@ -1,4 +1,4 @@
-"""Benchmark harness: ``python -m bench.run [--only gen,train,scale] [--pairs 3] [--smoke]``.
+"""Benchmark harness: ``python -m bench.run [--only gen,train,scale,procs] [--pairs 3] [--smoke]``.
 
 Runs each comparison as alternating pairs after a warm-up, writes every number to
 ``bench/out/results.json`` (git-ignored) and the tables to ``bench/RESULTS.md``. The full run is sized
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("gen", "train", "scale")
+SECTIONS = ("gen", "train", "scale", "procs")
 
 # Workload sizes. FULL fits the 30-minute budget on 2 cores (SmolLM2-135M trains at roughly 20-50 tokens/s
 # there, so training workloads are small); SMOKE only exercises the code paths.
@@ -26,17 +26,21 @@ FULL: dict[str, dict[str, Any]] = {
     "train": {"num_pairs": 4, "batch_size": 2, "max_length": 512, "rejected_tokens": 128},
     "scale": {"sizes": [32, 64, 128], "iters": 3, "iter_prompts": 16, "max_new_tokens": 8, "max_length": 32,
               "eval_num": 8},
+    "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 24, "train_batch_size": 2,
+              "accumulation": 4, "max_length": 256, "rounds": 2},
 }
 SMOKE: dict[str, dict[str, Any]] = {
     "gen": {"num_prompts": 4, "max_new_tokens": 8, "batch_size": 2},
     "train": {"num_pairs": 2, "batch_size": 2, "max_length": 512, "rejected_tokens": 8},
     "scale": {"sizes": [2, 4], "iters": 2, "iter_prompts": 2, "max_new_tokens": 4, "max_length": 32, "eval_num": 2},
+    "procs": {"prompts": 4, "n": 1, "max_new_tokens": 4, "gen_batch_size": 2, "pairs": 4, "train_batch_size": 1,
+              "accumulation": 2, "max_length": 64, "rounds": 1},
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of: gen, train, scale")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of: gen, train, scale, procs")
     p.add_argument("--pairs", type=int, default=3, help="alternating measured rounds per comparison (after warm-up)")
     p.add_argument("--smoke", action="store_true", help="minimal sizes, in-process arms: checks the plumbing only")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model directory, hub id or offline alias")
@@ -175,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         section("3. scaling: loop iteration vs prompts, and over iterations")
         results["scaling"] = run_scaling_bench(model, gsm8k_train, out / "scale", in_process=args.smoke,
                                                **sizes["scale"])
+        save()
+    if "procs" in args.only and available(gsm8k_train, "processes benchmark"):
+        from bench.procs_bench import run_processes_bench
+
+        section("4. scale-out: 1 vs 2 processes, one thread each")
+        results["processes"] = run_processes_bench(model, gsm8k_train, out / "procs", **sizes["procs"])
     save()
     section(f"done: {out / 'results.json'} and {md_path}")
     return 0

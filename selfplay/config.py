@@ -191,9 +191,23 @@ class AgentConfig:
 
 @dataclass
 class LaunchConfig:
-    # "local": this process; "accelerate": re-launch training under `accelerate launch`.
-    backend: Literal["local", "accelerate"] = "local"
+    """Where every stage runs (``selfplay.core.launchers``); the same YAML runs on a laptop and on 2 x 8 GPUs.
+
+    ``num_processes`` counts processes on all machines together (accelerate's convention): sampling,
+    ranking and rollouts run that many data-parallel workers (a vLLM engine of ``tensor_parallel_size``
+    GPUs counts as that many), training that many accelerate processes; ``train.batch_size`` is per process.
+    """
+
+    # "auto": several processes when num_processes or num_machines > 1, else this process;
+    # "local": always this process; "accelerate": training always re-launched under `accelerate launch`.
+    backend: Literal["auto", "local", "accelerate"] = "auto"
     num_processes: int = 1
+    # Multi-node: run the same command on every machine with its own machine_rank (0 = the main machine,
+    # which also owns the run directory's bookkeeping); a run directory on a filesystem all machines share.
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
     accelerate_config: str | None = None
     deepspeed_config: str | None = None
 
@@ -383,7 +397,26 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
     cfg = _build(Config, tree)
     check_ranges(cfg)
     _check_schedule(cfg)
+    _check_launch(cfg.launch)
     return cfg
+
+
+def _check_launch(launch: LaunchConfig) -> None:
+    """Process counts that accelerate (and the data-parallel stages) can honour, named by key."""
+    if launch.num_processes < 1 or launch.num_machines < 1:
+        raise ConfigError(f"launch.num_processes and launch.num_machines must be at least 1, got "
+                          f"{launch.num_processes} and {launch.num_machines}")
+    if launch.num_processes % launch.num_machines:
+        raise ConfigError(f"launch.num_processes ({launch.num_processes}) counts the processes of all machines: "
+                          f"it must be a multiple of launch.num_machines ({launch.num_machines})")
+    if not 0 <= launch.machine_rank < launch.num_machines:
+        raise ConfigError(f"launch.machine_rank must be in 0..{launch.num_machines - 1}, got {launch.machine_rank}")
+    if launch.num_machines > 1 and not launch.main_process_ip:
+        raise ConfigError("launch.num_machines > 1 needs launch.main_process_ip: the address of machine 0, "
+                          "which every machine can reach")
+    if launch.backend == "local" and (launch.num_processes > 1 or launch.num_machines > 1):
+        raise ConfigError(f"launch.backend=local runs everything in this one process, but launch.num_processes="
+                          f"{launch.num_processes}, launch.num_machines={launch.num_machines}; use backend auto")
 
 
 def _check_schedule(cfg: Config) -> None:

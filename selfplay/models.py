@@ -247,25 +247,28 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
     return getattr(torch, resolve_dtype_name(dtype, device).name)
 
 
-def load_model(path_or_alias: str, *, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
-               revision: str | None = None) -> tuple[Any, Any]:
+def load_model(path_or_alias: str, *, dtype: str = "auto", device: str | None = "cpu",
+               trust_remote_code: bool = False, revision: str | None = None) -> tuple[Any, Any]:
     """Load (model, tokenizer) for generation: eval mode, left padding, pad/eos set.
 
-    ``trust_remote_code`` is passed to transformers only when True (the user asked for it).
+    ``trust_remote_code`` is passed to transformers only when True (the user asked for it). ``device=None``
+    leaves the weights where loading put them (DeepSpeed ZeRO-3 partitions them across GPUs as they load).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(path_or_alias, revision)
-    device = resolve_device(device)
     kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"model directory '{path}' has no config.json; is it an HF model directory?")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **kwargs)
+        target = resolve_device(device if device is not None else "auto")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, target), **kwargs)
     except (OSError, ValueError) as e:  # missing weights/tokenizer files, unknown architecture
         raise UserError(f"could not load model from '{path}': {str(e).splitlines()[0]}") from None
     tokenizer.padding_side = "left"
     ensure_special_tokens(model, tokenizer)
-    model.to(device).eval()
+    if device is not None:
+        model.to(target)
+    model.eval()
     return model, tokenizer

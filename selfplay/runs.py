@@ -42,11 +42,19 @@ def fingerprint(*parts: Any) -> str:
 
 
 class RunState:
-    """Reads and writes ``run_dir/state.json`` atomically after every change."""
+    """Reads and writes ``run_dir/state.json`` atomically after every change.
 
-    def __init__(self, run_dir: Path) -> None:
+    On a multi-node run every machine runs the same loop, and only the main machine writes the state: the
+    others are *followers* (``follower=True``). A follower waits until the main machine has started each
+    unit with the same fingerprint (stale outputs are deleted by then), does its own share of the units
+    every machine works on (its generation shards, its training processes), and waits until the main
+    machine records the unit done before it moves on.
+    """
+
+    def __init__(self, run_dir: Path, follower: bool = False, poll_s: float = 2.0) -> None:
         self.dir = Path(run_dir)
         self.path = self.dir / "state.json"
+        self.follower, self.poll_s = follower, poll_s
         self.units: dict[str, dict[str, Any]] = read_json(self.path)["units"] if self.path.exists() else {}
 
     def done(self, unit: str, fp: str) -> bool:
@@ -72,16 +80,43 @@ class RunState:
         self.units[unit] = {"fingerprint": fp, "done": True, "info": info or {}}
         self._save()
 
-    def ensure(self, unit: str, fp: str, outputs: list[Path], work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+    def ensure(self, unit: str, fp: str, outputs: list[Path], work: Callable[[], dict[str, Any] | None], *,
+               every_machine: bool = False) -> dict[str, Any]:
         """Run ``work`` unless ``unit`` is done for ``fp`` (stale outputs deleted first); returns the unit's info.
 
         ``work`` returns the info to record (or None); an exception leaves the unit started, not done, so a
-        rerun resumes inside it.
+        rerun resumes inside it. ``every_machine``: on a follower, ``work`` runs too (its share of the unit).
         """
+        if self.follower:
+            return self._follow(unit, fp, work if every_machine else None)
         if not self.done(unit, fp):
             self.begin(unit, fp, outputs)
             self.finish(unit, fp, work() or {})
         return self.info(unit)
+
+    def _follow(self, unit: str, fp: str, work: Callable[[], Any] | None) -> dict[str, Any]:
+        self._wait_for(unit, fp, done=False)
+        if work is not None and not self.done(unit, fp):
+            work()
+        self._wait_for(unit, fp, done=True)
+        return self.info(unit)
+
+    def _wait_for(self, unit: str, fp: str, done: bool) -> None:
+        """Poll the main machine's state until ``unit`` is started (or done) with fingerprint ``fp``."""
+        import time
+
+        from selfplay.progress import console
+
+        waited = 0.0
+        while True:
+            self.units = read_json(self.path)["units"] if self.path.exists() else {}
+            u = self.units.get(unit)
+            if u and u.get("fingerprint") == fp and (u.get("done") or not done):
+                return
+            if waited % 60 < self.poll_s:
+                console.print(f"waiting for the main machine to {'finish' if done else 'start'} {unit}")
+            time.sleep(self.poll_s)
+            waited += self.poll_s
 
     def _save(self) -> None:
         write_json(self.path, {"units": self.units})

@@ -20,7 +20,7 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert {"meta", "machine", "generation", "training", "scaling"} <= results.keys()
+    assert {"meta", "machine", "generation", "training", "scaling", "processes"} <= results.keys()
     assert results["meta"]["smoke"] is True and results["meta"]["skipped"] == []
     machine = results["machine"]
     assert machine["matmul_peak_gflops"]["float32"] > 0 and machine["memory_bandwidth"]["read_gbs"] > 0
@@ -47,8 +47,14 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     assert list(scale["by_prompts"]) == ["2", "4"] and list(scale["by_iteration"]) == ["1", "2"]
     assert all(v["seconds"] > 0 for v in scale["by_prompts"].values())
 
+    procs = results["processes"]
+    for work, key in (("generation", "tokens_per_s"), ("training", "loop_tokens_per_s")):
+        assert set(procs[work]) == {"1 process", "2 processes"}
+        assert all(v[key]["median"] > 0 for v in procs[work].values())
+    assert procs["speedup"]["generation_tokens_per_s"]["n"] == 1
+
     markdown = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling"):
+    for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling", "## 4. Scale-out"):
         assert heading in markdown
     # A smoke run never overwrites the real results.
     assert (committed.read_text() if committed.exists() else None) == committed_before

@@ -52,9 +52,9 @@ def generate(
         raise UserError("--out is required: the directory to write the shard files into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.generate import run_generate
+    from selfplay.stages.parallel import generate_stage
 
-    run_generate(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+    generate_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
 
 
 @app.command()

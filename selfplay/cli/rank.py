@@ -31,6 +31,15 @@ def rank(
     if (data_frac is None) != (num_fracs is None):
         raise UserError("--data-frac and --num-fracs go together (e.g. --data-frac 0 --num-fracs 4)")
     cfg = resolve(config, set_, rank__judge=judge, rank__batch_size=batch_size, rank__device=device)
+    from selfplay.core.launchers import several_processes
+
+    if several_processes(cfg.launch) and data_frac is None:
+        from selfplay.stages.parallel import rank_stage
+
+        # Data-parallel judges: shards in OUT.shards/, merged into OUT by the main machine.
+        dest = out / "rank.jsonl" if out.is_dir() else out
+        rank_stage(cfg, data, Path(f"{dest}.shards"), dest)
+        return
     from selfplay.stages.rank import run_rank
 
     shard = (data_frac, num_fracs) if data_frac is not None and num_fracs is not None else None

@@ -57,9 +57,14 @@ def rollout(
         raise UserError("--out is required: the directory to write the episode shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.rollout import run_rollout
+    from selfplay.stages.parallel import rollout_stage
 
-    run_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split, skip_invalid=skip_invalid)
+    if cfg.generate.data_frac is not None:  # one slice, as the anchors' flags did
+        from selfplay.stages.rollout import run_rollout
+
+        run_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split, skip_invalid=skip_invalid)
+        return
+    rollout_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split, skip_invalid=skip_invalid)
 
 
 @app.command()
@@ -123,9 +128,14 @@ def agent(
         raise UserError("--out is required: the directory to write the trajectory shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.agent_rollout import run_agent_rollout
+    if cfg.generate.data_frac is not None:  # one slice, as the anchors' flags did
+        from selfplay.stages.agent_rollout import run_agent_rollout
 
-    run_agent_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+        run_agent_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+        return
+    from selfplay.stages.parallel import agent_rollout_stage
+
+    agent_rollout_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
 
 
 @app.command("agent-pairs")

@@ -7,12 +7,15 @@ large vocabulary (SmolLM2: 49k × 576) that projection is a fifth of the forward
 derived from the attention mask so left padding does not shift positions for any architecture.
 
 Memory: the [N, R, V] logits (and their gradient) are the largest activations of a small model with a
-large vocabulary. For a plain (undistributed) HF causal LM we therefore run the decoder alone and project
-only the response positions to the vocabulary, a chunk of tokens at a time, recomputing each chunk in the
-backward pass (activation checkpointing) — the idea of Liger's fused linear cross-entropy and TRL's
-chunked log-softmax, written here because neither applies to left-padded ``logits_to_keep`` batches.
-Wrapped models (DDP/FSDP/DeepSpeed must see the top-level forward) and models that transform their
-logits take the plain path; a one-time numeric check per model guards the split.
+large vocabulary. For an HF causal LM we therefore run the decoder alone and project only the response
+positions to the vocabulary, a chunk of tokens at a time, recomputing each chunk in the backward pass
+(activation checkpointing) — the idea of Liger's fused linear cross-entropy and TRL's chunked
+log-softmax, written here because neither applies to left-padded ``logits_to_keep`` batches. Models that
+transform their logits take the plain path; a one-time numeric check per model guards the split.
+
+Distributed training wraps :class:`SequenceLogps` (not the HF model) in DDP/FSDP/DeepSpeed, so the
+decoder call and the head chunks run inside the wrapper's own forward: DDP's gradient reduction, FSDP's
+and ZeRO-3's parameter gathering all see them, and no distributed run materialises the logits either.
 """
 
 from __future__ import annotations
@@ -60,11 +63,40 @@ def collate_left_padded(prompts: list[list[int]], responses: list[list[int]], pa
             "labels": labels, "label_mask": label_mask}
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+class SequenceLogps(torch.nn.Module):
+    """The module distributed training wraps: its forward is :func:`sequence_logps` of the HF model inside.
+
+    DDP prepares gradient reduction in the wrapped module's forward, and ZeRO-3/FSDP gather parameters
+    around each submodule call made under it; calling the wrapped model's decoder and lm_head from outside
+    would bypass both. With this module wrapped instead, the chunked path runs inside the wrapper.
+    ``sync=True`` (several processes) makes every rank take the same path and project the same number of
+    chunks, so ZeRO-3/FSDP issue the same parameter gathers on every rank.
+    """
+
+    def __init__(self, model: torch.nn.Module, sync: bool = False) -> None:
+        super().__init__()
+        self.model, self.sync = model, sync
+        # What accelerate reads off the model it prepares: the config (DeepSpeed's "auto" bucket sizes) and the
+        # decoder layer classes FSDP wraps one by one (TRANSFORMER_BASED_WRAP; PEFT keeps them on the base model).
+        self.config = getattr(model, "config", None)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._no_split_modules = getattr(inner, "_no_split_modules", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                labels: torch.Tensor, label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of :func:`collate_left_padded` -> (``logps`` [N], ``num_tokens`` [N])."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                 "labels": labels, "label_mask": label_mask}
+        return sequence_logps(self.model, batch, sync=self.sync)
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   sync: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's response and its token count.
 
     batch: output of :func:`collate_left_padded` (on the model's device). Returns ``logps`` [N] (float32,
-    differentiable when grad is on) and ``num_tokens`` [N].
+    differentiable when grad is on) and ``num_tokens`` [N]. ``sync``: called on every rank of an initialised
+    process group at once (see :class:`SequenceLogps`).
     """
     parts = _decoder_and_head(model)
     if parts is not None and model not in _SPLIT_OK:
@@ -72,13 +104,24 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
         model.eval()  # dropout would make the two passes differ for no fault of the split
         with torch.no_grad():
             probe = {k: v[:1] for k, v in batch.items()}
-            plain, split = _full_logits_logps(model, probe)[0], _chunked_logps(*parts, probe)[0]
+            plain, split = _full_logits_logps(model, probe)[0], _chunked_logps(*parts, probe, sync=sync)[0]
         model.train(training)
         # bf16 autocast rounds differently along the two paths; a real mismatch is orders larger.
-        _SPLIT_OK[model] = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
+        ok = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
+        _SPLIT_OK[model] = bool(_all_ranks(torch.tensor(int(ok), device=plain.device), "min")) if sync else ok
     if parts is not None and _SPLIT_OK[model]:
-        return _chunked_logps(*parts, batch)
+        return _chunked_logps(*parts, batch, sync=sync)
     return _full_logits_logps(model, batch)
+
+
+def _all_ranks(value: torch.Tensor, op: str) -> int:
+    """``value`` reduced over the ranks of the default process group (itself when there is none)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return int(value.item())
 
 
 def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -106,8 +149,8 @@ def _chunk_token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torc
     return torch.gather(logits, 1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module,
-                   batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   sync: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     labels, label_mask = batch["labels"], batch["label_mask"]
     R = labels.shape[1]
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -115,9 +158,13 @@ def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module,
     # Positions -R-1 .. -2 predict the R label slots; only real response tokens are projected (no padding).
     picked_hidden = hidden[:, -R - 1:-1, :][label_mask]  # [M, H]
     picked_labels = labels[label_mask]  # [M]
-    chunk = max(_MIN_CHUNK_TOKENS, _CHUNK_FLOATS // head.weight.shape[0])
+    # out_features, not weight.shape: ZeRO-3 leaves partitioned weights empty outside their module's forward.
+    chunk = max(_MIN_CHUNK_TOKENS, _CHUNK_FLOATS // head.out_features)
+    chunks = -(-picked_labels.shape[0] // chunk)
+    if sync:  # the same number of head calls on every rank (trailing chunks may be empty)
+        chunks = _all_ranks(torch.tensor(chunks, device=labels.device), "max")
     parts = []
-    for i in range(0, picked_labels.shape[0], chunk):
+    for i in range(0, chunks * chunk, chunk):
         h, y = picked_hidden[i:i + chunk], picked_labels[i:i + chunk]
         if torch.is_grad_enabled():
             parts.append(checkpoint(_chunk_token_logps, head, h, y, use_reentrant=False))

@@ -127,6 +127,16 @@ def checks_reference(spec: str) -> bool:
     return parse_judge_spec(spec)[0] in REFERENCE_JUDGES
 
 
+# Judges that run a model in the ranking process: only these gain from data-parallel rank workers (a
+# verifier is string matching, an LLM judge's requests are already concurrent).
+LOCAL_MODEL_JUDGES: frozenset[str] = frozenset({"pairrm", "gpm", "reward-model"})
+
+
+def runs_local_model(spec: str) -> bool:
+    """True when the judge of ``spec`` loads a model into the ranking process (PairRM, GPM, reward models)."""
+    return parse_judge_spec(spec)[0] in LOCAL_MODEL_JUDGES
+
+
 def _require(arg: str | None, name: str, what: str) -> str:
     if not arg:
         raise UserError(f"judge '{name}' needs {what}: --judge {name}:ARG")

@@ -51,29 +51,34 @@ def collect_references(it: Iteration) -> Collected:
 
 
 def collect_samples(it: Iteration) -> Collected:
-    """``generate.n`` samples per prompt from the current model (shards merged into generate.jsonl)."""
-    from selfplay.stages.generate import merge_shards, run_generate
+    """``generate.n`` samples per prompt from the current model: shards produced by the workers of
+    ``launch`` (:mod:`selfplay.stages.parallel`), merged into generate.jsonl by the main machine."""
+    from selfplay.stages.generate import merge_shards
+    from selfplay.stages.parallel import generate_stage, is_main_machine
 
     gen_dir, samples = it.dir / "generate", it.dir / "generate.jsonl"
+    # No launch setting in the fingerprint: samples do not depend on how many processes drew them.
     fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), [r["id"] for r in it.prompts], it.k)
 
     def work() -> None:
-        run_generate(it.cfg, it.model, it.write_prompts(), gen_dir)
-        merge_shards(gen_dir, samples)
+        generate_stage(it.cfg, it.model, it.write_prompts(), gen_dir)
+        if is_main_machine(it.cfg):
+            merge_shards(gen_dir, samples)
         release_memory()
 
-    it.run.ensure(f"iter_{it.k}/generate", fp, [gen_dir, samples], work)
+    it.run.ensure(f"iter_{it.k}/generate", fp, [gen_dir, samples], work, every_machine=True)
     return Collected(samples, fp)
 
 
 def collect_ranked(it: Iteration) -> Collected:
-    """Samples as above, then every prompt's K samples judged by ``rank.judge`` (rank.jsonl)."""
-    from selfplay.stages.rank import run_rank
+    """Samples as above, then every prompt's K samples judged by ``rank.judge`` (rank/ shards, rank.jsonl)."""
+    from selfplay.stages.parallel import rank_stage
 
     samples = collect_samples(it)
-    rank_path = it.dir / "rank.jsonl"
+    rank_dir, rank_path = it.dir / "rank", it.dir / "rank.jsonl"
     fp = fingerprint(samples.fp, dataclasses.asdict(it.cfg.rank))
-    it.run.ensure(f"iter_{it.k}/rank", fp, [rank_path], lambda: run_rank(it.cfg, samples.path, rank_path) and None)
+    it.run.ensure(f"iter_{it.k}/rank", fp, [rank_dir, rank_path],
+                  lambda: rank_stage(it.cfg, samples.path, rank_dir, rank_path) and None, every_machine=True)
     release_memory()
     return Collected(rank_path, fp)
 
@@ -81,36 +86,38 @@ def collect_ranked(it: Iteration) -> Collected:
 def collect_turns(it: Iteration) -> Collected:
     """RISE episodes: multi-turn self-correction in the data's answer environment (rollout.jsonl)."""
     from selfplay.stages.generate import merge_shards
-    from selfplay.stages.rollout import run_rollout
+    from selfplay.stages.parallel import is_main_machine, rollout_stage
 
     out_dir, episodes = it.dir / "rollout", it.dir / "rollout.jsonl"
     fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.rise),
                      [r["id"] for r in it.prompts], it.k)
 
     def work() -> None:
-        run_rollout(it.cfg, it.model, it.write_prompts(), out_dir, skip_invalid=True)
-        merge_shards(out_dir, episodes)
+        rollout_stage(it.cfg, it.model, it.write_prompts(), out_dir, skip_invalid=True)
+        if is_main_machine(it.cfg):
+            merge_shards(out_dir, episodes)
         release_memory()
 
-    it.run.ensure(f"iter_{it.k}/rollout", fp, [out_dir, episodes], work)
+    it.run.ensure(f"iter_{it.k}/rollout", fp, [out_dir, episodes], work, every_machine=True)
     return Collected(episodes, fp)
 
 
 def collect_trajectories(it: Iteration) -> Collected:
     """Agent trajectories: ReAct episodes with the tools (trajectories.jsonl, FireAct fields)."""
-    from selfplay.stages.agent_rollout import run_agent_rollout
     from selfplay.stages.generate import merge_shards
+    from selfplay.stages.parallel import agent_rollout_stage, is_main_machine
 
     out_dir, trajectories = it.dir / "trajectories", it.dir / "trajectories.jsonl"
     fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.agent),
                      [r["id"] for r in it.prompts], it.k)
 
     def work() -> None:
-        run_agent_rollout(it.cfg, it.model, it.write_prompts(), out_dir)
-        merge_shards(out_dir, trajectories)
+        agent_rollout_stage(it.cfg, it.model, it.write_prompts(), out_dir)
+        if is_main_machine(it.cfg):
+            merge_shards(out_dir, trajectories)
         release_memory()
 
-    it.run.ensure(f"iter_{it.k}/trajectories", fp, [out_dir, trajectories], work)
+    it.run.ensure(f"iter_{it.k}/trajectories", fp, [out_dir, trajectories], work, every_machine=True)
     return Collected(trajectories, fp)
 
 

@@ -218,10 +218,7 @@ def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, sp
     Rerunning with the same settings skips the prompts already in the shard file.
     """
     g = cfg.generate
-    sampler_info = {"backend": g.backend, "model": model, "temperature": g.temperature, "top_p": g.top_p,
-                    "max_new_tokens": g.max_new_tokens, "seed": g.seed, "n": g.n, "prompt_format": g.prompt_format}
-    if g.stop:
-        sampler_info["stop"] = list(g.stop)
+    sampler_info = generation_info(cfg, model)
     with open_shard(cfg, model, data, out_dir, sampler_info, split=split, shard=shard, ids=ids,
                     check_model=sampler is None) as plan:
         if plan.todo:
@@ -254,6 +251,37 @@ def _sample_into(plan: ShardPlan, cfg: Config, model: str, sampler: Any, sampler
     console.print(f"{plan.label}: wrote {len(todo)} prompts x {g.n} samples to {plan.path}")
 
 
+def generation_info(cfg: Config, model: str) -> dict[str, Any]:
+    """The sampler settings every record of a generate directory must share (checked on resume)."""
+    g = cfg.generate
+    info = {"backend": g.backend, "model": model, "temperature": g.temperature, "top_p": g.top_p,
+            "max_new_tokens": g.max_new_tokens, "seed": g.seed, "n": g.n, "prompt_format": g.prompt_format}
+    if g.stop:
+        info["stop"] = list(g.stop)
+    return info
+
+
+def generate_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
+                    num_shards: int) -> None:
+    """Generate shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
+    from selfplay.models import resolve_model
+    from selfplay.stages.parallel import OnFirstUse
+
+    resolve_model(model, cfg.model.revision)  # a bad model fails here, before any output is written
+    sampler = OnFirstUse(lambda: load_sampler(cfg, model, "generate"))
+    for k in shards:
+        run_generate(cfg, model, data, out_dir, split=split, shard=(k, num_shards), sampler=sampler)
+
+
+def shard_count(out_dir: Path) -> int | None:
+    """The number of shards an existing generate/rollout directory was started with (None when new)."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    return Sharding(**manifest["sharding"]).count(len(manifest["prompt_ids"]))
+
+
 def load_sampler(cfg: Config, model: str, label: str) -> Any:
     """The configured generation backend for ``model``, saying which device and dtype it samples in."""
     from selfplay.core.samplers import make_sampler
@@ -279,6 +307,25 @@ def merge_shards(out_dir: Path, dest: Path | None = None) -> Path:
     if not (out_dir / MANIFEST).is_file():
         raise UserError(f"{out_dir} is not a generate output directory (no {MANIFEST}); "
                         "run `selfplay generate --out DIR` first.")
+    rows, problems = _read_shards(out_dir)
+    if problems:
+        raise UserError(f"cannot merge {out_dir}: " + "; ".join(problems))
+    dest = Path(dest) if dest is not None else out_dir.parent / f"{out_dir.name}.jsonl"
+    write_jsonl(dest, (rows[i] for i in read_json(out_dir / MANIFEST)["prompt_ids"]))
+    return dest
+
+
+def unfinished_shards(out_dir: Path) -> list[str]:
+    """What keeps ``out_dir`` from merging ("shard-... is missing", "... has 3 of 5 prompts"); [] when complete.
+    Machines of a multi-node run poll this before the main machine merges."""
+    if not (Path(out_dir) / MANIFEST).is_file():
+        return [f"{out_dir} has no {MANIFEST} yet"]
+    return _read_shards(Path(out_dir))[1]
+
+
+def _read_shards(out_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every shard's records by id, and the shards that are missing or incomplete; DataError for duplicated
+    or foreign ids."""
     manifest = read_json(out_dir / MANIFEST)
     ids = manifest["prompt_ids"]
     count = Sharding(**manifest["sharding"]).count(len(ids))
@@ -303,8 +350,4 @@ def merge_shards(out_dir: Path, dest: Path | None = None) -> Path:
         have = len(expected & rows.keys())
         if have < len(expected):
             problems.append(f"{path.name} has {have} of {len(expected)} prompts (rerun its generate command)")
-    if problems:
-        raise UserError(f"cannot merge {out_dir}: " + "; ".join(problems))
-    dest = Path(dest) if dest is not None else out_dir.parent / f"{out_dir.name}.jsonl"
-    write_jsonl(dest, (rows[i] for i in ids))
-    return dest
+    return rows, problems

@@ -65,11 +65,18 @@ def iteration_prompt_ids(cfg: Config, train: list[dict[str, Any]], k: int) -> li
     return ids[:n]
 
 
-def _training_records(method: Method, it: Iteration, collected_rows: list[dict[str, Any]],
-                      collected_fp: str) -> tuple[Path, str, dict[str, Any]]:
+def _training_records(method: Method, it: Iteration, collected_path: Path, collected_fp: str,
+                      write: bool = True) -> tuple[Path, str, dict[str, Any]]:
     """Build the iteration's training records with the method's builder (plus the previous iteration's, for
-    methods that mix them in); returns (records path, fingerprint, stats)."""
-    records, stats = method.build(collected_rows, it.k, it.cfg)
+    methods that mix them in); returns (records path, fingerprint, stats). ``write=False`` (the other machines
+    of a multi-node run): only the path and fingerprint; the main machine writes the records."""
+    mix = method.mixes_previous and it.cfg.loop.mix_previous
+    kind = get_objective(method.objective).record_kind
+    path = it.dir / "train_data" / ("pairs.jsonl" if kind == "pair" else "examples.jsonl")
+    fp = fingerprint(collected_fp, mix, it.k, method.name)
+    if not write:
+        return path, fp, {}
+    records, stats = method.build(read_jsonl(collected_path), it.k, it.cfg)
     if not records:
         raise UserError(f"iteration {it.k} produced no training records ({stats}); "
                         "check the data and generation settings.")
@@ -77,14 +84,11 @@ def _training_records(method: Method, it: Iteration, collected_rows: list[dict[s
     write_jsonl(own, records)
     mixed = list(records)
     prev_own = it.dir.parent / f"iter_{it.k - 1}" / "train_data" / "own.jsonl"
-    mix = method.mixes_previous and it.cfg.loop.mix_previous
     if mix and it.k > 0 and prev_own.exists():
         mixed += read_jsonl(prev_own)
-    kind = get_objective(method.objective).record_kind
-    path = it.dir / "train_data" / ("pairs.jsonl" if kind == "pair" else "examples.jsonl")
     write_jsonl(path, mixed)
     stats["train_records"] = len(mixed)
-    return path, fingerprint(collected_fp, mix, it.k, method.name), stats
+    return path, fp, stats
 
 
 def _eval_judge(cfg: Config, method: Method) -> str | None:
@@ -108,26 +112,32 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
     cannot be prepared (the first unit): a mistake in the inputs leaves no output behind.
     """
     from selfplay.models import resolve_model
+    from selfplay.stages.parallel import is_main_machine
 
     method = get_method(cfg.method)
     resolve_model(cfg.model.name_or_path, cfg.model.revision)  # a bad model fails before any output exists
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with output_lock(run_dir, "loop"):
-        run = RunState(run_dir)
+    # Multi-node: every machine runs this loop; the main one keeps the books (config, state, merges, evals,
+    # reports) and holds the run directory's lock, the others follow state.json and do their share of
+    # sampling and training (selfplay.runs.RunState, follower).
+    main = is_main_machine(cfg)
+    with output_lock(run_dir, "loop", enabled=main):
+        run = RunState(run_dir, follower=not main)
         try:
             train, held_out, data_fp = _prepare_data(cfg, run)
         except UserError:
-            if created:  # nothing of this run exists yet but the directory we made: take it back
+            if created and main:  # nothing of this run exists yet but the directory we made: take it back
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        save_config(cfg, run_dir / "config.yaml")
-        return _iterate(cfg, method, run, train, held_out, data_fp)
+        if main:
+            save_config(cfg, run_dir / "config.yaml")
+        return _iterate(cfg, method, run, train, held_out, data_fp, main)
 
 
 def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, Any]], held_out: list[dict[str, Any]],
-             data_fp: str) -> list[dict[str, Any]]:
+             data_fp: str, main: bool) -> list[dict[str, Any]]:
     """The base evaluation and the iterations, each unit skipped when done for its inputs."""
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import print_iteration_table, write_report
@@ -164,7 +174,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
                        [by_id[i] for i in iteration_prompt_ids(ck, train, k)])
         t0 = time.perf_counter()
         collected = COLLECTORS[method.collects](it)
-        data_path, data_fp_k, stats = _training_records(method, it, read_jsonl(collected.path), collected.fp)
+        data_path, data_fp_k, stats = _training_records(method, it, collected.path, collected.fp, write=main)
         train_fp = fingerprint(model_fp, data_fp_k, dataclasses.asdict(ck.train), dataclasses.asdict(ck.model.lora))
         if ck.model.lora.enabled and not ck.train.save_merged:
             # The next iteration loads this model as a whole: a bare adapter cannot be its starting point.
@@ -175,7 +185,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
             r = train_stage(ck, model, data_path, train_dir)
             return {"model": str(r.model_path), "steps": r.steps, "metrics": r.metrics, "pairs": stats}
 
-        info = run.ensure(f"iter_{k}/train", train_fp, [train_dir], train_work)
+        info = run.ensure(f"iter_{k}/train", train_fp, [train_dir], train_work, every_machine=True)
         model, model_fp = info["model"], train_fp
         eval_dir = it.dir / "eval"
         metrics = evaluate(f"iter_{k}/eval", model, model_fp, eval_dir, prev_eval,
@@ -185,8 +195,9 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
         rows.append({"iteration": k, **metrics, "train_loss": tm.get("loss"),
                      "train_reward_acc": tm.get("rewards/accuracies"), "train_margin": tm.get("rewards/margins"),
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
-        print_iteration_table(rows, method.columns)
-        write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
-    if not cfg.loop.iters:
+        if main:
+            print_iteration_table(rows, method.columns)
+            write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
+    if not cfg.loop.iters and main:
         write_report(run_dir, rows, method.columns)
     return rows

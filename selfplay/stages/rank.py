@@ -23,6 +23,7 @@ from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
 from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
+from selfplay.stages.generate import SHARD_PATTERN
 
 
 def load_sample_sets(path: Path) -> list[dict[str, Any]]:
@@ -168,3 +169,59 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
                   + (f", {errors} malformed judge replies counted as ties" if errors else "") + f" → {dest}",
                   soft_wrap=True)
     return dest
+
+
+def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: list[int], num_shards: int) -> None:
+    """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
+    from selfplay.stages.parallel import OnFirstUse
+
+    judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device))
+    for k in shards:
+        run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))
+
+
+def rank_shard_count(shard_dir: Path) -> int | None:
+    """The shard count an existing rank shard directory was started with (None when there is none)."""
+    counts = {int(m.group(2)) for p in Path(shard_dir).glob("shard-*.jsonl") if (m := SHARD_PATTERN.match(p.name))}
+    if len(counts) > 1:
+        raise UserError(f"{shard_dir} mixes shards of {sorted(counts)} shards; delete it and rerun")
+    return counts.pop() if counts else None
+
+
+def _read_rank_shards(shard_dir: Path, samples_path: Path, count: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Scored records in the order of ``samples_path`` and what is missing; DataError for foreign or doubled ids."""
+    ids = [str(row["id"]) for row in iter_jsonl(samples_path)]
+    rows: dict[str, dict[str, Any]] = {}
+    problems = []
+    for k in range(count):
+        path = Path(shard_dir) / f"shard-{k:05d}-of-{count:05d}.jsonl"
+        expected = set(ids[shard_slice(len(ids), k, count)])
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+            continue
+        for line, row in enumerate(iter_jsonl(path, tolerate_torn_tail=True), start=1):
+            row_id = str(row.get("id"))
+            if row_id not in expected or row_id in rows:
+                why = "does not belong to this shard" if row_id not in expected else "is duplicated"
+                raise DataError(f"id {row_id!r} {why}", path=path, line=line, field="id")
+            rows[row_id] = row
+        if (have := len(expected & rows.keys())) < len(expected):
+            problems.append(f"{path.name} has {have} of {len(expected)} prompts")
+    return [rows[i] for i in ids if i in rows], problems
+
+
+def unfinished_rank_shards(shard_dir: Path, samples_path: Path, count: int) -> list[str]:
+    """What keeps the rank shards from merging; [] when every prompt is judged exactly once."""
+    return _read_rank_shards(shard_dir, samples_path, count)[1]
+
+
+def merge_rank_shards(shard_dir: Path, samples_path: Path, count: int, dest: Path) -> Path:
+    """Join the ``count`` rank shards of ``shard_dir`` into ``dest`` in the order of ``samples_path``."""
+    rows, problems = _read_rank_shards(shard_dir, samples_path, count)
+    if problems:
+        raise UserError(f"cannot merge {shard_dir}: " + "; ".join(problems))
+    from selfplay.io import write_jsonl
+
+    write_jsonl(dest, rows)
+    return dest
+

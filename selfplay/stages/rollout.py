@@ -90,7 +90,8 @@ class TurnModels:
 
     def __init__(self, cfg: Config, policy: str, loaded: dict[str, TurnModel] | None = None) -> None:
         self.cfg, self.policy = cfg, policy
-        self.loaded: dict[str, TurnModel] = dict(loaded or {})
+        # The caller's dict itself: models loaded here stay available to the caller's next shard.
+        self.loaded: dict[str, TurnModel] = loaded if loaded is not None else {}
 
     def spec(self, turn: int) -> str:
         models = self.cfg.rise.models
@@ -278,3 +279,12 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
         for start in range(0, len(plan.todo), chunk):
             play_episodes(env, plan.todo[start:start + chunk], models, cfg, done)
     console.print(f"{plan.label}: {len(plan.todo)} episodes, {solved} solved, written to {plan.path}")
+
+
+def rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
+                   num_shards: int, skip_invalid: bool) -> None:
+    """Play shards ``shards`` of ``num_shards`` in this process, loading each turn model once for all of them."""
+    loaded: dict[str, TurnModel] = {}
+    for k in shards:
+        run_rollout(cfg, model, data, out_dir, split=split, shard=(k, num_shards), skip_invalid=skip_invalid,
+                    loaded=loaded)

@@ -19,7 +19,6 @@ merged, on request), ``summary.json`` (written last: the stage is done).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from selfplay.config import Config, save_config
 from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample, load_examples, tokenize_records
-from selfplay.core.logprobs import example_batch, sequence_logps
+from selfplay.core.logprobs import SequenceLogps, example_batch
 from selfplay.core.memory import release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
 from selfplay.hardware import fast_bf16
@@ -50,12 +49,14 @@ def _precision(cfg: Config) -> str:
     return "bf16" if fast_bf16(device).name == "bfloat16" else "no"
 
 
-def precompute_reference(accelerator: Any, model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
+def precompute_reference(accelerator: Any, scorer: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
                          batch_size: int, out_path: Path, fp: str, fields: tuple[str, ...]) -> dict[str, list[float]]:
     """Reference log-probs {id: [one per response]} computed once; reused if ``out_path`` matches ``fp``.
 
-    Each process scores its shard of batches; results are gathered and the main process writes the file
-    (one line per record, keyed by the response fields, e.g. ``{"id", "chosen", "rejected"}``).
+    ``scorer``: the prepared :class:`SequenceLogps` (under ZeRO-3 only the engine can run the partitioned
+    model). Each process scores its shard of batches; results are gathered and the main process writes the
+    file (one line per record, keyed by the response fields, e.g. ``{"id", "chosen", "rejected"}``). Leaves
+    ``scorer`` in eval mode.
     """
     meta_path = out_path.with_suffix(".meta.json")
     if out_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fp:
@@ -65,18 +66,21 @@ def precompute_reference(accelerator: Any, model: torch.nn.Module, examples: lis
     k = len(fields)
     batches = [list(range(i, min(i + batch_size, len(examples)))) for i in range(0, len(examples), batch_size)]
     loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(torch.arange(len(batches)), batch_size=1))
-    model.eval()
+    scorer.eval()
     results: dict[int, list[float]] = {}
     with progress_bar("reference log-probs", total=len(batches), disable=not accelerator.is_main_process) as bar:
         for (b,) in loader:
             idx = batches[int(b)]
             batch = {key: v.to(accelerator.device) for key, v in example_batch([examples[i] for i in idx], pad_id).items()}
             with torch.no_grad(), accelerator.autocast():
-                logps, _ = sequence_logps(model, batch)
+                logps, _ = scorer(**batch)
             rows = torch.cat([torch.tensor(idx, dtype=torch.float64, device=logps.device)[:, None],
                               logps.double().view(k, -1).T], dim=1)  # [B, 1 + k]
+            # The last batches can be shorter on some processes: pad to equal shapes (index -1) to gather.
+            rows = accelerator.pad_across_processes(rows, dim=0, pad_index=-1)
             for i, *values in accelerator.gather(rows).tolist():
-                results[int(i)] = values
+                if i >= 0:
+                    results[int(i)] = values
             bar.advance(accelerator.num_processes)
     ref = {examples[i].id: v for i, v in results.items()}
     if accelerator.is_main_process:
@@ -106,7 +110,7 @@ def _accelerator(cfg: Config, out_dir: Path) -> Any:
 
 
 def _policy(cfg: Config, policy: Any) -> Any:
-    """LoRA adapters and gradient checkpointing as configured; the model in training mode."""
+    """LoRA adapters and gradient checkpointing as configured."""
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -117,7 +121,6 @@ def _policy(cfg: Config, policy: Any) -> Any:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.model.lora.enabled:
             policy.enable_input_require_grads()
-    policy.train()
     return policy
 
 
@@ -145,32 +148,46 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     model_dir = resolve_model(model, cfg.model.revision)
     accelerator = _accelerator(cfg, out_dir)
     set_seed(t.seed)
-    policy, tok = load_model(model_dir, dtype="float32", device=str(accelerator.device),
-                             trust_remote_code=cfg.model.trust_remote_code)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    # Under ZeRO-3 the weights are partitioned across the GPUs while they load: moving them would break that.
+    device = None if is_deepspeed_zero3_enabled() else str(accelerator.device)
+    policy, tok = load_model(model_dir, dtype="float32", device=device, trust_remote_code=cfg.model.trust_remote_code)
     examples, n_cut = tokenize_records(records, tok, prompt_format=cfg.generate.prompt_format,
                                        max_length=t.max_length, max_prompt_length=t.max_prompt_length)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     pad_id = tok.pad_token_id
-    ref: dict[str, list[float]] = {}
-    if objective.needs_reference:
-        ref_fp = fingerprint(model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples], _precision(cfg))
-        ref = precompute_reference(accelerator, policy, examples, pad_id, t.batch_size, out_dir / "ref_logps.jsonl",
-                                   ref_fp, RESPONSE_FIELDS[objective.record_kind])
     policy = _policy(cfg, policy)
+    processes = accelerator.num_processes
+    # What DDP/FSDP/DeepSpeed wrap: the log-prob computation itself, so the chunked path runs inside them.
+    scorer = SequenceLogps(policy, sync=processes > 1)
 
     order = batch_order([e.length for e in examples], t.batch_size, t.epochs, t.seed)
     if t.max_steps > 0:
-        order = order[: t.max_steps * t.grad_accum * accelerator.num_processes]
+        order = order[: t.max_steps * t.grad_accum * processes]
+    # Batch i goes to process i % P (accelerate's sharding of this index loader), so a step of P processes
+    # consumes the same batches as P accumulation steps of one process; the last step may repeat a few of the
+    # first batches so that every process has one (accelerate's even_batches).
     loader = torch.utils.data.DataLoader(torch.arange(len(order)), batch_size=1)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer_cls = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.AdamW
     optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay)
-    total_steps = max(1, math.ceil(len(order) / (t.grad_accum * accelerator.num_processes)))
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    total_steps = max(1, math.ceil(len(order) / (t.grad_accum * processes)))
+    # accelerate steps a prepared scheduler once per process at every optimizer step (it assumes a schedule
+    # written for one process), so the schedule is laid out over total_steps x P scheduler steps.
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps) * processes,
+                              num_training_steps=total_steps * processes)
+    scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
+    ref: dict[str, list[float]] = {}
+    if objective.needs_reference:
+        # After prepare: under ZeRO-3 only the engine can run the partitioned model. LoRA's B = 0 at the start,
+        # so the adapters change nothing: the reference is the model training starts from.
+        ref_fp = fingerprint(model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples], _precision(cfg))
+        ref = precompute_reference(accelerator, scorer, examples, pad_id, t.batch_size, out_dir / "ref_logps.jsonl",
+                                   ref_fp, RESPONSE_FIELDS[objective.record_kind])
+    scorer.train()
     if t.report_to:
         accelerator.init_trackers(f"selfplay-{Path(cfg.run_dir).name}", config=tracker_config(cfg))
 
@@ -184,7 +201,9 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
             # Steps logged after the checkpoint will be redone: drop them so no step is logged twice.
             kept = [m for m in read_jsonl(out_dir / "metrics.jsonl", tolerate_torn_tail=True) if m["step"] <= state["step"]]
             write_jsonl(out_dir / "metrics.jsonl", kept)
-    active = accelerator.skip_first_batches(loader, state["batches_done"]) if state["batches_done"] else loader
+    # batches_done counts the batches of all processes; each process skips its own share of them.
+    skip = state["batches_done"] // processes
+    active = accelerator.skip_first_batches(loader, skip) if skip else loader
     metrics_file = JsonlAppender(out_dir / "metrics.jsonl") if accelerator.is_main_process else None
     window: list[dict[str, float]] = []
     last: dict[str, float] = {}
@@ -194,8 +213,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
         for (b,) in active:
             exs = [examples[i] for i in order[int(b)]]
             batch = {k: v.to(accelerator.device) for k, v in example_batch(exs, pad_id).items()}
-            with accelerator.accumulate(policy), accelerator.autocast():
-                logps, ntok = sequence_logps(policy, batch)
+            with accelerator.accumulate(scorer), accelerator.autocast():
+                logps, ntok = scorer(**batch)
                 ref_t = torch.tensor([ref[e.id] for e in exs], device=logps.device) if ref else None
                 loss, metrics = objective.compute(loss_name, logps, ntok, batch_values(exs, fields, logps.device),
                                                   ref_t, t, method.names)
@@ -205,7 +224,7 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            state["batches_done"] += accelerator.num_processes
+            state["batches_done"] += processes
             state["tokens"] += int(accelerator.reduce(batch["attention_mask"].sum(), "sum"))
             values = accelerator.reduce(torch.stack([v.float() for v in metrics.values()]), "mean").tolist()
             window.append(dict(zip(metrics, values)))
@@ -230,37 +249,42 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
         metrics_file.close()
     if t.report_to:
         accelerator.end_training()
-    result = finish(accelerator, cfg, policy, tok, out_dir, state, last, n_cut, len(examples), total_steps)
+    result = finish(accelerator, cfg, scorer, tok, out_dir, state, last, n_cut, len(examples), total_steps)
     # The accelerator holds the model and optimizer; drop every reference before the next stage loads a model.
-    accelerator.free_memory(policy, optimizer, loader, scheduler)
-    del policy, optimizer, loader, scheduler, accelerator
+    accelerator.free_memory(scorer, optimizer, loader, scheduler)
+    del policy, scorer, optimizer, loader, scheduler, accelerator
     release_memory()
     return result
 
 
 def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
-    """Train in this process, or under ``accelerate launch`` when ``launch.backend`` says so; the entry point
-    of ``selfplay train`` and the loop. Inputs are checked before ``out_dir`` is created, and ``out_dir`` is
-    locked while training (a second process on it is refused, naming this one)."""
-    from selfplay.core.launchers import run_launched, under_distributed_launcher
+    """Train in this process, or under ``accelerate launch`` when ``launch`` asks for several processes or
+    machines (or ``launch.backend`` is ``accelerate``); the launched processes run :func:`run_train`. The
+    entry point of ``selfplay train`` and the loop: inputs are checked before ``out_dir`` is created, and
+    ``out_dir`` is locked while training (a second run on it is refused, naming this one)."""
+    from selfplay.core.launchers import machine_file, run_launched, several_processes, under_distributed_launcher
     from selfplay.models import resolve_model
 
     out_dir = Path(out_dir)
-    if (out_dir / "summary.json").exists():
-        return run_train(cfg, model, data_path, out_dir)  # done already: read the summary, start nothing
+    launch = cfg.launch
+    if (out_dir / "summary.json").exists() or under_distributed_launcher():
+        return run_train(cfg, model, data_path, out_dir)  # done already (reads the summary), or a launched rank
     method = get_method(cfg.method)
     objective = get_objective(method.objective)
     load_examples(data_path, objective.record_kind, objective.required_fields(loss_of(cfg)))
     resolve_model(model, cfg.model.revision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Processes started by a distributed launcher train one output together: their parent holds the lock.
-    with output_lock(out_dir, "train", enabled=not under_distributed_launcher()):
-        if cfg.launch.backend != "accelerate" or under_distributed_launcher():
+    # One lock per output: the main machine holds it; the other machines of a multi-node run train the same
+    # output with it (and the processes a launcher starts run under their parent's).
+    with output_lock(out_dir, "train", enabled=launch.machine_rank == 0):
+        if not (several_processes(launch) or launch.backend == "accelerate"):
             return run_train(cfg, model, data_path, out_dir)
-        launch_cfg = out_dir / "launch_config.yaml"
-        save_config(dataclasses.replace(cfg, launch=dataclasses.replace(cfg.launch, backend="local")), launch_cfg)
-        console.print(f"train: launching {cfg.launch.num_processes} process(es) under accelerate")
-        run_launched(cfg.launch, "selfplay.stages.worker", ["train", "--config", str(launch_cfg), "--model", model,
-                                                            "--data", str(data_path), "--out", str(out_dir)])
+        launch_cfg = out_dir / machine_file(launch, "launch_config.yaml")
+        save_config(cfg, launch_cfg)
+        where = f" on machine {launch.machine_rank} of {launch.num_machines}" if launch.num_machines > 1 else ""
+        console.print(f"train: launching {launch.num_processes} process(es) under accelerate{where}")
+        run_launched(launch, "selfplay.stages.worker",
+                     ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out",
+                      str(out_dir)])
         s = read_json(out_dir / "summary.json")
         return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])

@@ -78,17 +78,22 @@ def tracker_config(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def finish(accelerator: Any, cfg: Config, policy: Any, tok: Any, out_dir: Path, state: dict[str, int],
+def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
            last: dict[str, float], n_cut: int, n_examples: int, total_steps: int) -> TrainResult:
-    """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done."""
+    """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done.
+
+    ``scorer``: the prepared ``SequenceLogps`` wrapping the policy (its state-dict keys carry a ``model.``
+    prefix, removed here so the checkpoint is the HF model's own).
+    """
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(policy)
+    unwrapped = accelerator.unwrap_model(scorer).model
     model_dir = out_dir / "model"
     merged = cfg.model.lora.enabled and cfg.train.save_merged
+    # Every process takes part: ZeRO-3 and FSDP gather the full weights collectively.
+    state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(scorer).items()}
     if accelerator.is_main_process:
         for d in (model_dir, out_dir / "merged"):
             shutil.rmtree(d, ignore_errors=True)
-        state_dict = accelerator.get_state_dict(policy)
         unwrapped.save_pretrained(model_dir, state_dict=state_dict, safe_serialization=True)
         tok.save_pretrained(model_dir)
         if merged:

@@ -1,8 +1,9 @@
-"""Entry point of a stage re-launched in other processes (``python -m selfplay.stages.worker STAGE ...``).
+"""Entry point of a stage run in another process (``python -m selfplay.stages.worker STAGE ...``).
 
-The launcher (:mod:`selfplay.core.launchers`) starts this module under ``accelerate launch``; it reads the
-config file the parent wrote and runs the stage in this process. Kept apart from the CLI so stages never
-depend on it.
+The launchers (:mod:`selfplay.core.launchers`) start this module: under ``accelerate launch`` for
+``train``, as plain data-parallel workers for ``generate``, ``rank``, ``rollout`` and ``agent-rollout`` (each given its
+shards). It reads the config file the parent wrote and runs the stage's work in this process. Kept apart
+from the CLI so stages never depend on it.
 """
 
 from __future__ import annotations
@@ -14,22 +15,64 @@ from pathlib import Path
 from selfplay.errors import UserError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _shards(text: str) -> list[int]:
+    return [int(k) for k in text.split(",") if k.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfplay.stages.worker")
     sub = parser.add_subparsers(dest="stage", required=True)
-    train = sub.add_parser("train", help="run the train stage in this process")
-    train.add_argument("--config", required=True, type=Path)
+    train = sub.add_parser("train", help="run the train stage in this (accelerate-launched) process")
+    for stage in ("generate", "rank", "rollout", "agent-rollout"):
+        p = sub.add_parser(stage, help=f"run shards of the {stage} stage in this process")
+        p.add_argument("--shards", required=True, type=_shards, help="comma-separated shard indices")
+        p.add_argument("--num-shards", required=True, type=int)
+        if stage != "rank":
+            p.add_argument("--model", required=True)
+            p.add_argument("--split", default="train")
+    for p in sub.choices.values():
+        p.add_argument("--config", required=True, type=Path)
+        p.add_argument("--data", required=True, type=Path)
+        p.add_argument("--out", required=True, type=Path)
     train.add_argument("--model", required=True)
-    train.add_argument("--data", required=True, type=Path)
-    train.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    from selfplay.methods import load_config
+    sub.choices["rollout"].add_argument("--skip-invalid", action="store_true")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from selfplay.core.launchers import exit_with_parent
+    from selfplay.methods import load_config
+    from selfplay.progress import quiet_libraries
+
+    quiet_libraries()  # as the CLI does: one progress display, no known library noise
+
+    exit_with_parent()  # a killed run must not leave this process appending to the files its rerun resumes
     try:
         cfg = load_config(args.config)
-        from selfplay.stages.train import run_train
+        if args.stage == "train":
+            from selfplay.stages.train import run_train
 
-        run_train(cfg, args.model, args.data, args.out)
+            run_train(cfg, args.model, args.data, args.out)
+        elif args.stage == "generate":
+            from selfplay.stages.generate import generate_shards
+
+            generate_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
+                            num_shards=args.num_shards)
+        elif args.stage == "rank":
+            from selfplay.stages.rank import rank_shards
+
+            rank_shards(cfg, args.data, args.out, shards=args.shards, num_shards=args.num_shards)
+        elif args.stage == "agent-rollout":
+            from selfplay.stages.agent_rollout import agent_rollout_shards
+
+            agent_rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
+                                 num_shards=args.num_shards)
+        else:
+            from selfplay.stages.rollout import rollout_shards
+
+            rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
+                           num_shards=args.num_shards, skip_invalid=args.skip_invalid)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code
