@@ -23,8 +23,9 @@ THREADS = 2
 def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Time selfplay's SPIN training: reference precompute + policy-only training, model loading excluded.
 
-    The stage's own functions are wrapped (not changed) to timestamp its phases and count the non-pad
-    tokens of every chosen+rejected batch it builds.
+    The stage's own functions are wrapped (not changed) to timestamp its phases and count the tokens of
+    every batch it builds as separate prompt + response sequences (as TRL runs them and the TRL arm counts
+    them), whatever layout ours runs them in (packed: each prompt once, no padding).
     """
     import selfplay.stages.train as train_stage
     from selfplay.methods import load_config
@@ -36,10 +37,13 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "train.max_steps": spec.get("max_steps", -1), "train.logging_steps": 10**6, "train.save_steps": 0,
         "train.gradient_checkpointing": False,
     })
+    from selfplay.core.packing import sequence_tokens
+
     marks: dict[str, float] = {}
     tokens = {"reference": 0, "train": 0}
+    layout = {"packed": False}
     original_precompute, original_finish, original_batch = (
-        train_stage.precompute_reference, train_stage.finish, train_stage.example_batch)
+        train_stage.precompute_reference, train_stage.finish, train_stage.training_batch)
 
     def precompute(*args: Any, **kwargs: Any) -> Any:
         marks["precompute_start"] = time.perf_counter()
@@ -51,23 +55,25 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         marks["train_end"] = time.perf_counter()
         return original_finish(*args, **kwargs)
 
-    def counted_batch(*args: Any, **kwargs: Any) -> Any:
-        batch = original_batch(*args, **kwargs)
-        tokens["train" if "precompute_end" in marks else "reference"] += int(batch["attention_mask"].sum())
+    def counted_batch(model: Any, examples: list[Any], pad_id: int) -> Any:
+        batch = original_batch(model, examples, pad_id)
+        tokens["train" if "precompute_end" in marks else "reference"] += sequence_tokens(examples)
+        layout["packed"] = "label_index" in batch
         return batch
 
-    train_stage.precompute_reference, train_stage.finish, train_stage.example_batch = precompute, finish, counted_batch
+    train_stage.precompute_reference, train_stage.finish, train_stage.training_batch = precompute, finish, counted_batch
     try:
         with RssSampler() as rss, Profile(bool(spec.get("profile")), memory=True) as profile:
             result = train_stage.run_train(cfg, spec["model"], Path(spec["pairs"]), Path(spec["out_dir"]))
     finally:  # in-process (smoke) runs call this again: leave the stage as it was
-        train_stage.precompute_reference, train_stage.finish, train_stage.example_batch = (
+        train_stage.precompute_reference, train_stage.finish, train_stage.training_batch = (
             original_precompute, original_finish, original_batch)
     precompute_s = marks["precompute_end"] - marks["precompute_start"]
     train_s = marks["train_end"] - marks["precompute_end"]
     return {"tokens": float(tokens["train"]), "reference_tokens": float(tokens["reference"]),
             "precompute_s": precompute_s, "train_s": train_s, "seconds": precompute_s + train_s,
             "steps": float(result.steps), "loss": float(result.metrics.get("loss", float("nan"))),
+            "packed": float(layout["packed"]),
             "peak_rss_mib": rss.peak_delta, "ru_maxrss_delta_mib": max_rss_mib() - rss.baseline,
             **({"profile": profile.table, "memory_profile": profile.memory_table} if spec.get("profile") else {})}
 

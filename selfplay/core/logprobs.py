@@ -13,6 +13,10 @@ positions to the vocabulary, a chunk of tokens at a time, recomputing each chunk
 log-softmax, written here because neither applies to left-padded ``logits_to_keep`` batches. Models that
 transform their logits take the plain path; a one-time numeric check per model guards the split.
 
+Training batches take the padding-free layout of :mod:`selfplay.core.packing` where the model allows it
+(each prompt once, no padding; :func:`training_batch`); the left-padded layout stays for every other model and
+for evaluation. Both go through :func:`sequence_logps` and give the same log-probs.
+
 Distributed training wraps :class:`SequenceLogps` (not the HF model) in DDP/FSDP/DeepSpeed, so the
 decoder call and the head chunks run inside the wrapper's own forward: DDP's gradient reduction, FSDP's
 and ZeRO-3's parameter gathering all see them, and no distributed run materialises the logits either.
@@ -26,14 +30,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from selfplay.core.packing import block_attention_mask, collate_packed, is_packed, packable, packed_example_batch, unpack
+
 if TYPE_CHECKING:
     from selfplay.core.examples import TokenizedExample
 
 # Vocabulary rows projected at once in the chunked path: chunk tokens x V floats ~ 128 MiB in fp32.
 _CHUNK_FLOATS = 2**25
 _MIN_CHUNK_TOKENS = 64
-# Per model: whether the decoder + lm_head split reproduced the model's own log-probs (checked once).
+# Per model: whether the decoder + lm_head split reproduced the model's own log-probs (checked once), and
+# whether the packed layout did.
 _SPLIT_OK: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+_PACKED_OK: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def collate_left_padded(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
@@ -82,11 +90,9 @@ class SequenceLogps(torch.nn.Module):
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = getattr(inner, "_no_split_modules", None)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                labels: torch.Tensor, label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch of :func:`collate_left_padded` -> (``logps`` [N], ``num_tokens`` [N])."""
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                 "labels": labels, "label_mask": label_mask}
+    def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of :func:`collate_left_padded` or :func:`~selfplay.core.packing.collate_packed` (as keyword
+        tensors) -> (``logps`` [N], ``num_tokens`` [N])."""
         return sequence_logps(self.model, batch, sync=self.sync)
 
 
@@ -94,10 +100,12 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                    sync: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's response and its token count.
 
-    batch: output of :func:`collate_left_padded` (on the model's device). Returns ``logps`` [N] (float32,
-    differentiable when grad is on) and ``num_tokens`` [N]. ``sync``: called on every rank of an initialised
-    process group at once (see :class:`SequenceLogps`).
+    batch: output of :func:`collate_left_padded` or of :func:`~selfplay.core.packing.collate_packed` (on the
+    model's device). Returns ``logps`` [N] (float32, differentiable when grad is on) and ``num_tokens`` [N].
+    ``sync``: called on every rank of an initialised process group at once (see :class:`SequenceLogps`).
     """
+    if is_packed(batch):
+        return _packed_sequence_logps(model, batch, sync)
     parts = _decoder_and_head(model)
     if parts is not None and model not in _SPLIT_OK:
         training = model.training
@@ -157,12 +165,19 @@ def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module, batch: dict[
                      position_ids=batch["position_ids"], use_cache=False).last_hidden_state
     # Positions -R-1 .. -2 predict the R label slots; only real response tokens are projected (no padding).
     picked_hidden = hidden[:, -R - 1:-1, :][label_mask]  # [M, H]
-    picked_labels = labels[label_mask]  # [M]
+    flat = _head_logps(head, picked_hidden, labels[label_mask], sync)
+    token_logps = torch.zeros(label_mask.shape, dtype=torch.float32, device=flat.device).masked_scatter(label_mask, flat)
+    return token_logps.sum(-1), label_mask.sum(-1)
+
+
+def _head_logps(head: torch.nn.Module, picked_hidden: torch.Tensor, picked_labels: torch.Tensor,
+                sync: bool) -> torch.Tensor:
+    """log p(label) [M] float32 of hidden states [M, H], projected to the vocabulary a chunk at a time."""
     # out_features, not weight.shape: ZeRO-3 leaves partitioned weights empty outside their module's forward.
     chunk = max(_MIN_CHUNK_TOKENS, _CHUNK_FLOATS // head.out_features)
     chunks = -(-picked_labels.shape[0] // chunk)
     if sync:  # the same number of head calls on every rank (trailing chunks may be empty)
-        chunks = _all_ranks(torch.tensor(chunks, device=labels.device), "max")
+        chunks = _all_ranks(torch.tensor(chunks, device=picked_labels.device), "max")
     parts = []
     for i in range(0, chunks * chunk, chunk):
         h, y = picked_hidden[i:i + chunk], picked_labels[i:i + chunk]
@@ -170,9 +185,56 @@ def _chunked_logps(decoder: torch.nn.Module, head: torch.nn.Module, batch: dict[
             parts.append(checkpoint(_chunk_token_logps, head, h, y, use_reentrant=False))
         else:
             parts.append(_chunk_token_logps(head, h, y))
-    flat = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    token_logps = torch.zeros(label_mask.shape, dtype=torch.float32, device=flat.device).masked_scatter(label_mask, flat)
-    return token_logps.sum(-1), label_mask.sum(-1)
+    return torch.cat(parts) if parts else picked_hidden.new_zeros(0, dtype=torch.float32)
+
+
+def uses_packing(model: torch.nn.Module) -> bool:
+    """Whether training batches for ``model`` take the packed layout: a plain decoder + head (the chunked
+    path) whose attention takes a block mask. Every rank of a run gets the same answer (same model)."""
+    parts = _decoder_and_head(model)
+    return parts is not None and packable(parts[0].config)
+
+
+def training_batch(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """The batch the trainer scores ``examples`` with: packed where :func:`uses_packing`, else left-padded."""
+    return packed_example_batch(examples) if uses_packing(model) else example_batch(examples, pad_id)
+
+
+def _packed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                           sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of a packed batch. Checked once per model against the model's own forward on
+    the first row alone (left-padded layout); a model that fails it scores the batch unpacked."""
+    parts = _decoder_and_head(model)
+    if parts is not None and model not in _PACKED_OK:
+        prompts, responses, masks = unpack(batch)
+        device = batch["input_ids"].device
+        padded = {k: v.to(device) for k, v in collate_left_padded(prompts[:1], responses[:1], 0, masks[:1]).items()}
+        packed = {k: v.to(device) for k, v in collate_packed(prompts[:1], [responses[:1]], [masks[:1]]).items()}
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            plain, split = _full_logits_logps(model, padded)[0], _packed_logps(*parts, packed, sync=sync)[0]
+        model.train(training)
+        ok = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
+        _PACKED_OK[model] = bool(_all_ranks(torch.tensor(int(ok), device=plain.device), "min")) if sync else ok
+    if parts is not None and _PACKED_OK[model]:
+        return _packed_logps(*parts, batch, sync=sync)
+    prompts, responses, masks = unpack(batch)
+    padded = collate_left_padded(prompts, responses, 0, masks)
+    return sequence_logps(model, {k: v.to(batch["input_ids"].device) for k, v in padded.items()}, sync=sync)
+
+
+def _packed_logps(decoder: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor],
+                  sync: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder over the packed row with its block mask, then the chunked head over the M scored tokens."""
+    dtype = decoder.get_input_embeddings().weight.dtype
+    mask = block_attention_mask(decoder.config, batch, dtype)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                     use_cache=False).last_hidden_state[0]  # [L, H]
+    flat = _head_logps(head, hidden[batch["label_index"]], batch["label_ids"], sync)
+    row_tokens = batch["row_tokens"]
+    logps = torch.zeros(row_tokens.shape, dtype=torch.float32, device=flat.device).index_add(0, batch["label_row"], flat)
+    return logps, row_tokens
 
 
 def _full_logits_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

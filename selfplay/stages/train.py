@@ -28,9 +28,10 @@ import torch
 
 from selfplay.config import Config, save_config
 from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample, load_examples, tokenize_records
-from selfplay.core.logprobs import SequenceLogps, example_batch
+from selfplay.core.logprobs import SequenceLogps, training_batch
 from selfplay.core.memory import release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
+from selfplay.core.packing import sequence_tokens
 from selfplay.hardware import fast_bf16
 from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
@@ -49,12 +50,13 @@ def _precision(cfg: Config) -> str:
     return "bf16" if fast_bf16(device).name == "bfloat16" else "no"
 
 
-def precompute_reference(accelerator: Any, scorer: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
-                         batch_size: int, out_path: Path, fp: str, fields: tuple[str, ...]) -> dict[str, list[float]]:
+def precompute_reference(accelerator: Any, scorer: torch.nn.Module, policy: torch.nn.Module,
+                         examples: list[TokenizedExample], pad_id: int, batch_size: int, out_path: Path, fp: str,
+                         fields: tuple[str, ...]) -> dict[str, list[float]]:
     """Reference log-probs {id: [one per response]} computed once; reused if ``out_path`` matches ``fp``.
 
     ``scorer``: the prepared :class:`SequenceLogps` (under ZeRO-3 only the engine can run the partitioned
-    model). Each process scores its shard of batches; results are gathered and the main process writes the
+    model); ``policy`` the model inside it (it decides the batch layout). Each process scores its shard of batches; results are gathered and the main process writes the
     file (one line per record, keyed by the response fields, e.g. ``{"id", "chosen", "rejected"}``). Leaves
     ``scorer`` in eval mode.
     """
@@ -71,7 +73,8 @@ def precompute_reference(accelerator: Any, scorer: torch.nn.Module, examples: li
     with progress_bar("reference log-probs", total=len(batches), disable=not accelerator.is_main_process) as bar:
         for (b,) in loader:
             idx = batches[int(b)]
-            batch = {key: v.to(accelerator.device) for key, v in example_batch([examples[i] for i in idx], pad_id).items()}
+            exs = [examples[i] for i in idx]
+            batch = {key: v.to(accelerator.device) for key, v in training_batch(policy, exs, pad_id).items()}
             with torch.no_grad(), accelerator.autocast():
                 logps, _ = scorer(**batch)
             rows = torch.cat([torch.tensor(idx, dtype=torch.float64, device=logps.device)[:, None],
@@ -185,7 +188,7 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
         # After prepare: under ZeRO-3 only the engine can run the partitioned model. LoRA's B = 0 at the start,
         # so the adapters change nothing: the reference is the model training starts from.
         ref_fp = fingerprint(model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples], _precision(cfg))
-        ref = precompute_reference(accelerator, scorer, examples, pad_id, t.batch_size, out_dir / "ref_logps.jsonl",
+        ref = precompute_reference(accelerator, scorer, policy, examples, pad_id, t.batch_size, out_dir / "ref_logps.jsonl",
                                    ref_fp, RESPONSE_FIELDS[objective.record_kind])
     scorer.train()
     if t.report_to:
@@ -212,7 +215,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                       disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
             exs = [examples[i] for i in order[int(b)]]
-            batch = {k: v.to(accelerator.device) for k, v in example_batch(exs, pad_id).items()}
+            # Packed (each prompt once, no padding) where the model allows it, else left-padded: same log-probs.
+            batch = {k: v.to(accelerator.device) for k, v in training_batch(policy, exs, pad_id).items()}
             with accelerator.accumulate(scorer), accelerator.autocast():
                 logps, ntok = scorer(**batch)
                 ref_t = torch.tensor([ref[e.id] for e in exs], device=logps.device) if ref else None
@@ -225,7 +229,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                 scheduler.step()
                 optimizer.zero_grad()
             state["batches_done"] += processes
-            state["tokens"] += int(accelerator.reduce(batch["attention_mask"].sum(), "sum"))
+            # Tokens as separate prompt + response sequences (what TRL counts), whichever layout ran them.
+            state["tokens"] += int(accelerator.reduce(torch.tensor(sequence_tokens(exs), device=logps.device), "sum"))
             values = accelerator.reduce(torch.stack([v.float() for v in metrics.values()]), "mean").tolist()
             window.append(dict(zip(metrics, values)))
             if not accelerator.sync_gradients:

@@ -1,0 +1,82 @@
+"""The packed training layout (each prompt once, no padding) scores exactly what the left-padded one does."""
+
+import pytest
+import torch
+
+from selfplay.core.examples import TokenizedExample
+from selfplay.core.packing import collate_packed, packed_example_batch, sequence_tokens, unpack
+
+
+def example(prompt: list[int], *responses: list[int], masks: list[list[bool]] | None = None) -> TokenizedExample:
+    return TokenizedExample("x", prompt, list(responses), masks or [[True] * len(r) for r in responses])
+
+
+# Pairs of unequal lengths, and a response with an unscored context segment in its middle (an observation).
+PAIRS = [example([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]),
+         example([20, 21], [22], [23, 24, 25, 26, 27]),
+         example([30, 31, 32], [33, 34, 35, 36, 37], [38, 39],
+                 masks=[[True, False, False, True, True], [True, True]])]
+
+
+def test_layout_shares_each_prompt_and_has_no_padding() -> None:
+    batch = packed_example_batch(PAIRS[:2])
+    # prompt 0, chosen 0, rejected 0, prompt 1, chosen 1, rejected 1: no token twice, none padding
+    assert batch["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26, 27]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 0, 1, 2, 2, 3, 4, 5, 6]
+    assert batch["branch"][0].tolist() == [0] * 5 + [1] * 3 + [2] * 2 + [0] * 2 + [1] + [2] * 5
+    # The first token of chosen and of rejected are both predicted from the prompt's last position (4, 11).
+    assert batch["label_index"].tolist() == [4, 5, 6, 4, 8, 11, 11, 13, 14, 15, 16]
+    assert batch["label_row"].tolist() == [0, 0, 0, 2, 2, 1, 3, 3, 3, 3, 3]  # chosen rows 0-1, rejected rows 2-3
+    assert batch["row_tokens"].tolist() == [3, 1, 2, 5]
+    assert sequence_tokens(PAIRS[:2]) == 2 * 5 + 3 + 2 + 2 * 2 + 1 + 5
+    prompts, responses, masks = unpack(batch)
+    assert prompts == [[5, 6, 7, 8, 9], [20, 21]] * 2 and responses == [[10, 11, 12], [22], [13, 14], [23, 24, 25, 26, 27]]
+    with pytest.raises(ValueError, match="prompt token"):
+        collate_packed([[]], [[[1]]])
+
+
+def _grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_path_equals_the_padded_path_in_value_and_gradient(tiny_model, attention) -> None:
+    """Same log-probs, token counts and gradients as the left-padded chunked path, per-token masks included."""
+    from transformers import AutoModelForCausalLM
+
+    import selfplay.core.logprobs as lp
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention)
+    assert lp.uses_packing(model)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.5, 0.25])  # distinct per row: a row mix-up changes the gradient
+    padded, ntok = lp.sequence_logps(model, lp.example_batch(PAIRS, pad_id=0))
+    (padded * weights).sum().backward()
+    padded_grad = _grads(model)
+    model.zero_grad()
+    batch = lp.training_batch(model, PAIRS, pad_id=0)
+    assert "label_index" in batch
+    packed, packed_ntok = lp.sequence_logps(model, batch)
+    assert lp._PACKED_OK[model] is True  # the one-time check against the model's own forward passed
+    (packed * weights).sum().backward()
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert packed_ntok.tolist() == ntok.tolist() == [3, 1, 3, 2, 5, 2]
+    torch.testing.assert_close(_grads(model), padded_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_single_responses_pack_and_models_without_block_masks_stay_padded(tiny_model) -> None:
+    """A likelihood batch (one response per record) packs too; a model whose attention takes no block mask
+    gets the padded layout; a model failing the one-time check scores a packed batch unpacked."""
+    from transformers import AutoModelForCausalLM
+
+    import selfplay.core.logprobs as lp
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    singles = [example(e.prompt_ids, e.responses[0], masks=e.masks[:1]) for e in PAIRS]
+    with torch.no_grad():
+        packed, _ = lp.sequence_logps(model, lp.training_batch(model, singles, pad_id=0))
+        padded, _ = lp.sequence_logps(model, lp.example_batch(singles, pad_id=0))
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+        lp._PACKED_OK[model] = False
+        torch.testing.assert_close(lp.sequence_logps(model, lp.training_batch(model, singles, 0))[0], padded)
+    model.config._attn_implementation = "flash_attention_2"  # not given a block mask: padded batches
+    assert not lp.uses_packing(model) and "attention_mask" in lp.training_batch(model, singles, pad_id=0)
