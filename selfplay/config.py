@@ -403,9 +403,7 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
 
 def _check_launch(launch: LaunchConfig) -> None:
     """Process counts that accelerate (and the data-parallel stages) can honour, named by key."""
-    if launch.num_processes < 1 or launch.num_machines < 1:
-        raise ConfigError(f"launch.num_processes and launch.num_machines must be at least 1, got "
-                          f"{launch.num_processes} and {launch.num_machines}")
+    # Counts below 1 are refused by the range table (config_ranges.py) before this runs.
     if launch.num_processes % launch.num_machines:
         raise ConfigError(f"launch.num_processes ({launch.num_processes}) counts the processes of all machines: "
                           f"it must be a multiple of launch.num_machines ({launch.num_machines})")

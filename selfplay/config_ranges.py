@@ -42,6 +42,8 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "eval.batch_size": (1, True, None, False),
     "eval.num_samples": (0, True, None, False),
     "launch.num_processes": (1, True, None, False),
+    "launch.num_machines": (1, True, None, False),
+    "launch.machine_rank": (0, True, None, False),
 }
 
 

@@ -66,7 +66,8 @@ def test_cpu_processes_use_accelerates_multi_cpu_mode():
      r"machine_rank must be in 0\.\.1"),
     (["launch.num_machines=2", "launch.num_processes=2"], "needs launch.main_process_ip"),
     (["launch.backend=local", "launch.num_processes=2"], "backend=local runs everything in this one process"),
-    (["launch.num_processes=0"], "at least 1"),
+    (["launch.num_processes=0"], "'launch.num_processes' must be >= 1, got 0"),
+    (["launch.num_machines=0"], "'launch.num_machines' must be >= 1, got 0"),
 ])
 def test_launch_settings_are_checked_before_anything_runs(sets, message):
     with pytest.raises(ConfigError, match=message):
