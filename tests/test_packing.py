@@ -16,15 +16,20 @@ PAIRS = [example([5, 6, 7, 8, 9], [10, 11, 12], [13, 14]),
          example([20, 21], [22], [23, 24, 25, 26, 27]),
          example([30, 31, 32], [33, 34, 35, 36, 37], [38, 39],
                  masks=[[True, False, False, True, True], [True, True]])]
+# Records of 10, 8, 10, 12 and 4 tokens: rows of capacity 12, the 8 and the 4 share one, the 10s end in pads.
+SHARED_ROWS = PAIRS + [example([40, 41, 42], [43, 44, 45, 46, 47], [48, 49, 50, 51]), example([60], [61], [62, 63])]
 
 
-def test_layout_shares_each_prompt_and_has_no_padding() -> None:
+def test_layout_shares_each_prompt_and_pads_only_row_ends() -> None:
     batch = packed_example_batch(PAIRS[:2])
-    # prompt 0, chosen 0, rejected 0, prompt 1, chosen 1, rejected 1: no token twice, none padding
-    assert batch["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26, 27]
-    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 0, 1, 2, 2, 3, 4, 5, 6]
-    assert batch["branch"][0].tolist() == [0] * 5 + [1] * 3 + [2] * 2 + [0] * 2 + [1] + [2] * 5
-    # The first token of chosen and of rejected are both predicted from the prompt's last position (4, 11).
+    # Records of 10 and 8 tokens: rows of capacity 10, one record each (8 + 10 > 10); prompt, chosen,
+    # rejected in each; no token twice; the shorter row ends in 2 pads (block -1).
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25, 26, 27, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 5, 6], [0, 1, 2, 2, 3, 4, 5, 6, 0, 0]]
+    assert batch["branch"].tolist() == [[0] * 5 + [1] * 3 + [2] * 2, [0] * 2 + [1] + [2] * 5 + [0, 0]]
+    assert batch["block"].tolist() == [[0] * 10, [1] * 8 + [-1, -1]]
+    # Flat indices into rows x capacity: the first token of chosen and of rejected are both predicted from
+    # the prompt's last position (4; 11 = row 1, column 1).
     assert batch["label_index"].tolist() == [4, 5, 6, 4, 8, 11, 11, 13, 14, 15, 16]
     assert batch["label_row"].tolist() == [0, 0, 0, 2, 2, 1, 3, 3, 3, 3, 3]  # chosen rows 0-1, rejected rows 2-3
     assert batch["row_tokens"].tolist() == [3, 1, 2, 5]
@@ -33,6 +38,14 @@ def test_layout_shares_each_prompt_and_has_no_padding() -> None:
     assert prompts == [[5, 6, 7, 8, 9], [20, 21]] * 2 and responses == [[10, 11, 12], [22], [13, 14], [23, 24, 25, 26, 27]]
     with pytest.raises(ValueError, match="prompt token"):
         collate_packed([[]], [[[1]]])
+
+
+def test_records_fill_rows_first_fit_decreasing() -> None:
+    """Records of 10, 4 and 5 tokens: capacity 10; the 5 and the 4 share the second row (the longest first)."""
+    batch = collate_packed([[1] * 6, [2, 2], [3, 3, 3]], [[[4] * 4], [[5, 5]], [[6, 6]]])
+    assert batch["block"].tolist() == [[0] * 10, [2] * 5 + [1] * 4 + [-1]]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 0]
+    assert unpack(batch)[1] == [[4] * 4, [5, 5], [6, 6]]
 
 
 def _grads(model: torch.nn.Module) -> torch.Tensor:
@@ -48,19 +61,22 @@ def test_packed_path_equals_the_padded_path_in_value_and_gradient(tiny_model, at
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention)
     assert lp.uses_packing(model)
-    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.5, 0.25])  # distinct per row: a row mix-up changes the gradient
-    padded, ntok = lp.sequence_logps(model, lp.example_batch(PAIRS, pad_id=0))
+    weights = torch.tensor([1.0, -2.0, 0.5, 0.75, 1.25, 3.0, -1.5, 0.25, 2.0, -0.5])  # distinct per row: a mix-up shows
+    padded, ntok = lp.sequence_logps(model, lp.example_batch(SHARED_ROWS, pad_id=0))
     (padded * weights).sum().backward()
     padded_grad = _grads(model)
     model.zero_grad()
-    batch = lp.training_batch(model, PAIRS, pad_id=0)
-    assert "label_index" in batch
+    batch = lp.training_batch(model, SHARED_ROWS, pad_id=0)
+    assert "label_index" in batch and batch["input_ids"].shape == (4, 12)
+    assert batch["block"][3].tolist() == [1] * 8 + [4] * 4
     packed, packed_ntok = lp.sequence_logps(model, batch)
     assert lp._PACKED_OK[model] is True  # the one-time check against the model's own forward passed
     (packed * weights).sum().backward()
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
-    assert packed_ntok.tolist() == ntok.tolist() == [3, 1, 3, 2, 5, 2]
-    torch.testing.assert_close(_grads(model), padded_grad, atol=1e-6, rtol=1e-5)
+    assert packed_ntok.tolist() == ntok.tolist() == [3, 1, 3, 5, 1, 2, 5, 2, 4, 2]
+    # Summation order differs between the layouts: fp32 noise relative to the largest gradient entry.
+    scale = padded_grad.abs().max().item()
+    torch.testing.assert_close(_grads(model), padded_grad, atol=1e-6 * scale, rtol=1e-5)
 
 
 def test_single_responses_pack_and_models_without_block_masks_stay_padded(tiny_model) -> None:

@@ -226,11 +226,12 @@ def _packed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor
 
 def _packed_logps(decoder: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor],
                   sync: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoder over the packed row with its block mask, then the chunked head over the M scored tokens."""
+    """Decoder over the packed rows with their block mask, then the chunked head over the M scored tokens."""
     dtype = decoder.get_input_embeddings().weight.dtype
     mask = block_attention_mask(decoder.config, batch, dtype)
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                     use_cache=False).last_hidden_state[0]  # [L, H]
+                     use_cache=False).last_hidden_state  # [R, C, H]
+    hidden = hidden.reshape(-1, hidden.shape[-1])  # [R * C, H]: label_index is flat
     flat = _head_logps(head, hidden[batch["label_index"]], batch["label_ids"], sync)
     row_tokens = batch["row_tokens"]
     logps = torch.zeros(row_tokens.shape, dtype=torch.float32, device=flat.device).index_add(0, batch["label_row"], flat)
