@@ -121,7 +121,11 @@ def _policy(cfg: Config, policy: Any) -> Any:
         policy = get_peft_model(policy, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                    target_modules=lc.target_modules, task_type="CAUSAL_LM"))
     if cfg.train.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed it (the old name warns of its removal in v6); earlier 5.x have only the old one.
+        if hasattr(policy, "activation_checkpointing_enable"):
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.model.lora.enabled:
             policy.enable_input_require_grads()
     return policy
