@@ -160,10 +160,14 @@ def hf_continuous_generate(model: Any, tokenizer: Any, prompts: list[str], *, ba
     model's own (``sdpa`` for Llama-style models; 5.24 accepts ``sdpa``, ``paged|eager`` or a flash kernel,
     and switches to flash only where a flash kernel is installed). Timed: tokenization, the manager's set-up
     (cache allocation, its generation thread) and the generation. ``generate_batch`` logs failures instead of
-    raising; a missing or failed request raises here.
+    raising; a missing or failed request raises here. On a CPU it needs ``psutil`` (in the dev extras).
     """
     import copy
+    import importlib.util
 
+    if model.device.type == "cpu" and importlib.util.find_spec("psutil") is None:
+        raise RuntimeError("transformers' continuous batching checks its cache against the free RAM that psutil "
+                           "reports on a CPU (without psutil it sees none and raises MemoryError): pip install psutil")
     config = copy.deepcopy(model.generation_config)
     config.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
                   pad_token_id=tokenizer.pad_token_id)
