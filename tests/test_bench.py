@@ -73,13 +73,15 @@ def test_arms_count_tokens_the_same_way(recipe_model) -> None:
     assert runs["spin_recipe"]["row_steps"] == 2.0  # generate stops when every row has ended
 
 
-def test_compiled_static_runs_or_reports(recipe_model, tiny_model: Path) -> None:
-    """The compiled arm on its own copy of the model: compiles in the warm-up, then recompiles nothing; where
-    torch.compile cannot work here, the warm-up's failure becomes a reason string."""
+def test_compiled_static_runs_or_reports(recipe_model, tmp_path: Path) -> None:
+    """The compiled arm on a one-layer model (compiling is most of this test's time): compiles in the warm-up,
+    then recompiles nothing; where torch.compile cannot work here, the warm-up's failure becomes a reason string."""
     import torch
 
-    model, tokenizer, prompts = recipe_model
-    static_model, _ = load_spin_recipe_model(str(tiny_model), torch.float32)
+    from selfplay.testing import build_tiny_llama
+
+    _, tokenizer, prompts = recipe_model
+    static_model, _ = load_spin_recipe_model(str(build_tiny_llama(tmp_path / "one-layer", layers=1)), torch.float32)
     max_cache_len = max(length for _, length in recipe_batch_shapes(tokenizer, prompts, 16)) + 4
 
     def warm_up() -> None:
