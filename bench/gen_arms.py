@@ -158,9 +158,12 @@ def hf_continuous_generate(model: Any, tokenizer: Any, prompts: list[str], *, ba
     (``hf_continuous_config``). Sampling as the recipe's: the model's generation config updated with
     ``do_sample``, ``temperature``, ``top_p``, ``top_k=0``, ``max_new_tokens``. The attention stays the
     model's own (``sdpa`` for Llama-style models; 5.24 accepts ``sdpa``, ``paged|eager`` or a flash kernel,
-    and switches to flash only where a flash kernel is installed). Timed: tokenization, the manager's set-up
-    (cache allocation, its generation thread) and the generation. ``generate_batch`` logs failures instead of
-    raising; a missing or failed request raises here. On a CPU it needs ``psutil`` (in the dev extras).
+    and switches to flash only where a flash kernel is installed). Timed (``seconds``): tokenization, the
+    manager's set-up (cache allocation, its generation thread), the generation and the tear-down (joining the
+    thread, two ``gc.collect()``: ~0.4 s per call on the tiny model, more with a larger Python heap);
+    ``seconds_to_last_token`` stops when the last request finished, before the tear-down. ``generate_batch``
+    logs failures instead of raising; a missing or failed request raises here. On a CPU it needs ``psutil``
+    (in the dev extras).
     """
     import copy
     import importlib.util
@@ -183,7 +186,8 @@ def hf_continuous_generate(model: Any, tokenizer: Any, prompts: list[str], *, ba
         raise RuntimeError(f"generate_batch returned {len(results)} of {len(inputs)} requests"
                            + (f"; first error: {failed[0]}" if failed else ""))
     tokens = count_until_eos((r.generated_tokens for r in results.values()), eos_ids)
-    return {"tokens": float(tokens), "seconds": seconds}
+    last_token = max(r.lifespan[1] for r in results.values())  # perf_counter stamp of the last request's end
+    return {"tokens": float(tokens), "seconds": seconds, "seconds_to_last_token": last_token - t0}
 
 
 class Guarded:

@@ -122,7 +122,7 @@ def _transformers_arms_intro(g: dict[str, Any]) -> list[str]:
                      f"`{c['attn_implementation']}`, `max_requests_per_batch` {c['max_requests_per_batch']} (at most "
                      f"that many rows per forward pass), {c['num_blocks']} cache blocks of {c['page_size']} tokens, "
                      f"`max_batch_tokens` {c['max_batch_tokens']}; timed around the call (tokenization, cache "
-                     "allocation and its generation thread included).")
+                     "allocation, its generation thread and tear-down included" + _to_last_token(g) + ").")
     if "compiled_static" in arms:
         c = arms["compiled_static"]
         warm = (f"; its compile warm-up (untimed, one 4-token `generate` per distinct batch shape) took "
@@ -135,6 +135,14 @@ def _transformers_arms_intro(g: dict[str, Any]) -> list[str]:
                      f"of {c['max_cache_len']} positions for every batch{warm}{recompiles}.")
     lines += [f"`{arm}` could not run on this machine: {reason}" for arm, reason in unavailable.items()]
     return [f"- {item}" for item in lines] + [""] if lines else []
+
+
+def _to_last_token(g: dict[str, Any]) -> str:
+    runs = g["runs"].get("hf_continuous", [])
+    if not runs or "seconds_to_last_token" not in runs[0]:
+        return ""
+    share = sorted(r["seconds_to_last_token"] / r["seconds"] for r in runs)[len(runs) // 2]
+    return f"; the last token came at {100 * share:.0f}% of the call's time, median"
 
 
 def _transformers_arms_ratios(g: dict[str, Any]) -> list[str]:

@@ -61,6 +61,8 @@ def test_arms_count_tokens_the_same_way(recipe_model) -> None:
     for name, r in _arms(model, tokenizer, prompts, 4).items():
         assert 2 <= r["tokens"] <= 2 * 4, name  # at least one token per row, at most max_new_tokens
         assert r["seconds"] > 0, name
+        if name == "hf_continuous":
+            assert 0 < r["seconds_to_last_token"] <= r["seconds"]
 
     # Every token ends a row: each arm counts exactly the first token of each row, EOS included.
     eos = model.generation_config.eos_token_id
@@ -104,7 +106,7 @@ def _generation_results() -> dict:
     return {
         "settings": {"model": "tiny", "prompts": 2, "max_new_tokens": 4, "batch_size": 16, "dtype": "float32",
                      "pairs": 1, "source": "x", "temperature": 1.0, "top_p": 1.0},
-        "runs": {"ours": [run], "spin_recipe": [run], "hf_continuous": [run]},
+        "runs": {"ours": [run], "spin_recipe": [run], "hf_continuous": [{**run, "seconds_to_last_token": 1.5}]},
         "tokens_per_s": {arm: s for arm in ("ours", "spin_recipe", "hf_continuous")},
         "ratio_ours_over_spin": s, "ratio_ours_over": {"spin_recipe": s, "hf_continuous": s},
         "arms": {"hf_continuous": {"attn_implementation": "sdpa", "max_requests_per_batch": 16, "num_blocks": 39,
@@ -128,7 +130,7 @@ def test_report_lists_every_arm_its_ratio_or_its_reason() -> None:
     assert "ratio ours / hf_continuous (median of per-pair ratios): 1.50 (1.40–1.60)x" in text
     assert "ratio ours / compiled_static: not measured (BackendCompilerFailed: no C++ compiler)" in text
     assert "`compiled_static` could not run on this machine: BackendCompilerFailed" in text
-    assert "`max_requests_per_batch` 16" in text
+    assert "`max_requests_per_batch` 16" in text and "the last token came at 75% of the call's time" in text
     assert "one whole run at the measured size" in text and "aten::mm" in text
     # Results written before these arms existed still render.
     old = {k: v for k, v in _generation_results().items() if k not in ("arms", "unavailable", "ratio_ours_over",
