@@ -71,14 +71,16 @@ def _load_note(meta: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 def _generation(g: dict[str, Any]) -> list[str]:
     s, b = g["settings"], g["decode_bound"]
     lines = [
-        "## 1. Generation: our generate stage (HF backend) vs the SPIN recipe (`model.generate`)", "",
+        "## 1. Generation: our generate stage (HF backend) vs the SPIN recipe (`model.generate`) and transformers' "
+        "own routes", "",
         f"{s['prompts']} GSM8K test questions (dataset order), {s['model']} in {s['dtype']}, batch {s['batch_size']}, "
         f"max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']}, chat template. "
-        f"{s['pairs']} alternating pairs after a warm-up. Both decode at most {s['batch_size']} rows at once: the "
-        "recipe in fixed batches until each batch's longest row ends, ours continuously (finished rows leave, "
-        "waiting prompts take their place). Tokens = generated tokens up to and including EOS "
+        f"{s['pairs']} alternating rounds after a warm-up. Every arm decodes at most {s['batch_size']} rows at "
+        "once: the recipe in fixed batches until each batch's longest row ends, ours continuously (finished rows "
+        "leave, waiting prompts take their place). Tokens = generated tokens up to and including EOS "
         "(padding not counted). Ours is timed end to end through `run_generate` (prompt formatting, shard "
         "files, manifest) with the model already loaded; the recipe's loop is timed around its batches.", "",
+    ] + _transformers_arms_intro(g) + [
         "| arm | generated tokens/s, median (min–max) | seconds, median |", "|---|---|---|",
     ]
     for arm, rs in g["runs"].items():
@@ -87,6 +89,9 @@ def _generation(g: dict[str, Any]) -> list[str]:
     lines += [
         "", "**Ratio ours / SPIN recipe (median of per-pair ratios): "
         f"{_spread(g['ratio_ours_over_spin'], '{:.2f}')}x**",
+    ]
+    lines += _transformers_arms_ratios(g)
+    lines += [
         "", f"The recipe keeps decoding rows that already emitted EOS until the longest row of the batch ends: "
         f"{100 * g['spin_recipe_finished_row_fraction']['median']:.0f}% of its decode rows are such rows.",
         "", "Decode-bound limit on this machine at batch " f"{s['batch_size']}:", "",
@@ -100,7 +105,52 @@ def _generation(g: dict[str, Any]) -> list[str]:
         f"- binding limit: {b['binding']}, {b['bound_tokens_per_s']:.0f} tokens/s; ours reaches "
         f"**{100 * g['ours_fraction_of_bound']:.0f}%** of it", "",
     ]
+    if g.get("profile_ours_run"):
+        lines += _profile("Ours, one whole run at the measured size (`--profile`; top 15 ops by self CPU time)",
+                          g["profile_ours_run"])
     return lines
+
+
+def _transformers_arms_intro(g: dict[str, Any]) -> list[str]:
+    """What the transformers arms are, as far as they ran (results of runs before these arms existed have none)."""
+    arms, unavailable = g.get("arms", {}), g.get("unavailable", {})
+    lines = []
+    if "hf_continuous" in arms:
+        c = arms["hf_continuous"]
+        lines.append(f"`hf_continuous`: transformers' continuous batching, one `model.generate_batch` call for all "
+                     f"prompts (paged KV cache, finished rows replaced by waiting prompts), attention "
+                     f"`{c['attn_implementation']}`, `max_requests_per_batch` {c['max_requests_per_batch']} (at most "
+                     f"that many rows per forward pass), {c['num_blocks']} cache blocks of {c['page_size']} tokens, "
+                     f"`max_batch_tokens` {c['max_batch_tokens']}; timed around the call (tokenization, cache "
+                     "allocation, its generation thread and tear-down included" + _to_last_token(g) + ").")
+    if "compiled_static" in arms:
+        c = arms["compiled_static"]
+        warm = (f"; its compile warm-up (untimed, one 4-token `generate` per distinct batch shape) took "
+                f"{c['warmup_s']:.0f} s and built {c['warmup_graphs']:.0f} graphs") if "warmup_s" in c else ""
+        recompiles = (f"; graphs compiled during the measured runs: {c['recompiles_measured']:.0f}"
+                      if "recompiles_measured" in c else "")
+        lines.append("`compiled_static`: transformers' documented fast-decoding route (`llm_optims`): the recipe's "
+                     "batches through `model.generate(..., cache_implementation=\"static\")` with `model.forward = "
+                     f"torch.compile(model.forward, mode=\"{c['mode']}\", fullgraph={c['fullgraph']})`, static cache "
+                     f"of {c['max_cache_len']} positions for every batch{warm}{recompiles}.")
+    lines += [f"`{arm}` could not run on this machine: {reason}" for arm, reason in unavailable.items()]
+    return [f"- {item}" for item in lines] + [""] if lines else []
+
+
+def _to_last_token(g: dict[str, Any]) -> str:
+    runs = g["runs"].get("hf_continuous", [])
+    if not runs or "seconds_to_last_token" not in runs[0]:
+        return ""
+    share = sorted(r["seconds_to_last_token"] / r["seconds"] for r in runs)[len(runs) // 2]
+    return f"; the last token came at {100 * share:.0f}% of the call's time, median"
+
+
+def _transformers_arms_ratios(g: dict[str, Any]) -> list[str]:
+    others = {arm: r for arm, r in g.get("ratio_ours_over", {}).items() if arm != "spin_recipe"}
+    lines = [f"- ratio ours / {arm} (median of per-pair ratios): {_spread(r, '{:.2f}')}x"
+             for arm, r in others.items()]
+    lines += [f"- ratio ours / {arm}: not measured ({reason})" for arm, reason in g.get("unavailable", {}).items()]
+    return ["", *lines] if lines else []
 
 
 def _training(t: dict[str, Any]) -> list[str]:

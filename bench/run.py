@@ -1,4 +1,4 @@
-"""Benchmark harness: ``python -m bench.run [--only gen,train,scale,procs] [--pairs 3] [--smoke]``.
+"""Benchmark harness: ``python -m bench.run [--only gen,train,scale,procs] [--pairs 3] [--smoke] [--profile]``.
 
 Runs each comparison as alternating pairs after a warm-up, writes every number to
 ``bench/out/results.json`` (git-ignored) and the tables to ``bench/RESULTS.md``. The full run is sized
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", action="store_true", help="skip the extra bf16-autocast training arm")
     p.add_argument("--gen-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="dtype of both generation arms (SPIN's HF generation script loads the model in bf16)")
+    p.add_argument("--profile", action="store_true",
+                   help="gen: also profile one whole run of ours (torch profiler, top 15 ops by self CPU time) "
+                   "into RESULTS.md")
+    p.add_argument("--gen-arms", default="hf_continuous,compiled_static",
+                   help="gen: transformers arms to add to ours and the SPIN recipe (comma-separated; '' for none)")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
@@ -59,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.pairs < 1:
         p.error("--pairs must be at least 1")
     args.only = only
+    from bench.gen_bench import EXTRA_ARMS
+
+    args.gen_arms = tuple(a.strip() for a in args.gen_arms.split(",") if a.strip())
+    if set(args.gen_arms) - set(EXTRA_ARMS):
+        p.error(f"--gen-arms: choose from {', '.join(EXTRA_ARMS)}")
     return args
 
 
@@ -150,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if "gen" in args.only and available(gsm8k_test, "generation benchmark"):
         from bench.gen_bench import run_generation_bench
 
-        section("1. generation: ours vs the SPIN recipe")
+        section("1. generation: ours vs the SPIN recipe" + "".join(f", {a}" for a in args.gen_arms))
         results["generation"] = run_generation_bench(model, gsm8k_test, out / "gen", results["machine"],
-                                                     pairs=pairs, dtype=args.gen_dtype, **sizes["gen"])
+                                                     pairs=pairs, dtype=args.gen_dtype, profile_run=args.profile,
+                                                     arms=args.gen_arms, **sizes["gen"])
         save()
     if "train" in args.only and available(gsm8k_train, "training benchmark"):
         from bench.train_bench import build_spin_pairs, profile_ours, run_training_bench

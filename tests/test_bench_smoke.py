@@ -26,10 +26,13 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     assert machine["matmul_peak_gflops"]["float32"] > 0 and machine["memory_bandwidth"]["read_gbs"] > 0
 
     gen = results["generation"]
-    assert set(gen["runs"]) == {"ours", "spin_recipe"}
+    # transformers' own arms either ran alongside or say why they could not
+    assert {"ours", "spin_recipe"} <= set(gen["runs"])
+    assert set(gen["runs"]) | set(gen["unavailable"]) == {"ours", "spin_recipe", "hf_continuous", "compiled_static"}
     for runs in gen["runs"].values():
         assert len(runs) == 1 and runs[0]["tokens"] > 0 and runs[0]["seconds"] > 0
     assert gen["ratio_ours_over_spin"]["n"] == 1
+    assert set(gen["ratio_ours_over"]) == set(gen["runs"]) - {"ours"}
     assert gen["decode_bound"]["binding"] in {"memory", "compute"} and gen["decode_bound"]["bound_tokens_per_s"] > 0
 
     train = results["training"]
@@ -56,6 +59,8 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     markdown = (out / "RESULTS.md").read_text()
     for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling", "## 4. Scale-out"):
         assert heading in markdown
+    for arm in ("hf_continuous", "compiled_static"):
+        assert f"ratio ours / {arm}" in markdown
     # A smoke run never overwrites the real results.
     assert (committed.read_text() if committed.exists() else None) == committed_before
 
