@@ -7,7 +7,7 @@ from typing import Any
 # (what, results path, comparison, target): checked against the median of per-pair ratios.
 TARGETS = [
     ("generation tokens/s, ours / SPIN recipe", ("generation", "ratio_ours_over_spin"), ">=", 2.0),
-    ("training tokens/s, ours / TRL default", ("training", "ratios", "ours_over_trl_default"), ">=", 1.3),
+    ("training tokens/s, ours / TRL default", ("training", "ratios", "ours_over_trl_default"), ">=", 1.5),
     ("training tokens/s, ours / TRL precompute", ("training", "ratios", "ours_over_trl_precompute"), ">=", 1.0),
     ("training peak memory, ours / TRL default", ("training", "ratios", "memory_ours_over_trl_default"), "<=", 0.7),
 ]
@@ -181,8 +181,11 @@ def _training(t: dict[str, Any]) -> list[str]:
     lines += [f"- {k.replace('_', ' ')}: {_spread(v, '{:.2f}')}" for k, v in t["ratios"].items()]
     w = t.get("workload_shape")
     if w:
-        lines += ["", "Compute our training spends without learning signal, measured on these pairs and our batches: "
-                  f"padding {100 * w['padding_fraction']:.0f}% of attention positions; the repeated prompt copy "
+        packed = any(r.get("packed") for r in t.get("runs", {}).get("ours", []))
+        lead = ("What the left-padded layout (TRL's, and ours before packing) spends without learning signal on "
+                "these pairs; ours trains them packed, which removes the padding and the repeated prompt: " if packed
+                else "Compute our training spends without learning signal, measured on these pairs and our batches: ")
+        lines += ["", lead + f"padding {100 * w['padding_fraction']:.0f}% of attention positions; the repeated prompt copy "
                   f"{100 * w['repeated_prompt_fraction']:.0f}% of trained tokens; "
                   f"{100 * w['logit_waste_fraction']:.0f}% of the LM-head positions predict no response token."]
     return lines + [""]

@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                                                      pairs=pairs, dtype=args.gen_dtype, profile_run=args.profile,
                                                      arms=args.gen_arms, **sizes["gen"])
         save()
+        # The section's four model copies, compiled graphs and (with --profile) a whole run's profiler events
+        # are garbage now; give the pages back before the training arms start beside this process (a run
+        # with --profile on 2026-12-01 held 20.9 GB here and the training section was OOM-killed).
+        from selfplay.core.memory import release_memory
+
+        release_memory()
     if "train" in args.only and available(gsm8k_train, "training benchmark"):
         from bench.train_bench import build_spin_pairs, profile_ours, run_training_bench
 
