@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from selfplay.config_ranges import check_ranges
+from selfplay.config_ranges import check_launch, check_ranges
 from selfplay.errors import ConfigError, suggest
 
 
@@ -397,24 +397,9 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
     cfg = _build(Config, tree)
     check_ranges(cfg)
     _check_schedule(cfg)
-    _check_launch(cfg.launch)
+    check_launch(cfg.launch)
     return cfg
 
-
-def _check_launch(launch: LaunchConfig) -> None:
-    """Process counts that accelerate (and the data-parallel stages) can honour, named by key."""
-    # Counts below 1 are refused by the range table (config_ranges.py) before this runs.
-    if launch.num_processes % launch.num_machines:
-        raise ConfigError(f"launch.num_processes ({launch.num_processes}) counts the processes of all machines: "
-                          f"it must be a multiple of launch.num_machines ({launch.num_machines})")
-    if not 0 <= launch.machine_rank < launch.num_machines:
-        raise ConfigError(f"launch.machine_rank must be in 0..{launch.num_machines - 1}, got {launch.machine_rank}")
-    if launch.num_machines > 1 and not launch.main_process_ip:
-        raise ConfigError("launch.num_machines > 1 needs launch.main_process_ip: the address of machine 0, "
-                          "which every machine can reach")
-    if launch.backend == "local" and (launch.num_processes > 1 or launch.num_machines > 1):
-        raise ConfigError(f"launch.backend=local runs everything in this one process, but launch.num_processes="
-                          f"{launch.num_processes}, launch.num_machines={launch.num_machines}; use backend auto")
 
 
 def _check_schedule(cfg: Config) -> None:

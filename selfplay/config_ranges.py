@@ -1,4 +1,4 @@
-"""Allowed ranges of the numeric config keys, checked when the config is resolved.
+"""Allowed ranges of the numeric config keys, and the launch settings checked against each other; both when the config is resolved.
 
 Why at resolution: every command resolves its config first, so ``--n 0`` or ``--temperature -1`` is refused
 before it reads data, loads a model or creates an output (a sampler would refuse them too, but only after
@@ -62,3 +62,19 @@ def check_ranges(cfg: Any, where: str = "") -> None:
             allowed = f"in {left}, {right}" if low is not None and high is not None else \
                 (f"{'>=' if low_in else '>'} {low:g}" if low is not None else f"{'<=' if high_in else '<'} {high:g}")
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value}{where}")
+
+
+def check_launch(launch: Any) -> None:
+    """Process counts that accelerate (and the data-parallel stages) can honour, named by key."""
+    # Counts below 1 are refused by RANGES (check_ranges runs first).
+    if launch.num_processes % launch.num_machines:
+        raise ConfigError(f"launch.num_processes ({launch.num_processes}) counts the processes of all machines: "
+                          f"it must be a multiple of launch.num_machines ({launch.num_machines})")
+    if not 0 <= launch.machine_rank < launch.num_machines:
+        raise ConfigError(f"launch.machine_rank must be in 0..{launch.num_machines - 1}, got {launch.machine_rank}")
+    if launch.num_machines > 1 and not launch.main_process_ip:
+        raise ConfigError("launch.num_machines > 1 needs launch.main_process_ip: the address of machine 0, "
+                          "which every machine can reach")
+    if launch.backend == "local" and (launch.num_processes > 1 or launch.num_machines > 1):
+        raise ConfigError(f"launch.backend=local runs everything in this one process, but launch.num_processes="
+                          f"{launch.num_processes}, launch.num_machines={launch.num_machines}; use backend auto")
