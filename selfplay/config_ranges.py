@@ -1,4 +1,5 @@
-"""Allowed ranges of the numeric config keys, and the launch settings checked against each other; both when the config is resolved.
+"""Allowed ranges of the numeric config keys, and the launch settings checked against each other: both
+checked when the config is resolved.
 
 Why at resolution: every command resolves its config first, so ``--n 0`` or ``--temperature -1`` is refused
 before it reads data, loads a model or creates an output (a sampler would refuse them too, but only after
