@@ -25,6 +25,7 @@ and ZeRO-3's parameter gathering all see them, and no distributed run materialis
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -108,18 +109,25 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         return _packed_sequence_logps(model, batch, sync)
     parts = _decoder_and_head(model)
     if parts is not None and model not in _SPLIT_OK:
-        training = model.training
-        model.eval()  # dropout would make the two passes differ for no fault of the split
-        with torch.no_grad():
-            probe = {k: v[:1] for k, v in batch.items()}
-            plain, split = _full_logits_logps(model, probe)[0], _chunked_logps(*parts, probe, sync=sync)[0]
-        model.train(training)
-        # bf16 autocast rounds differently along the two paths; a real mismatch is orders larger.
-        ok = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
-        _SPLIT_OK[model] = bool(_all_ranks(torch.tensor(int(ok), device=plain.device), "min")) if sync else ok
+        probe = {k: v[:1] for k, v in batch.items()}
+        _SPLIT_OK[model] = _agrees_with_model(model, probe, lambda: _chunked_logps(*parts, probe, sync=sync), sync)
     if parts is not None and _SPLIT_OK[model]:
         return _chunked_logps(*parts, batch, sync=sync)
     return _full_logits_logps(model, batch)
+
+
+def _agrees_with_model(model: torch.nn.Module, padded: dict[str, torch.Tensor],
+                       fast: Callable[[], tuple[torch.Tensor, torch.Tensor]], sync: bool) -> bool:
+    """Whether ``fast()`` gives the model's own log-probs of the left-padded ``padded`` batch (the same
+    rows), in eval mode without grad; under ``sync`` only if it does on every rank."""
+    training = model.training
+    model.eval()  # dropout would make the two passes differ for no fault of the fast path
+    with torch.no_grad():
+        plain, mine = _full_logits_logps(model, padded)[0], fast()[0]
+    model.train(training)
+    # bf16 autocast rounds differently along the two paths; a real mismatch is orders larger.
+    ok = bool(torch.allclose(plain, mine, rtol=1e-3, atol=0.05))
+    return bool(_all_ranks(torch.tensor(int(ok), device=plain.device), "min")) if sync else ok
 
 
 def _all_ranks(value: torch.Tensor, op: str) -> int:
@@ -210,13 +218,7 @@ def _packed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor
         device = batch["input_ids"].device
         padded = {k: v.to(device) for k, v in collate_left_padded(prompts[:1], responses[:1], 0, masks[:1]).items()}
         packed = {k: v.to(device) for k, v in collate_packed(prompts[:1], [responses[:1]], [masks[:1]]).items()}
-        training = model.training
-        model.eval()
-        with torch.no_grad():
-            plain, split = _full_logits_logps(model, padded)[0], _packed_logps(*parts, packed, sync=sync)[0]
-        model.train(training)
-        ok = bool(torch.allclose(plain, split, rtol=1e-3, atol=0.05))
-        _PACKED_OK[model] = bool(_all_ranks(torch.tensor(int(ok), device=plain.device), "min")) if sync else ok
+        _PACKED_OK[model] = _agrees_with_model(model, padded, lambda: _packed_logps(*parts, packed, sync=sync), sync)
     if parts is not None and _PACKED_OK[model]:
         return _packed_logps(*parts, batch, sync=sync)
     prompts, responses, masks = unpack(batch)

@@ -16,6 +16,7 @@ each value in ``values`` [B].
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ Metrics = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Objective:
+class Objective(ABC):
     """Base of the objectives; see the module docstring."""
 
     name: str
@@ -42,12 +43,13 @@ class Objective:
         """Responses per record (rows per record in a batch)."""
         return 2 if self.record_kind == "pair" else 1
 
+    @abstractmethod
     def loss_names(self) -> list[str]:
-        raise NotImplementedError
+        """The losses this objective computes."""
 
+    @abstractmethod
     def required_fields(self, loss: str) -> tuple[str, ...]:
         """Numeric record fields ``loss`` reads (checked when the records are loaded)."""
-        raise NotImplementedError
 
     def check(self, loss: str, train: TrainConfig) -> None:
         """Refuse a loss this objective lacks, or options that loss ignores, when the config is built."""
@@ -55,10 +57,10 @@ class Objective:
             raise ConfigError(f"train.loss '{loss}' is not a {self.name} loss.{suggest(loss, self.loss_names())} "
                               f"Choose one of: {', '.join(self.loss_names())}.")
 
+    @abstractmethod
     def compute(self, loss: str, logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
                 ref: torch.Tensor | None, train: TrainConfig, names: tuple[str, str]) -> tuple[torch.Tensor, Metrics]:
         """(scalar loss, detached scalar metrics) of one batch; ``names`` name the two responses in logs."""
-        raise NotImplementedError
 
 
 class PreferenceObjective(Objective):

@@ -13,6 +13,7 @@ batched kernels (which can flip a near-tied token, more often in bf16); vLLM see
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,11 +101,12 @@ class Sampler(Protocol):
                  on_result: OnResult | None = None) -> list[list[str]]: ...
 
 
-class _Texts:
+class _Texts(ABC):
     """``generate`` = ``complete`` keeping only the texts (shared by the backends)."""
 
+    @abstractmethod
     def complete(self, prompts: list[str], **kwargs: Any) -> list[list[Completion]]:
-        raise NotImplementedError  # each backend defines it
+        """Each backend's own sampling (see :class:`Sampler`)."""
 
     def generate(self, prompts: list[str], *, on_result: OnResult | None = None, **kwargs: Any) -> list[list[str]]:
         texts_of = _texts_callback(on_result)
