@@ -116,61 +116,62 @@ def wait_for_machines(cfg: Config, unfinished: Callable[[], list[str]], what: st
         time.sleep(POLL_S)
 
 
+def _sample_sharded(cfg: Config, stage: str, what: str, out_dir: Path, stage_args: list[str],
+                    here: Callable[[list[int], int], None]) -> None:
+    """A sampling stage's shards over ``cfg.launch`` workers (``here`` runs shards in this process), then the
+    wait for the other machines' shards of ``what``."""
+    from selfplay.stages.generate import shard_count, unfinished_shards
+
+    g = cfg.generate
+    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
+    run_sharded(cfg, stage, out_dir, shard_count(out_dir), stage_args, here, workers)
+    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"{what} shards in {out_dir}")
+
+
+def _io_args(model: str, data: str | Path, out_dir: Path, split: str) -> list[str]:
+    return ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split]
+
+
 def generate_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
     """The generate stage under ``cfg.launch``: shards in ``out_dir`` (join them with ``merge_shards``).
 
     An explicit ``generate.data_frac`` generates that one slice here, as the anchors' flags did.
     """
-    from selfplay.stages.generate import generate_shards, run_generate, shard_count, unfinished_shards
+    from selfplay.stages.generate import generate_shards, run_generate
 
-    g = cfg.generate
-    if g.data_frac is not None:
+    if cfg.generate.data_frac is not None:
         run_generate(cfg, model, data, out_dir, split=split)
         return
-    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
 
     def here(shards: list[int], count: int) -> None:
         generate_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
 
-    run_sharded(cfg, "generate", out_dir, shard_count(out_dir),
-                ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split], here, workers)
-    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"generation shards in {out_dir}")
+    _sample_sharded(cfg, "generate", "generation", out_dir, _io_args(model, data, out_dir, split), here)
 
 
 def rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
                   skip_invalid: bool = False) -> None:
     """RISE rollouts under ``cfg.launch``: shards of episodes in ``out_dir`` (joined by ``merge_shards``)."""
-    from selfplay.stages.generate import shard_count, unfinished_shards
     from selfplay.stages.rollout import rollout_shards
-
-    g = cfg.generate
-    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
 
     def here(shards: list[int], count: int) -> None:
         rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count,
                        skip_invalid=skip_invalid)
 
-    args = ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split]
-    run_sharded(cfg, "rollout", out_dir, shard_count(out_dir), args + (["--skip-invalid"] if skip_invalid else []),
-                here, workers)
-    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"rollout shards in {out_dir}")
+    _sample_sharded(cfg, "rollout", "rollout", out_dir,
+                    _io_args(model, data, out_dir, split) + (["--skip-invalid"] if skip_invalid else []), here)
 
 
 def agent_rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
     """Agent trajectories under ``cfg.launch``: shards of questions in ``out_dir`` (joined by ``merge_shards``)."""
     from selfplay.stages.agent_rollout import agent_rollout_shards, load_tools
-    from selfplay.stages.generate import shard_count, unfinished_shards
 
     load_tools(cfg)  # a missing search key or source fails here, before any model is looked at
-    g = cfg.generate
-    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
 
     def here(shards: list[int], count: int) -> None:
         agent_rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
 
-    run_sharded(cfg, "agent-rollout", out_dir, shard_count(out_dir),
-                ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split], here, workers)
-    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"agent rollout shards in {out_dir}")
+    _sample_sharded(cfg, "agent-rollout", "agent rollout", out_dir, _io_args(model, data, out_dir, split), here)
 
 
 def rank_stage(cfg: Config, samples: Path, shard_dir: Path, dest: Path) -> Path | None:
