@@ -27,8 +27,11 @@ def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
     return best
 
 
-def matmul_peak_gflops(dtype_name: str, threads: int, sizes: tuple[int, ...] = (2048, 3072), reps: int = 4) -> float:
-    """Best square-matmul throughput in GFLOP/s (2·n³ FLOPs per n×n @ n×n) over ``sizes``."""
+def matmul_peak_gflops(dtype_name: str, threads: int, largest: int = 3072, budget_s: float = 0.25,
+                       reps: int = 4) -> float:
+    """Best square-matmul throughput in GFLOP/s (2·n³ FLOPs per n×n @ n×n), growing n from 256 up to
+    ``largest`` while one matmul takes under ``budget_s``: seconds on any machine, even where a dtype is
+    emulated (bf16 on an AVX2-only CPU ran at ~1 GFLOP/s, and n = 3072 alone took minutes there)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -36,9 +39,14 @@ def matmul_peak_gflops(dtype_name: str, threads: int, sizes: tuple[int, ...] = (
     torch.set_num_threads(threads)
     try:
         best = 0.0
-        for n in sizes:
+        for n in (256, 512, 1024, 2048, 3072):
+            if n > largest:
+                break
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            best = max(best, 2 * n**3 / _best_seconds(lambda a=a, b=b: a @ b, reps) / 1e9)
+            seconds = _best_seconds(lambda a=a, b=b: a @ b, reps)
+            best = max(best, 2 * n**3 / seconds / 1e9)
+            if seconds > budget_s:
+                break
         return best
     finally:
         torch.set_num_threads(previous)
@@ -103,12 +111,14 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def describe_machine(threads: int = 2, quick: bool = False) -> dict[str, Any]:
-    """CPU, cores, RAM, library versions, and measured fp32/bf16 matmul peaks and memory bandwidth.
+def describe_machine(threads: int = 2, quick: bool = False, dtypes: tuple[str, ...] = ("float32", "bfloat16")
+                     ) -> dict[str, Any]:
+    """CPU, its relevant flags, cores, RAM, library versions, and the measured matmul peak of each dtype in
+    ``dtypes`` (only those the run uses) and memory bandwidth.
 
     ``quick`` uses small sizes (smoke runs): the numbers are then only plumbing, not measurements.
     """
-    sizes, reps, mib = ((256,), 1, 16) if quick else ((2048, 3072), 4, 256)
+    largest, reps, mib = (256, 1, 16) if quick else (3072, 4, 256)
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
@@ -121,9 +131,6 @@ def describe_machine(threads: int = 2, quick: bool = False) -> dict[str, Any]:
         "trl": _version("trl"),
         "load_average_at_start": list(os.getloadavg()),
     }
-    info["matmul_peak_gflops"] = {
-        "float32": matmul_peak_gflops("float32", threads, sizes, reps),
-        "bfloat16": matmul_peak_gflops("bfloat16", threads, sizes, reps),
-    }
+    info["matmul_peak_gflops"] = {name: matmul_peak_gflops(name, threads, largest, reps=reps) for name in dtypes}
     info["memory_bandwidth"] = memory_bandwidth_gbs(threads, mib, reps)
     return info

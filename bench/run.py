@@ -48,9 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="results.json, logs and scratch")
     p.add_argument("--results-md", type=Path, default=None,
                    help="where to write the markdown (default bench/RESULTS.md; with --smoke, OUT/RESULTS.md)")
-    p.add_argument("--no-bf16", action="store_true", help="skip the extra bf16-autocast training arm")
-    p.add_argument("--gen-dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="dtype of both generation arms (SPIN's HF generation script loads the model in bf16)")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="skip the extra bf16-autocast training arm (skipped anyway on CPUs without bf16 units)")
+    p.add_argument("--gen-dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="dtype of every generation arm; auto = bf16 where the CPU has bf16 units (SPIN's HF "
+                   "generation script loads the model in bf16), else fp32, where bf16 is emulated and slow")
     p.add_argument("--profile", action="store_true",
                    help="gen: also profile one whole run of ours (torch profiler, top 15 ops by self CPU time) "
                    "into RESULTS.md")
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.machine import describe_machine
     from bench.measure import console
     from selfplay.errors import UserError
+    from selfplay.hardware import cpu_has_bf16, resolve_dtype_name
     from selfplay.io import write_json
     from selfplay.models import resolve_model
 
@@ -146,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         console.rule(f"{title}  (elapsed {(time.perf_counter() - t_start) / 60:.1f} min)")
 
     section("machine: measuring matmul peaks and memory bandwidth")
-    results["machine"] = describe_machine(threads=threads, quick=args.smoke)
+    # Measure only the peaks this run uses: an emulated dtype's peak is slow to measure and says nothing.
+    gen_dtype = resolve_dtype_name(args.gen_dtype, "cpu").name
+    bf16_train_arm = not (args.no_bf16 or args.smoke) and cpu_has_bf16()
+    used = ({gen_dtype} if "gen" in args.only else set()) | ({"float32"} if "train" in args.only else set())
+    used |= {"bfloat16"} if bf16_train_arm and "train" in args.only else set()
+    results["machine"] = describe_machine(threads=threads, quick=args.smoke,
+                                          dtypes=tuple(sorted(used)) or ("float32",))
     gsm8k_test, gsm8k_train = args.data / "gsm8k" / "test_200.jsonl", args.data / "gsm8k" / "train_500.jsonl"
 
     def available(path: Path, what: str) -> bool:
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
         section("1. generation: ours vs the SPIN recipe" + "".join(f", {a}" for a in args.gen_arms))
         results["generation"] = run_generation_bench(model, gsm8k_test, out / "gen", results["machine"],
-                                                     pairs=pairs, dtype=args.gen_dtype, profile_run=args.profile,
+                                                     pairs=pairs, dtype=gen_dtype, profile_run=args.profile,
                                                      arms=args.gen_arms, **sizes["gen"])
         save()
         # The section's four model copies, compiled graphs and (with --profile) a whole run's profiler events
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs_path = build_spin_pairs(model, gsm8k_train, tr["num_pairs"], tr["rejected_tokens"], out / "pairs")
         results["training"] = run_training_bench(
             model, pairs_path, out / "train", results["machine"], batch_size=tr["batch_size"],
-            max_length=tr["max_length"], pairs=pairs, bf16_arm=not (args.no_bf16 or args.smoke),
+            max_length=tr["max_length"], pairs=pairs, bf16_arm=bf16_train_arm,
             warmup=not args.smoke, in_process=args.smoke)
         save()
         from bench.report import target_rows
