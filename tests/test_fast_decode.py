@@ -63,9 +63,11 @@ def test_samples_are_the_same_with_and_without_the_lean_step(loaded, monkeypatch
     kw = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=4, progress=False)
     sampler = HFSampler.from_loaded(model, tok, batch_size=2)
     with_lean = sampler.generate(prompts, **kw)
+    assert sampler.decode_step == "the lean CPU step (fused, prepacked linears)"
     real_decode = decoding.decode
     monkeypatch.setattr(decoding, "decode", lambda *a, **k: real_decode(*a, **{**k, "lean": False}))
     assert sampler.generate(prompts, **kw) == with_lean
+    assert sampler.decode_step == "model forward (lean step turned off)"
 
 
 def test_qkv_bias_models_are_supported() -> None:

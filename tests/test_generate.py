@@ -280,6 +280,7 @@ def test_cli_writes_sample_sets(cli, tiny_model: Path, tmp_path: Path) -> None:
     assert row["sampler"] == {"backend": "hf", "model": str(tiny_model), "temperature": 0.8, "top_p": 1.0,
                               "max_new_tokens": 4, "seed": 0, "n": 2, "prompt_format": "spin-instruct"}
     assert "prompt_format: spin-instruct" in (tmp_path / "gen" / "config.yaml").read_text()
+    assert "decode steps by the lean CPU step" in result.output  # a Llama on CPU: core/fast_decode.py
     merged = cli(["generate", "merge", tmp_path / "gen"])
     assert merged.exit_code == 0
     assert [r["id"] for r in read_lines(tmp_path / "gen.jsonl")] == [f"q{i}" for i in range(5)]

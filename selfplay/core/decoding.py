@@ -253,20 +253,21 @@ def _finish_reason(row: Row, token: int, eos_ids: set[int], max_new_tokens: int,
 def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int, temperature: float, top_p: float,
            max_new_tokens: int, max_prompts: int, eos_ids: set[int], pad_id: int, seeds: Callable[[int, int], int],
            on_tokens: Callable[[int], None], on_done: Callable[[int, list[Row]], None],
-           stopped: Callable[[list[int]], bool] | None = None, lean: bool = True) -> None:
+           stopped: Callable[[list[int]], bool] | None = None, lean: bool = True) -> str:
     """Decode n samples of every prompt, admitting prompts in ``order`` while at most ``max_prompts`` run.
 
     ``seeds(prompt, j)`` seeds row j of a prompt; ``on_done(prompt, rows)`` fires once per prompt when all
     its n rows ended (EOS kept at the end of a row's tokens, ``row.finish`` says why it ended);
     ``stopped(tokens)`` ends a row when its text reached a stop sequence; ``on_tokens(k)`` counts new tokens.
     ``lean``: decode steps through :mod:`selfplay.core.fast_decode` where it supports the model (else, or
-    when False, through the model's forward).
+    when False, through the model's forward). Returns which step decoded, and why (for logs and benchmarks).
     """
-    fast = None
+    fast, used = None, "model forward (lean step turned off)"
     if lean:
         from selfplay.core.fast_decode import fast_step_for
 
-        fast, _ = fast_step_for(model, max_prompts * n)
+        fast, why = fast_step_for(model, max_prompts * n)
+        used = why if fast is not None else f"model forward (lean step not used: {why})"
     pending = deque(order)
     rows_of: dict[int, list[Row]] = {}  # every row of each running prompt, finished or not
     unfinished: dict[int, int] = {}  # running prompt -> rows still decoding
@@ -305,3 +306,4 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
             tokens = tokens[torch.tensor(keep, device=tokens.device)]
             batch.keep(keep)
         batch.step(model, tokens, fast)
+    return used

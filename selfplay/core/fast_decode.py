@@ -7,7 +7,7 @@ step computes the same layers with
 
 * q/k/v and gate/up fused into one matmul each, with weights prepacked for oneDNN (``mkldnn`` blocked
   layout, the same prepacking ``torch.compile``'s freezing pass and IPEX do for CPU linears);
-* one rotary call on q and k together, one additive mask per step;
+* one rotary call on q and k together, one boolean mask per step;
 * attention by PyTorch's fused SDPA kernel (scale, mask and softmax in one pass, grouped heads without
   copying the KV cache) on :class:`~selfplay.core.decoding.GrowingLayer`'s in-place cache.
 
@@ -41,6 +41,8 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 
 
+# _pack and _linear call PyTorch's own oneDNN ops (the ones torch.compile emits for frozen CPU linears). They
+# are internal: should a release rename them, building the step fails and decoding falls back to forward().
 def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """``weight`` [out, in] in oneDNN's blocked layout for ``rows``-row inputs (used by :func:`_linear`)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
@@ -114,8 +116,12 @@ class FastStep:
 
     @staticmethod
     def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        """transformers' RMSNorm: normalize in float32, round to the input dtype, then scale."""
-        return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype) * weight
+        """transformers' RMSNorm (normalize in float32, round to the input dtype, then scale) in three
+        full-size ops instead of seven: the sum of squares accumulates in float32 inside ``vector_norm``, and
+        ``mul(..., out=)`` multiplies in float32 and rounds once, as ``.to(dtype)`` does. x: [R, E]."""
+        inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # [R, 1]
+        inv = inv.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        return torch.mul(x, inv, out=torch.empty_like(x)).mul_(weight)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotary embedding as transformers' ``apply_rotary_pos_emb``. x: [R, heads, Dh]; cos, sin: [R, 1, Dh]."""
@@ -187,7 +193,7 @@ def fast_step_for(model: Any, rows: int) -> tuple[FastStep | None, str]:
     """
     signature = _weights_signature(model)
     cached = getattr(model, "_selfplay_fast_step", None)
-    if cached is not None and cached[0] == (signature, rows):
+    if cached is not None and cached[0] == signature:  # ``rows`` only tunes the packed layout: reuse across sizes
         return cached[1]
     reason = unsupported_reason(model)
     if reason is None:
@@ -197,9 +203,12 @@ def fast_step_for(model: Any, rows: int) -> tuple[FastStep | None, str]:
             reason = "not enough free memory for a packed copy of the weights"
     result: tuple[FastStep | None, str] = (None, reason or "")
     if reason is None:
-        with torch.inference_mode():
-            step = FastStep(model, rows)
-            reason = _agrees_with_forward(model, step)
-        result = (None, reason) if reason else (step, "lean CPU decode step (fused, prepacked linears)")
-    model._selfplay_fast_step = ((signature, rows), result)
+        try:
+            with torch.inference_mode():
+                step = FastStep(model, rows)
+                reason = _agrees_with_forward(model, step)
+        except (RuntimeError, AttributeError) as e:  # e.g. oneDNN without this dtype, or an op renamed
+            reason = f"building it failed: {e}"
+        result = (None, reason) if reason else (step, "the lean CPU step (fused, prepacked linears)")
+    model._selfplay_fast_step = (signature, result)
     return result

@@ -199,6 +199,8 @@ class HFSampler(_Texts):
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
         self.last_stats: dict[str, float] = {}
+        # Which decode step the last call used (the lean CPU step, or the model's forward and why).
+        self.decode_step = ""
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, batch_size: int = 16) -> HFSampler:
@@ -225,11 +227,12 @@ class HFSampler(_Texts):
                     on_result(i, results[i])
                 bar.add(prompts=1)
 
-            decode(self.model, encoded, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])),
-                   n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   max_prompts=self.batch_size, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                   seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
-                   on_done=done, stopped=self._stop_matcher(stop) if stop else None)
+            self.decode_step = decode(
+                self.model, encoded, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])),
+                n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                max_prompts=self.batch_size, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
+                on_done=done, stopped=self._stop_matcher(stop) if stop else None)
             self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds}
         return results
 

@@ -247,11 +247,7 @@ def _play_into(plan: ShardPlan, task: AgentTask, search: SearchFn, fewshot: str,
 def agent_rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
                          num_shards: int) -> None:
     """Play shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
-    from selfplay.models import resolve_model
-    from selfplay.stages.generate import load_sampler
-    from selfplay.stages.parallel import OnFirstUse
+    from selfplay.stages.generate import with_one_sampler
 
-    resolve_model(model, cfg.model.revision)  # a bad model fails here, before any output is written
-    sampler = OnFirstUse(lambda: load_sampler(cfg, model, "agent rollout"))
-    for k in shards:
-        run_agent_rollout(cfg, model, data, out_dir, split=split, shard=(k, num_shards), sampler=sampler)
+    with_one_sampler(cfg, model, "agent rollout", shards, num_shards, lambda shard, sampler: run_agent_rollout(
+        cfg, model, data, out_dir, split=split, shard=shard, sampler=sampler))

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,13 +264,21 @@ def generation_info(cfg: Config, model: str) -> dict[str, Any]:
 def generate_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
                     num_shards: int) -> None:
     """Generate shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
+    with_one_sampler(cfg, model, "generate", shards, num_shards, lambda shard, sampler: run_generate(
+        cfg, model, data, out_dir, split=split, shard=shard, sampler=sampler))
+
+
+def with_one_sampler(cfg: Config, model: str, label: str, shards: list[int], num_shards: int,
+                     run_shard: Callable[[tuple[int, int], Any], None]) -> None:
+    """``run_shard((k, num_shards), sampler)`` for each shard k, all sharing one sampler loaded on first use
+    (a shard that is already complete loads nothing); a bad model fails before any output is written."""
     from selfplay.models import resolve_model
     from selfplay.stages.parallel import OnFirstUse
 
-    resolve_model(model, cfg.model.revision)  # a bad model fails here, before any output is written
-    sampler = OnFirstUse(lambda: load_sampler(cfg, model, "generate"))
+    resolve_model(model, cfg.model.revision)
+    sampler = OnFirstUse(lambda: load_sampler(cfg, model, label))
     for k in shards:
-        run_generate(cfg, model, data, out_dir, split=split, shard=(k, num_shards), sampler=sampler)
+        run_shard((k, num_shards), sampler)
 
 
 def shard_count(out_dir: Path) -> int | None:
@@ -293,9 +301,15 @@ def load_sampler(cfg: Config, model: str, label: str) -> Any:
     if g.backend == "hf":
         device = resolve_device("auto")
         console.print(f"{label}: sampling on {device} in {resolve_dtype_name(cfg.model.dtype, device)}")
-    return make_sampler(g.backend, model, model_cfg=cfg.model, batch_size=g.batch_size,
-                        tensor_parallel_size=g.tensor_parallel_size,
-                        gpu_memory_utilization=g.gpu_memory_utilization, seed=g.seed)
+    sampler = make_sampler(g.backend, model, model_cfg=cfg.model, batch_size=g.batch_size,
+                           tensor_parallel_size=g.tensor_parallel_size,
+                           gpu_memory_utilization=g.gpu_memory_utilization, seed=g.seed)
+    if g.backend == "hf" and sampler.model.device.type == "cpu":
+        from selfplay.core.fast_decode import fast_step_for
+
+        step, why = fast_step_for(sampler.model, g.batch_size * g.n)  # built now, reused by every decode call
+        console.print(f"{label}: decode steps by " + (why if step is not None else f"the model's forward ({why})"))
+    return sampler
 
 
 def merge_shards(out_dir: Path, dest: Path | None = None) -> Path:
