@@ -84,7 +84,8 @@ def _generation(g: dict[str, Any]) -> list[str]:
         "once: the recipe in fixed batches until each batch's longest row ends, ours continuously (finished rows "
         "leave, waiting prompts take their place). Tokens = generated tokens up to and including EOS "
         "(padding not counted). Ours is timed end to end through `run_generate` (prompt formatting, shard "
-        "files, manifest) with the model already loaded; the recipe's loop is timed around its batches.", "",
+        "files, manifest) with the model already loaded; the recipe's loop is timed around its batches."
+        + (f" Ours decoded each step by {g['ours_decode_step']}." if g.get("ours_decode_step") else ""), "",
     ] + _transformers_arms_intro(g) + [
         "| arm | generated tokens/s, median (min–max) | seconds, median |", "|---|---|---|",
     ]
