@@ -130,3 +130,13 @@ def test_the_step_is_kept_until_the_weights_change(loaded) -> None:
     finally:
         with torch.no_grad():
             weight.mul_(0.5)
+
+
+def test_an_unexpected_module_layout_falls_back() -> None:
+    """A supported model type whose modules are not where the lean step reads them (e.g. a wrapper)."""
+    from selfplay.core.fast_decode import fast_step_for
+
+    model = random_model("llama")
+    model.model = torch.nn.Module()  # no .layers, .embed_tokens, ...
+    fast, why = fast_step_for(model, 4)
+    assert fast is None and why.startswith("building it failed")

@@ -179,6 +179,15 @@ def _agrees_with_forward(model: Any, step: FastStep) -> str | None:
     return None if worst <= TOLERANCE[model.dtype] else f"logits differ from the model's forward by {worst:.2g} (relative)"
 
 
+def _memory_shortfall(model: Any) -> str | None:
+    """Why there is no room for the packed copy of the weights (None when there is)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = available_bytes()
+    if free is not None and free < 2 * weight_bytes:
+        return f"not enough free memory for a packed copy of the weights ({weight_bytes / 2**30:.1f} GiB)"
+    return None
+
+
 def _weights_signature(model: Any) -> tuple[tuple[int, int], ...]:
     """Where each parameter lives and its in-place version counter: changes when anything (an optimizer
     step, ``load_state_dict``, a weight swap) writes new weights, so packed copies are never stale."""
@@ -195,20 +204,15 @@ def fast_step_for(model: Any, rows: int) -> tuple[FastStep | None, str]:
     cached = getattr(model, "_selfplay_fast_step", None)
     if cached is not None and cached[0] == signature:  # ``rows`` only tunes the packed layout: reuse across sizes
         return cached[1]
-    reason = unsupported_reason(model)
-    if reason is None:
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        free = available_bytes()
-        if free is not None and free < 2 * weight_bytes:
-            reason = "not enough free memory for a packed copy of the weights"
-    result: tuple[FastStep | None, str] = (None, reason or "")
-    if reason is None:
-        try:
+    step = None
+    try:
+        reason = unsupported_reason(model) or _memory_shortfall(model)
+        if reason is None:
             with torch.inference_mode():
                 step = FastStep(model, rows)
                 reason = _agrees_with_forward(model, step)
-        except (RuntimeError, AttributeError) as e:  # e.g. oneDNN without this dtype, or an op renamed
-            reason = f"building it failed: {e}"
-        result = (None, reason) if reason else (step, "the lean CPU step (fused, prepacked linears)")
+    except (RuntimeError, AttributeError) as e:  # an unexpected module layout, oneDNN without this dtype, ...
+        reason = f"building it failed: {e}"
+    result = (None, reason) if reason else (step, "the lean CPU step (fused, prepacked linears)")
     model._selfplay_fast_step = (signature, result)
     return result
