@@ -236,6 +236,7 @@ def run_generation_bench(model_name: str, source: Path, out_dir: Path, machine: 
         "spin_recipe_finished_row_fraction": summarize([1 - r["tokens"] / r["row_steps"] for r in runs["spin_recipe"]]),
         "decode_bound": bound,
         "ours_fraction_of_bound": ours_tps["median"] / bound["bound_tokens_per_s"],
+        "ours_over_bound": summarize([r["tokens_per_s"] / bound["bound_tokens_per_s"] for r in runs["ours"]]),
         "ours_decode_step": sampler.decode_step,
         "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
         "profile_ours": top_ops,
