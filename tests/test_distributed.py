@@ -229,8 +229,8 @@ def test_two_process_training_killed_then_resumed_finishes_its_steps(tiny_model,
     import psutil
     from test_train import make_pairs
 
-    pairs = make_pairs(tmp_path / "pairs.jsonl", n=40)
-    out = tmp_path / "out"
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=80)  # 20 steps: ranks that outlive the kill by a poll
+    out = tmp_path / "out"                                # interval (50 ms) cannot finish them
     args = ["train", "--model", tiny_model, "--data", pairs, "--out", out, "--batch-size", 2, "--set", "train.save_steps=2",
             "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "launch.num_processes=2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -253,8 +253,8 @@ def test_two_process_training_killed_then_resumed_finishes_its_steps(tiny_model,
     res = run_cli(args)
     assert "resuming training at step" in res.stdout + res.stderr
     summary = read_json(out / "summary.json")
-    assert summary["processes"] == 2 and summary["steps"] == summary["planned_steps"] == 10  # 20 batches / 2
-    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == list(range(1, 11))
+    assert summary["processes"] == 2 and summary["steps"] == summary["planned_steps"] == 20  # 40 batches / 2
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == list(range(1, 21))
 
 
 def test_rank_and_rollout_workers_equal_one_process(tiny_model, tiny_reward, tmp_path):

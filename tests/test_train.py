@@ -116,3 +116,28 @@ def test_train_resumes_after_sigkill(tiny_model, tmp_path):
     assert summary["steps"] == 20 and done_before >= 2
     steps = [m["step"] for m in read_jsonl(out / "metrics.jsonl")]
     assert steps[-1] == 20 and max(steps) == 20
+
+
+@pytest.mark.parametrize("killed_at", ["before the swap", "between the renames", "between the renames, new one torn",
+                                       "after the swap"])
+def test_a_checkpoint_swap_killed_midway_is_recovered(tmp_path: Path, killed_at: str) -> None:
+    """save_checkpoint swaps checkpoint.tmp in with two renames; a kill between them leaves no `checkpoint`.
+    The rerun takes the newer complete one (tmp), else the previous one (old)."""
+    from selfplay.io import write_json
+    from selfplay.stages.train_io import recover_checkpoint
+
+    ckpt, tmp, old = tmp_path / "checkpoint", tmp_path / "checkpoint.tmp", tmp_path / "checkpoint.old"
+    for path, step in ((ckpt, 2), (tmp, 4)):
+        path.mkdir()
+        write_json(path / "trainer_state.json", {"step": step})
+    if killed_at.startswith("between the renames"):
+        ckpt.rename(old)
+        if killed_at.endswith("torn"):
+            (tmp / "trainer_state.json").unlink()  # killed before its state was written: not complete
+    elif killed_at == "after the swap":
+        ckpt.rename(old)
+        tmp.rename(ckpt)
+    recover_checkpoint(ckpt)
+    expected = {"before the swap": 2, "between the renames": 4, "between the renames, new one torn": 2,
+                "after the swap": 4}[killed_at]
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == expected

@@ -216,6 +216,8 @@ def exit_with_parent() -> None:
                 os._exit(1)
             except PermissionError:
                 pass  # alive, owned by someone else
-            time.sleep(0.5)
+            # Often: a tiny model trains several steps per second, and each step left after the kill may
+            # write a checkpoint or finish the run the rerun is about to resume (one syscall per poll).
+            time.sleep(0.05)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -37,7 +37,8 @@ from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_
 from selfplay.methods import get_method, loss_of
 from selfplay.progress import console
 from selfplay.runs import fingerprint, output_lock
-from selfplay.stages.train_io import TrainResult, batch_order, finish, save_checkpoint, tracker_config
+from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
+                                      tracker_config)
 
 
 def _precision(cfg: Config) -> str:
@@ -200,6 +201,9 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
 
     ckpt = out_dir / "checkpoint"
     state = {"batches_done": 0, "step": 0, "tokens": 0}
+    if accelerator.is_main_process:
+        recover_checkpoint(ckpt)
+    accelerator.wait_for_everyone()
     if (ckpt / "trainer_state.json").exists():
         accelerator.load_state(str(ckpt))
         state = read_json(ckpt / "trainer_state.json")

@@ -63,6 +63,21 @@ def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int]) -> None
     accelerator.wait_for_everyone()
 
 
+def recover_checkpoint(ckpt: Path) -> None:
+    """Finish a swap that :func:`save_checkpoint` was killed in the middle of (main process only).
+
+    Between its two renames ``ckpt`` is missing: ``ckpt.tmp`` then holds the newer, complete checkpoint
+    (its ``trainer_state.json`` is written last, atomically), ``ckpt.old`` the previous one.
+    """
+    if (ckpt / "trainer_state.json").exists():
+        return
+    for candidate in (ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")):
+        if (candidate / "trainer_state.json").exists():
+            shutil.rmtree(ckpt, ignore_errors=True)
+            candidate.rename(ckpt)
+            return
+
+
 def tracker_config(cfg: Config) -> dict[str, Any]:
     """The resolved config flattened to ``a.b.c`` keys with scalar values (what trackers accept)."""
     flat: dict[str, Any] = {}
