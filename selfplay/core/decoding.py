@@ -40,8 +40,9 @@ def grouped_query_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
 
     query: [B, H, Q, D]; key, value: [B, KVH, T, D] with H = G * KVH (head h reads kv head h // G);
     attention_mask: additive [B, 1, Q, T]. Returns [B, Q, H, D]. Same math as transformers' eager
-    attention (softmax in fp32; no dropout: generation only). Measured on CPU it is the fastest choice
-    for decoding in bf16 (vs SDPA and eager) and ties SDPA in fp32.
+    attention (softmax in fp32; no dropout: generation only). Measured on CPU it was the fastest choice
+    for decoding through the model's forward in bf16 (vs SDPA and eager) and ties SDPA in fp32; it now
+    serves prefill and the models the lean step (:mod:`selfplay.core.fast_decode`) does not cover.
     """
     b, h, q, d = query.shape
     kvh, t = key.shape[1], key.shape[2]
