@@ -101,17 +101,18 @@ def test_a_wrong_step_is_caught_by_the_one_time_check(loaded, monkeypatch: pytes
     assert fast is None and "differ from the model's forward" in why
 
 
-def test_bfloat16_lean_step_agrees_with_the_samplers_attention(tiny_model: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bfloat16_lean_step_equals_the_sdpa_forward(tiny_model: Path) -> None:
     """In bf16 the lean step's logits are the forward's (with the same SDPA attention), bit for bit."""
     from selfplay.config import ModelConfig
     from selfplay.core import fast_decode
     from selfplay.core.samplers import make_sampler
 
-    sampler = make_sampler("hf", str(tiny_model), model_cfg=ModelConfig(dtype="bfloat16"), batch_size=4, device="cpu")
-    monkeypatch.setitem(fast_decode.TOLERANCE, torch.bfloat16, 0.0)
+    model = make_sampler("hf", str(tiny_model), model_cfg=ModelConfig(dtype="bfloat16"), batch_size=4,
+                         device="cpu").model
     with torch.inference_mode():
-        assert fast_decode._agrees_with_forward(sampler.model, fast_decode.FastStep(sampler.model, 4)) is None
+        lean = fast_decode.step_logits(model, "sdpa", fast_decode.FastStep(model, 4))
+        assert torch.equal(lean, fast_decode.step_logits(model, "sdpa"))
+        assert fast_decode._agrees_with_forward(model, fast_decode.FastStep(model, 4)) is None
 
 
 def test_the_step_is_kept_until_the_weights_change(loaded) -> None:
