@@ -77,6 +77,8 @@ def unsupported_reason(model: Any) -> str | None:
         return f"runs only on CPU in float32/bfloat16 (model: {model.device.type}, {model.dtype})"
     if not torch.backends.mkldnn.is_available():
         return "this torch build has no oneDNN (mkldnn)"
+    if model.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN has no bf16 kernels for this CPU"
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
         return "MLP is not a bias-free SwiGLU"
     if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or [])):
