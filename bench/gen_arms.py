@@ -23,12 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The ids that end a row: the model's generation config EOS (one or a list) and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return {i for i in ids if i is not None}
+from selfplay.models import eos_token_ids  # the ids our sampler stops at, so every arm counts tokens alike
 
 
 def count_until_eos(rows: Iterable[list[int]], eos_ids: set[int]) -> int:

@@ -111,7 +111,7 @@ def _generation(g: dict[str, Any]) -> list[str]:
         f"- compute bound = matmul peak / (2 x {b['params'] / 1e6:.0f}M params) = "
         f"{b['compute_bound_tokens_per_s']:.0f} tokens/s",
         f"- binding limit: {b['binding']}, {b['bound_tokens_per_s']:.0f} tokens/s; ours reaches "
-        f"**{100 * g['ours_fraction_of_bound']:.0f}%** of it", "",
+        f"**{100 * g['ours_over_bound']['median']:.0f}%** of it", "",
     ]
     if g.get("profile_ours_run"):
         lines += _profile("Ours, one whole run at the measured size (`--profile`; top 15 ops by self CPU time)",

@@ -213,6 +213,13 @@ def ensure_special_tokens(model: Any, tokenizer: Any) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a sample: the model's generation-config EOS (one id or a list) and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return {i for i in ids if i is not None}
+
+
 def pad_token_id(tokenizer: Any) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS (as ensure_special_tokens sets)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

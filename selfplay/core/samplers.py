@@ -188,14 +188,12 @@ class HFSampler(_Texts):
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
-        from selfplay.models import pad_token_id
+        from selfplay.models import eos_token_ids, pad_token_id
 
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        self.eos_ids = {i for i in eos_ids if i is not None}
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
         self.last_stats: dict[str, float] = {}
