@@ -4,32 +4,26 @@
 evaluated model: ``eval/base/`` and ``iter_k/eval/``): one JSON object per held-out prompt,
 ``{"id": <the record's id>, <column>: <number>, ...}``. A column is absent (or null) where it does not
 apply to that prompt (a RISE problem without a parsable gold answer, the SPIN margin of the base model).
-The columns, and the table metric each one gives (the metric is the column's mean over prompts, except
-``real_loglik``, a ratio of sums):
+The columns, and the table metric each one gives (its mean over prompts, except ``real_loglik``):
 
-==================  ================================================================  =====================
-column              per prompt                                                        metric (interval)
-==================  ================================================================  =====================
-accuracy            verifier score of the greedy answer (0/1; partial for F1)         accuracy (Wilson)
-mean_score          judge score of the greedy answer                                  mean_score (bootstrap)
-sample_accuracy     mean verifier score of the n fresh samples                        sample_accuracy (W./b.)
-sample_score        mean judge score of the n fresh samples                           sample_score (b.)
-real_logp           summed log-prob of the real answer's scored tokens                real_loglik =
-real_tokens         number of those tokens                                            Σ real_logp / Σ real_tokens (b.)
-spin_margin         SPIN log-ratio margin against the previous iterate                spin_margin (b.)
-mt_acc_t1 ...       RISE: turn-1 / turn-T correct, any turn correct (oracle),          mt_* (Wilson)
-                    majority of turns correct, parallel pass@n and maj@n (0/1 each)
-agent_em            exact match of the episode's answer (0/1)                          agent_em (Wilson)
-agent_f1            token F1 of the episode's answer                                  agent_f1 (bootstrap)
-agent_steps         steps the episode took                                            agent_steps (b.)
-agent_finished      1 if the episode called finish within the step limit              agent_finished (W.)
-==================  ================================================================  =====================
+- ``accuracy``: verifier score of the greedy answer (0/1; partial credit with an F1 verifier) -> accuracy
+- ``mean_score``: judge score of the greedy answer -> mean_score
+- ``sample_accuracy``: mean verifier score of the n fresh samples -> sample_accuracy
+- ``sample_score``: mean judge score of the n fresh samples -> sample_score
+- ``real_logp``, ``real_tokens``: summed log-prob of the real answer's scored tokens, and their number ->
+  real_loglik = Σ real_logp / Σ real_tokens (a ratio of sums)
+- ``spin_margin``: the SPIN log-ratio margin against the previous iterate (iterations only) -> spin_margin
+- ``mt_acc_t1``, ``mt_acc_tlast``, ``mt_oracle``, ``mt_majority``, ``mt_pass_parallel``, ``mt_maj_parallel``
+  (RISE, 0/1 per problem): turn 1 correct, turn T correct, some turn correct (oracle), the majority answer of
+  the T turns correct, any of the n parallel samples correct, their majority answer correct
+- ``agent_em`` (0/1), ``agent_f1``, ``agent_steps``, ``agent_finished`` (0/1): per episode
 
-Wilson is used for a proportion (``accuracy``, ``sample_accuracy``, ``mt_*``, ``agent_em``,
-``agent_finished``) only when every per-prompt value is 0 or 1 (each prompt one trial; with n samples per
-prompt that is when all of a prompt's samples agree); otherwise the bootstrap over prompts, which keeps the
-samples of one prompt together (see :mod:`selfplay.evals.stats`). A row's ``stats[metric]["method"]`` says
-which was used. The metrics a table shows a "Δ vs base" column for are the ``task`` ones.
+Intervals (:mod:`selfplay.evals.stats`): a proportion (``accuracy``, ``sample_accuracy``, ``mt_*``,
+``agent_em``, ``agent_finished``) gets the Wilson interval when every per-prompt value is 0 or 1 (each
+prompt one trial; with n samples per prompt, when all of a prompt's samples agree), otherwise — and for
+every other metric — the percentile bootstrap over prompts, which keeps a prompt's samples or tokens
+together. A row's ``stats[metric]["method"]`` says which was used. The tables show a "Δ … vs base" column
+for the ``task`` metrics; every metric's paired change is in the rows' ``stats``.
 """
 
 from __future__ import annotations

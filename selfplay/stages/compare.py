@@ -97,14 +97,16 @@ def print_comparison(runs: dict[str, Run], extra: tuple[Column, ...] = ()) -> No
                 cells.append(_difference_cell(diffs.get((name, it, key)), fmt, n))
             table.add_row(*cells)
         console.print(table)
-    if has_any_difference := bool(diffs):
+    missing = missing_per_prompt(runs)
+    if diffs:
         console.print(f"paired differences: bootstrap over the held-out prompts both runs evaluated (matched by id), "
-                      f"95% intervals; {NOT_SIGNIFICANT}: the interval includes 0 (no detectable difference)")
-    for name in missing_per_prompt(runs):
+                      f"95% intervals; {NOT_SIGNIFICANT}: the interval includes 0 (no detectable difference)",
+                      highlight=False)
+    elif len(names) > 1 and not missing:
+        console.print("no paired differences: the runs share no held-out prompt ids", highlight=False)
+    for name in missing:
         console.print(f"{name}: some rows have no per-prompt results (evaluated by an older version): "
-                      "no intervals or paired differences for them")
-    if len(names) > 1 and not has_any_difference and not missing_per_prompt(runs):
-        console.print("no paired differences: the runs share no held-out prompt ids")
+                      "no intervals or paired differences for them", highlight=False)
 
 
 def _difference_cell(d: dict[str, Any] | None, fmt: str, n: int | None) -> Any:

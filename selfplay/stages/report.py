@@ -82,8 +82,11 @@ def _stats(row: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def common_n(rows: list[dict[str, Any]]) -> int | None:
-    """The most frequent sample count over the rows' metrics (the held-out prompts), None without stats."""
-    counts = Counter(s["n"] for r in rows for s in (r.get("stats") or {}).values())
+    """The number of held-out prompts the rows were evaluated on (the rows' ``n``; else the most frequent
+    sample count of their metrics); None without either."""
+    counts = Counter(r["n"] for r in rows if isinstance(r.get("n"), int))
+    if not counts:
+        counts = Counter(s["n"] for r in rows for s in (r.get("stats") or {}).values())
     return counts.most_common(1)[0][0] if counts else None
 
 
