@@ -61,8 +61,10 @@ def print_agent_metrics(metrics: dict[str, Any], title: str = "agent evaluation"
     from selfplay.evals.stats_format import with_interval
 
     stats = metrics.get("stats", {})
-    table = Table(title=f"{title} ({metrics['task']}, search {metrics['search']}, n = {metrics['episodes']} episodes; "
-                        "95% intervals: Wilson for EM and finished, bootstrap for F1 and steps)")
+    console.print(f"{title} ({metrics['task']}, search {metrics['search']}, n = {metrics['episodes']} episodes; "
+                  "95% intervals: Wilson for EM and finished, bootstrap for F1 and steps)", style="bold",
+                  highlight=False)
+    table = Table()
     for name in ("EM", "F1", "steps/episode", "finished", "tool errors/episode", "invalid actions/episode"):
         table.add_column(name, justify="right")
     table.add_row(*(with_interval(metrics[k], stats.get(k), fmt, "\n")

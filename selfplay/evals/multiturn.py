@@ -163,8 +163,10 @@ def print_multiturn(metrics: dict[str, Any], title: str = "multi-turn evaluation
     from selfplay.progress import console
 
     seq, n = metrics["sequential"], metrics["problems"]
-    table = Table(title=f"{title} ({metrics['env']}, n = {n} problems, context window {metrics['context_window']}; "
-                        "95% Wilson intervals)")
+    # The title on its own line: as a Table title rich wraps it to the table's width.
+    console.print(f"{title} ({metrics['env']}, n = {n} problems, context window {metrics['context_window']}; "
+                  "95% Wilson intervals)", style="bold", highlight=False)
+    table = Table()
     for name in ("turn", "accuracy", "with oracle", "majority (no oracle)"):
         table.add_column(name, justify="right")
     for t, (a, o, m) in enumerate(zip(seq["acc"], seq["oracle"], seq["majority"]), start=1):
