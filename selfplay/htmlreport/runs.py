@@ -1,0 +1,139 @@
+"""Reading a run directory for the report: its config, iterations, a seeded sample of records, held-out data.
+
+Large runs hold tens of thousands of prompts per iteration; the report shows a bounded sample of them,
+chosen by a seeded hash of each record's id (the smallest ``max_prompts`` hashes). The same prompt ids are
+therefore picked in every iteration and in every file that has them, so a prompt can be followed from the
+samples of iteration 0 to the answers of the last evaluation. Files are streamed, never held whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def _lines(path: Path) -> Iterator[Record]:
+    """Records of a JSONL file; a torn or malformed line (a run in progress) is skipped, not fatal."""
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def _key(seed: int, rid: str) -> str:
+    return hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()
+
+
+def sample_records(path: Path, max_prompts: int, seed: int = 0) -> tuple[list[Record], int]:
+    """(up to ``max_prompts`` records chosen by seeded id hash, in file order; number of records in the file)."""
+    heap: list[tuple[str, int, Record]] = []  # max-heap on the hash via negation of order: keep the k smallest
+    total = 0
+    for i, rec in enumerate(_lines(path)):
+        total += 1
+        key = _key(seed, str(rec.get("id", i)))
+        item = (_neg(key), i, rec)
+        if len(heap) < max_prompts:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    return [rec for _, _, rec in sorted(heap, key=lambda t: t[1])], total
+
+
+def _neg(hexdigest: str) -> str:
+    """A string that sorts in the opposite order of ``hexdigest`` (so heapq's min-heap keeps the smallest)."""
+    return hexdigest.translate(str.maketrans("0123456789abcdef", "fedcba9876543210"))
+
+
+def records_for(path: Path, ids: set[str]) -> dict[str, list[Record]]:
+    """Records of ``path`` whose id is one of ``ids`` or starts with one of them followed by ``#`` (training
+    records built from a collected record: ``<id>#s0@it1``), grouped by that id."""
+    out: dict[str, list[Record]] = {}
+    if not ids or not Path(path).is_file():
+        return out
+    for rec in _lines(path):
+        rid = str(rec.get("id", ""))
+        base = rid if rid in ids else rid.split("#", 1)[0]
+        if base in ids:
+            out.setdefault(base, []).append(rec)
+    return out
+
+
+def load_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def data_dir(run_dir: Path) -> Path | None:
+    """Where the run's prepared data is: the directory state.json recorded (relative to where the loop ran or
+    to the run directory), else ``run_dir/data``."""
+    run_dir = Path(run_dir)
+    candidates = []
+    try:
+        recorded = json.loads((run_dir / "state.json").read_text())["units"]["data"]["info"]["dir"]
+        candidates += [Path(recorded), run_dir / Path(recorded).name if Path(recorded).name == "data" else None]
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    candidates.append(run_dir / "data")
+    return next((c for c in candidates if c is not None and (c / "train.jsonl").is_file()), None)
+
+
+def held_out_records(run_dir: Path, ids: set[str]) -> dict[str, Record]:
+    """The prepared SFT records with these ids (the held-out prompts the evaluations answered)."""
+    found: dict[str, Record] = {}
+    d = data_dir(run_dir)
+    if d is None or not ids:
+        return found
+    for name in ("test.jsonl", "train.jsonl"):  # held-out prompts are the test split, else the tail of train
+        if (d / name).is_file() and len(found) < len(ids):
+            for rec in _lines(d / name):
+                if str(rec.get("id")) in ids:
+                    found[str(rec["id"])] = rec
+    return found
+
+
+def iteration_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """(k, run_dir/iter_k) in numeric order."""
+    out = []
+    for p in Path(run_dir).glob("iter_*"):
+        m = re.fullmatch(r"iter_(\d+)", p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def train_curves(run_dir: Path, key: str = "loss") -> dict[int, list[tuple[int, float]]]:
+    """{k: [(step, value)]} from each iteration's train/metrics.jsonl."""
+    out = {}
+    for k, d in iteration_dirs(run_dir):
+        path = d / "train" / "metrics.jsonl"
+        if path.is_file():
+            points = [(int(m.get("step", i + 1)), float(m[key])) for i, m in enumerate(_lines(path))
+                      if isinstance(m.get(key), (int, float))]
+            if points:
+                out[k] = points
+    return out
