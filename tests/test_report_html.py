@@ -61,34 +61,16 @@ def test_intervals_and_not_significant_changes() -> None:
     assert metric_cell({"accuracy": 0.3}, "accuracy", "{:.3f}") == "<td>0.300</td>"  # rows without statistics
 
 
-@pytest.fixture(scope="module")
-def spin_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-iteration SPIN loop on the tiny model (its report, cards and state are what the tests read)."""
-    from typer.testing import CliRunner
-
-    from selfplay.cli.main import app
-
-    run = tmp_path_factory.mktemp("html") / "run"
-    args = ["loop", "--method", "spin", "--iters", "1", "--model", str(tiny_model), "--data", "synth:arith",
-            "--run-dir", str(run), "--set", "data.num=14", "--set", "data.eval_num=4", "--set",
-            "generate.max_new_tokens=8", "--set", "generate.batch_size=5", "--set", "train.batch_size=5", "--set",
-            "train.precision=fp32", "--set", "eval.max_new_tokens=8"]
-    res = CliRunner().invoke(app, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return run
-
-
-def test_loop_writes_the_report_with_every_section(spin_run: Path) -> None:
-    text = (spin_run / "eval" / "report.html").read_text()
+def test_loop_writes_the_report_with_every_section(tiny_spin_run: Path) -> None:
+    text = (tiny_spin_run / "eval" / "report.html").read_text()
     for anchor in ('id="metrics"', 'id="base"', 'id="iter-0"', "<svg", "real (SFT answer)", "greedy answer",
                    'href="../iter_0/generate.jsonl"', 'href="../iter_0/eval/samples.jsonl"'):
         assert anchor in text, anchor
     assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
-def _plant(run: Path) -> Path:
+def _plant(run: Path, copy: Path) -> Path:
     """A copy of the run whose samples and answers carry HTML (model output is untrusted)."""
-    copy = run.parent / "planted"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.safetensors"))
     for rel, key in (("iter_0/generate.jsonl", "samples"), ("iter_0/eval/samples.jsonl", "answer")):
         rows = read_jsonl(copy / rel)
@@ -107,11 +89,11 @@ def _browser_or_skip() -> None:
         pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium, or set SELFPLAY_CHROMIUM)")
 
 
-def test_report_in_headless_chromium(spin_run: Path, cli, tmp_path: Path) -> None:
+def test_report_in_headless_chromium(tiny_spin_run: Path, cli, tmp_path: Path) -> None:
     _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    run = _plant(spin_run)
+    run = _plant(tiny_spin_run, tmp_path / "planted")
     res = cli(["eval", "compare", run, "--html"])
     assert res.exit_code == 0, res.output
     report = run / "eval" / "report.html"
@@ -149,11 +131,11 @@ def test_report_in_headless_chromium(spin_run: Path, cli, tmp_path: Path) -> Non
         shutil.copy(shot, target / "report.png")
 
 
-def test_compare_html_of_two_runs(spin_run: Path, cli, tmp_path: Path) -> None:
+def test_compare_html_of_two_runs(tiny_spin_run: Path, cli, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    shutil.copytree(spin_run, other, ignore=shutil.ignore_patterns("*.safetensors"))
-    res = cli(["eval", "compare", spin_run, other, "--html", "--out", tmp_path / "cmp.png"])
+    shutil.copytree(tiny_spin_run, other, ignore=shutil.ignore_patterns("*.safetensors"))
+    res = cli(["eval", "compare", tiny_spin_run, other, "--html", "--out", tmp_path / "cmp.png"])
     assert res.exit_code == 0, res.output
     text = (tmp_path / "cmp.html").read_text()
     assert "run vs other" in text and text.count('class="chart"') >= 2 and 'id="run1"' in text
-    assert json.loads(cli(["eval", "compare", spin_run, "--json"]).stdout)[0]["iteration"] == "base"
+    assert json.loads(cli(["eval", "compare", tiny_spin_run, "--json"]).stdout)[0]["iteration"] == "base"
