@@ -81,24 +81,12 @@ def load_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def data_dir(run_dir: Path) -> Path | None:
-    """Where the run's prepared data is: the directory state.json recorded (relative to where the loop ran or
-    to the run directory), else ``run_dir/data``."""
-    run_dir = Path(run_dir)
-    candidates = []
-    try:
-        recorded = json.loads((run_dir / "state.json").read_text())["units"]["data"]["info"]["dir"]
-        candidates += [Path(recorded), run_dir / Path(recorded).name if Path(recorded).name == "data" else None]
-    except (OSError, KeyError, TypeError, ValueError):
-        pass
-    candidates.append(run_dir / "data")
-    return next((c for c in candidates if c is not None and (c / "train.jsonl").is_file()), None)
-
-
 def held_out_records(run_dir: Path, ids: set[str]) -> dict[str, Record]:
     """The prepared SFT records with these ids (the held-out prompts the evaluations answered)."""
     found: dict[str, Record] = {}
-    d = data_dir(run_dir)
+    from selfplay.runs import prepared_data_dir
+
+    d = prepared_data_dir(run_dir)
     if d is None or not ids:
         return found
     for name in ("test.jsonl", "train.jsonl"):  # held-out prompts are the test split, else the tail of train
