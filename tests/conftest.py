@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start several processes first: they are the longest, and under ``-n 2`` (make test) a long
+    test started last leaves the other worker idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data samples in ../shared/data (skips when absent)."""

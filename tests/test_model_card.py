@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from huggingface_hub import ModelCard
 
 from selfplay import __version__
 
 
+@pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop
 def test_a_loop_model_has_a_card_with_its_held_out_metrics(tiny_spin_run: Path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -61,6 +61,7 @@ def test_intervals_and_not_significant_changes() -> None:
     assert metric_cell({"accuracy": 0.3}, "accuracy", "{:.3f}") == "<td>0.300</td>"  # rows without statistics
 
 
+@pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop
 def test_loop_writes_the_report_with_every_section(tiny_spin_run: Path) -> None:
     text = (tiny_spin_run / "eval" / "report.html").read_text()
     for anchor in ('id="metrics"', 'id="base"', 'id="iter-0"', "<svg", "real (SFT answer)", "greedy answer",
@@ -81,14 +82,21 @@ def _plant(run: Path, copy: Path) -> Path:
 
 
 def _browser_or_skip() -> None:
+    """Skip, saying what is missing, where no browser is installed; fail instead where CI requires one."""
+    missing = None
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("the playwright package is not installed (pip install -e '.[dev]')")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium, or set SELFPLAY_CHROMIUM)")
+        missing = "the playwright package is not installed (pip install -e '.[dev]')"
+    if missing is None and not CHROMIUM.is_file():
+        missing = f"no browser at {CHROMIUM} (apt-get install chromium, or set SELFPLAY_CHROMIUM)"
+    if missing and os.environ.get("SELFPLAY_REQUIRE_BROWSER"):
+        pytest.fail(f"SELFPLAY_REQUIRE_BROWSER is set but {missing}")
+    if missing:
+        pytest.skip(missing)
 
 
+@pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop
 def test_report_in_headless_chromium(tiny_spin_run: Path, cli, tmp_path: Path) -> None:
     _browser_or_skip()
     from playwright.sync_api import sync_playwright
@@ -131,6 +139,7 @@ def test_report_in_headless_chromium(tiny_spin_run: Path, cli, tmp_path: Path) -
         shutil.copy(shot, target / "report.png")
 
 
+@pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop
 def test_compare_html_of_two_runs(tiny_spin_run: Path, cli, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(tiny_spin_run, other, ignore=shutil.ignore_patterns("*.safetensors"))

@@ -26,8 +26,7 @@ def states(info: dict) -> dict[str, str]:
 
 def test_status_of_a_killed_held_resumed_and_reconfigured_loop(cli, tiny_model: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = loop_args(tiny_model, run, "--set", "generate.batch_size=1")
-    args[args.index("--iters") + 1] = "1"
+    args = loop_args(tiny_model, run, "--set", "generate.batch_size=1", iters=1)
     cmd = [sys.executable, "-m", "selfplay.cli.main", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
