@@ -177,11 +177,9 @@ def output_lock(output: Path, what: str, *, enabled: bool = True) -> Iterator[No
 def lock_holder(output: Path) -> dict[str, Any] | None:
     """The process holding ``output``'s lock ({pid, command, host, since} as far as known), or None when free.
 
-    Probes the OS lock without waiting (taking and at once releasing it when it is free: a holder is never
-    disturbed, and a second process starting in that instant is refused as it would be by any holder).
+    Probes the OS lock without waiting and without writing (the lock file is opened read-only; when it is free
+    the probe holds it for an instant: a second process starting in that instant is refused, naming no PID).
     """
-    from filelock import FileLock, Timeout
-
     output = Path(output).resolve()
     path = output / LOCK_NAME if output.is_dir() else output.parent / f".{output.name}.lock"
     if not path.exists():
@@ -189,17 +187,36 @@ def lock_holder(output: Path) -> dict[str, Any] | None:
     with _held_guard:
         if output in _held:
             return {"pid": os.getpid(), "command": "this process"}
-    owner = path.with_name(path.name + ".owner")
-    lock = FileLock(str(path))
+    if not _os_lock_taken(path):
+        return None
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        return json.loads(path.with_name(path.name + ".owner").read_text())
+    except (OSError, ValueError):
+        return {"pid": None}  # locked, its owner file not written yet
+
+
+def _os_lock_taken(path: Path) -> bool:
+    """Whether another open file description holds the flock that filelock takes on ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: filelock's own probe (it may create or truncate the lock file)
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path))
         try:
-            return json.loads(owner.read_text())
-        except (OSError, ValueError):
-            return {"pid": None}
-    lock.release()
-    return None
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock the probe took
+    return False
 
 
 def prepared_data_dir(run_dir: Path) -> Path | None:

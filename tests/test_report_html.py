@@ -59,6 +59,12 @@ def test_intervals_and_not_significant_changes() -> None:
                       "accuracy", "{:.3f}")
     assert "n.s." not in sig and 'class="delta sig"' in sig
     assert metric_cell({"accuracy": 0.3}, "accuracy", "{:.3f}") == "<td>0.300</td>"  # rows without statistics
+    from selfplay.htmlreport.charts import Series, line_chart
+
+    bars = line_chart("accuracy", ["base", "0"], [Series("", [0.3, 0.35], [0.2, 0.25], [0.4, 0.45])])
+    plain = line_chart("accuracy", ["base", "0"], [Series("", [0.3, 0.35])])
+    assert "base: 0.3 [0.2, 0.4]" in bars and "0: 0.35 [0.25, 0.45]" in bars and "[" not in plain.split("<title>")[1]
+    assert bars.count('opacity="0.6"') == 6 and "opacity" not in plain  # per point: an interval bar, two caps
 
 
 @pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop

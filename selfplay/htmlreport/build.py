@@ -156,18 +156,30 @@ def eval_block(eval_dir: Path, run_dir: Path, out_dir: Path, run_cfg: dict[str, 
     return el("div", blocks) if blocks else None
 
 
+def row_summary(row: dict[str, Any] | None, columns: list[Column], plotted: set[str]) -> Html | None:
+    """The model's metrics in one line above its samples."""
+    if not row:
+        return None
+    cells = [f"{title} {_fmt(fmt, row[key])}" for key, title, fmt in columns if key in plotted and row.get(key) is not None]
+    return el("div", " · ".join(cells), class_="summary") if cells else None
+
+
 def model_sections(run_dir: Path, out_dir: Path, run_cfg: dict[str, Any], max_prompts: int, seed: int,
+                   rows: list[dict[str, Any]], columns: list[Column], plotted: set[str],
                    prefix: str = "") -> list[tuple[str, str, Html]]:
     """(anchor, title, section body) for the base model and every iteration directory."""
+    by_it = {str(r.get("iteration")): r for r in rows}
     sections = []
     base = eval_block(run_dir / "eval" / "base", run_dir, out_dir, run_cfg, max_prompts, seed)
     if base:
-        sections.append((f"{prefix}base", "base model", base))
+        sections.append((f"{prefix}base", "base model", el("div", row_summary(by_it.get("base"), columns, plotted),
+                                                            base)))
     for k, it_dir in R.iteration_dirs(run_dir):
         parts = [collected_block(it_dir, out_dir, max_prompts, seed),
                  eval_block(it_dir / "eval", run_dir, out_dir, run_cfg, max_prompts, seed)]
         if any(parts):
-            sections.append((f"{prefix}iter-{k}", f"iteration {k}", el("div", parts)))
+            sections.append((f"{prefix}iter-{k}", f"iteration {k}",
+                             el("div", row_summary(by_it.get(str(k)), columns, plotted), parts)))
     return sections
 
 
@@ -188,7 +200,7 @@ def render_run(run_dir: Path, rows: list[dict[str, Any]], columns: list[Column],
                metric_charts({"": rows}, columns, plotted) if rows else None, train_chart(run_dir)]
     body = [el("section", metrics, id="metrics")]
     nav = [("metrics", "metrics")]
-    for anchor, title, section in model_sections(run_dir, out.parent, cfg, max_prompts, seed):
+    for anchor, title, section in model_sections(run_dir, out.parent, cfg, max_prompts, seed, rows, columns, plotted):
         body.append(el("section", el("h2", title), section, id=anchor))
         nav.append((anchor, title))
     return page(f"selfplay run: {run_dir.resolve().name}", nav, body, _subtitle(cfg))
@@ -212,7 +224,8 @@ def render_compare(runs: dict[str, tuple[Path, list[dict[str, Any]]]], columns: 
     nav = [("metrics", "metrics")]
     for i, (name, (run_dir, _)) in enumerate(runs.items()):
         cfg = R.load_config(run_dir)
-        sections = model_sections(Path(run_dir), out.parent, cfg, max_prompts, seed, prefix=f"run{i}-")
+        sections = model_sections(Path(run_dir), out.parent, cfg, max_prompts, seed, rows_by_run[name], columns, plotted,
+                                  prefix=f"run{i}-")
         folded = [fold(title, section, class_="model") for _, title, section in sections]
         body.append(el("section", el("h2", name), el("div", _subtitle(cfg), class_="muted"), folded, id=f"run{i}"))
         nav.append((f"run{i}", name))

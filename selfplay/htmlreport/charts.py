@@ -49,7 +49,8 @@ def line_chart(title: str, labels: list[str], series: list[Series], *, width: in
     lo, hi = min(ys), max(ys)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
     lo, hi = lo - pad, hi + pad
-    left, right, top, bottom = 48, 10, 24, 34
+    left, right, bottom = 48, 10, 34
+    top = 24 if len(series) < 2 else 40  # room for the legend row under the title
     pw, ph = width - left - right, height - top - bottom
     step = pw / max(1, len(labels) - 1)
 
@@ -86,10 +87,12 @@ def line_chart(title: str, labels: list[str], series: list[Series], *, width: in
                     parts.append(el("line", x1=f"{x(i) - 4:.1f}", x2=f"{x(i) + 4:.1f}", y1=f"{y(b):.1f}",
                                     y2=f"{y(b):.1f}", stroke=color, stroke_width=1.5, opacity=0.6))
             parts.append(el("circle", el("title", tip), cx=f"{x(i):.1f}", cy=f"{y(v):.1f}", r=3.5, fill=color))
-    if len(series) > 1:
+    if len(series) > 1:  # one legend row under the title, entries side by side
+        x0 = left
         for k, s in enumerate(series):
-            parts.append(el("rect", x=left + 4, y=top + 4 + 13 * k, width=9, height=9, fill=PALETTE[k % len(PALETTE)]))
-            parts.append(el("text", s.name, x=left + 17, y=top + 12 + 13 * k, font_size=10))
+            parts.append(el("rect", x=x0, y=22, width=9, height=9, fill=PALETTE[k % len(PALETTE)]))
+            parts.append(el("text", s.name, x=x0 + 12, y=30, font_size=10))
+            x0 += 12 + 6.2 * len(s.name) + 10
     return el("svg", parts, xmlns="http://www.w3.org/2000/svg", width=width, height=height,
               viewBox=f"0 0 {width} {height}", role="img", aria_label=title, class_="chart")
 

@@ -121,7 +121,8 @@ table.metrics th, table.metrics td { border: 1px solid var(--line); padding: 3px
 table.metrics th { background: var(--panel); }
 table.metrics td .ci, table.metrics td .delta { display: block; font-size: 11px; color: var(--muted); }
 table.metrics td .delta.sig { color: var(--fg); font-weight: 600; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
+.summary { margin: 4px 0 8px; font-variant-numeric: tabular-nums; }
 .chart { border: 1px solid var(--line); border-radius: 6px; padding: 4px; background: #fff; }
 details { border: 1px solid var(--line); border-radius: 6px; margin: 6px 0; background: #fff; }
 details > summary { cursor: pointer; padding: 6px 10px; background: var(--panel); border-radius: 6px; }
@@ -146,6 +147,7 @@ pre.text { white-space: pre-wrap; word-break: break-word; margin: 2px 0; padding
 .badge.chosen, .badge.kept, .badge.ok { background: #dcf3e3; color: var(--good); }
 .badge.rejected, .badge.bad { background: #fbe3e3; color: var(--bad); }
 .badge.ns { background: #f1f1f1; color: var(--muted); }
+.answer { padding-left: 8px; }
 .answer.ok { box-shadow: inset 3px 0 0 var(--good); }
 .answer.bad { box-shadow: inset 3px 0 0 var(--bad); }
 """

@@ -37,19 +37,49 @@ def _key(seed: int, rid: str) -> str:
     return hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()
 
 
+# Our writers put the id first: read it without parsing the whole line (samples can be kilobytes each).
+_ID_FIRST = re.compile(r'^\{"id":\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _line_id(line: str, i: int) -> str | None:
+    """The record id of a JSONL line (its line number when it has none); None for a line that is no record."""
+    m = _ID_FIRST.match(line)
+    if m and "\\" not in m.group(1):
+        return m.group(1)
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return str(obj.get("id", i)) if isinstance(obj, dict) else None
+
+
 def sample_records(path: Path, max_prompts: int, seed: int = 0) -> tuple[list[Record], int]:
-    """(up to ``max_prompts`` records chosen by seeded id hash, in file order; number of records in the file)."""
-    heap: list[tuple[str, int, Record]] = []  # max-heap on the hash via negation of order: keep the k smallest
+    """(up to ``max_prompts`` records chosen by seeded id hash, in file order; number of records in the file).
+
+    Only the chosen lines are parsed; the others are read for their id.
+    """
+    heap: list[tuple[str, int, str]] = []  # (inverted hash, line number, line): a min-heap keeping the k smallest
     total = 0
-    for i, rec in enumerate(_lines(path)):
-        total += 1
-        key = _key(seed, str(rec.get("id", i)))
-        item = (_neg(key), i, rec)
-        if len(heap) < max_prompts:
-            heapq.heappush(heap, item)
-        elif item > heap[0]:
-            heapq.heapreplace(heap, item)
-    return [rec for _, _, rec in sorted(heap, key=lambda t: t[1])], total
+    with Path(path).open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            rid = _line_id(line, i)
+            if rid is None:
+                continue  # torn or malformed (a run in progress)
+            total += 1
+            item = (_neg(_key(seed, rid)), i, line)
+            if len(heap) < max_prompts:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+    chosen = []
+    for _, _, line in sorted(heap, key=lambda t: t[1]):
+        try:
+            chosen.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line whose id was readable
+            total -= 1
+    return [r for r in chosen if isinstance(r, dict)], total
 
 
 def _neg(hexdigest: str) -> str:
@@ -91,9 +121,14 @@ def held_out_records(run_dir: Path, ids: set[str]) -> dict[str, Record]:
         return found
     for name in ("test.jsonl", "train.jsonl"):  # held-out prompts are the test split, else the tail of train
         if (d / name).is_file() and len(found) < len(ids):
-            for rec in _lines(d / name):
-                if str(rec.get("id")) in ids:
-                    found[str(rec["id"])] = rec
+            with (d / name).open(encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if line.strip() and _line_id(line, i) in ids:
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        found[str(rec["id"])] = rec
     return found
 
 
