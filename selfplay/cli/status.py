@@ -44,7 +44,9 @@ def _print(info: dict[str, Any]) -> None:
     held = (f"[cyan]in use[/cyan] by PID {lock.get('pid')} ({lock.get('command', '?')}, since {lock.get('since', '?')})"
             if lock else "not in use (no process holds the run)")
     cur = info["current"]
-    where = (f"iteration {cur['iteration']}, {cur['stage']} ({cur['state']})" if cur else "finished: every unit done")
+    where = ("finished: every unit done" if cur is None else
+             f"{cur['stage']} ({cur['state']})" if cur["iteration"] is None else
+             f"iteration {cur['iteration']}, {cur['stage']} ({cur['state']})")
     out.print(f"[bold]{info['run_dir']}[/bold] · method {info['method']} · {info['iterations']} iteration(s) "
               f"· fingerprints from {info['config']}")
     out.print(f"lock: {held}")

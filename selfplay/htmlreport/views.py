@@ -258,7 +258,10 @@ def multiturn_view(row: Record, held: Record | None, check: Checker | None) -> H
 
 
 def agent_answer_view(row: Record, held: Record | None, check: Checker | None) -> Html:
-    return trajectory_view(row, Training())
+    """A held-out agent episode, marked correct or incorrect by its exact match (else its reward)."""
+    score = row.get("em", row.get("reward"))
+    score = float(score) if isinstance(score, (bool, int, float)) else None
+    return el("div", el("div", "greedy episode", _verdict(score), class_="label"), trajectory_view(row, Training()))
 
 
 @dataclass(frozen=True)

@@ -60,25 +60,31 @@ class PlanState(RunState):
 
 def plan_run(cfg: Any, run_dir: Path) -> list[dict[str, Any]]:
     """Every unit the loop would visit with ``cfg`` on ``run_dir``, in order, with its state."""
+    from selfplay.errors import UserError
     from selfplay.methods import get_method
     from selfplay.stages.loop import _iterate, _prepare_data
 
-    from selfplay.errors import UserError
-
     state = PlanState(run_dir)
+    after_data = "unused"
     try:
         train, held_out, data_fp = _prepare_data(cfg, state)
     except UserError:
         if not state.plan or state.plan[-1]["state"] == "done":
             raise  # the prepared data is there but unreadable: say so
-        # Data to prepare (again): every later fingerprint depends on it, so everything after it runs.
-        state.plan.append({"unit": "(every unit after the data)", "state": "todo", "fingerprint": None,
-                           "recorded_fingerprint": None})
+        # Data to prepare (again): every later fingerprint depends on it, so every later unit is redone.
+        after_data = "stale"
     else:
         _iterate(cfg, get_method(cfg.method), state, train, held_out, data_fp, main=False)
     seen = {p["unit"] for p in state.plan}
-    state.plan += [{"unit": u, "state": "unused", "fingerprint": None, "recorded_fingerprint": rec.get("fingerprint")}
-                   for u, rec in state.units.items() if u not in seen]
+    for unit, rec in state.units.items():
+        if unit not in seen:
+            k = unit.split("/")[0].removeprefix("iter_")
+            beyond = k.isdigit() and int(k) >= cfg.loop.iters
+            state.plan.append({"unit": unit, "state": "unused" if beyond else after_data, "fingerprint": None,
+                               "recorded_fingerprint": rec.get("fingerprint")})
+    if after_data == "stale" and not any(p["state"] == "stale" for p in state.plan[1:]):
+        state.plan.append({"unit": "(every unit after the data)", "state": "todo", "fingerprint": None,
+                           "recorded_fingerprint": None})
     return state.plan
 
 
@@ -159,7 +165,7 @@ def _rerun_summary(units: list[dict[str, Any]], holder: dict[str, Any] | None) -
         return "nothing: every unit is done for these inputs"
     first = todo[0]
     verb = {"resume": "continues", "stale": "redoes (inputs changed)", "todo": "starts"}[first["state"]]
-    stale = sum(1 for u in todo if u["state"] == "stale")
+    stale = sum(1 for u in todo[1:] if u["state"] == "stale")
     return (f"{verb} {first['unit']}, then {len(todo) - 1} more unit(s)"
             + (f"; {stale} of them stale (outputs deleted, redone)" if stale else "")
             + f"; skips {sum(1 for u in units if u['state'] == 'done')} done")
