@@ -16,6 +16,7 @@ GGUF file behind an alias.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,47 @@ def _read_card(model_dir: Path) -> Any | None:
         return None
 
 
-def _gguf_license(path: Path) -> str | None:
-    """``general.license`` from a GGUF file's metadata."""
-    try:
-        from gguf import GGUFReader
+# GGUF metadata value types: fixed-size scalars by struct format; 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
-        field = GGUFReader(str(path)).fields.get("general.license")
-        return bytes(field.parts[field.data[0]]).decode() if field is not None else None
-    except Exception:
+
+@functools.lru_cache(maxsize=8)
+def gguf_metadata_string(path: Path, key: str) -> str | None:
+    """One string of a GGUF file's key-value header (e.g. ``general.license``), read without loading the file
+    (gguf's GGUFReader maps and indexes every tensor first: seconds, for one string)."""
+    import struct
+
+    def read(f: Any, fmt: str) -> Any:
+        size = struct.calcsize("<" + fmt)
+        return struct.unpack("<" + fmt, f.read(size))[0]
+
+    def skip(f: Any, vtype: int) -> None:
+        if vtype in _GGUF_SCALARS:
+            f.seek(struct.calcsize("<" + _GGUF_SCALARS[vtype]), 1)
+        elif vtype == 8:
+            f.seek(read(f, "Q"), 1)
+        elif vtype == 9:
+            etype, count = read(f, "I"), read(f, "Q")
+            for _ in range(count):
+                skip(f, etype)
+        else:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return None
+            read(f, "I")  # version
+            read(f, "Q")  # tensor count
+            for _ in range(read(f, "Q")):
+                name = f.read(read(f, "Q")).decode("utf-8", "replace")
+                vtype = read(f, "I")
+                if name == key and vtype == 8:
+                    return f.read(read(f, "Q")).decode("utf-8", "replace")
+                skip(f, vtype)
+    except (OSError, ValueError, struct.error):
         return None
+    return None
 
 
 def base_identity(name_or_path: str) -> dict[str, Any]:
@@ -68,7 +101,7 @@ def base_identity(name_or_path: str) -> dict[str, Any]:
     if name_or_path.lower() == models.SMOLLM2_ALIAS:  # the offline alias: the hub model its GGUF file ships
         facts["base_model"] = models.SMOLLM2_HUB_ID
         try:
-            facts["license"] = _gguf_license(models._smollm2_gguf())
+            facts["license"] = gguf_metadata_string(models._smollm2_gguf(), "general.license")
         except Exception:
             pass
     elif _is_hub_id(name_or_path):

