@@ -47,6 +47,16 @@ def test_sampling_is_bounded_seeded_and_follows_ids_across_files(tmp_path: Path)
     assert {k: len(v) for k, v in found.items()} == {"p1": 2, "p2": 1}
 
 
+def test_odd_records_are_shown_as_json_and_never_stop_the_report() -> None:
+    from selfplay.htmlreport.views import Training, render_record
+
+    odd = render_record({"id": "x", "turn_history": {"best_actions": ["a"], "actions": ["not a dict"]}}, Training())
+    assert "shown as JSON: the episode view failed (AttributeError" in odd and "not a dict" in odd
+    ok = render_record({"id": "y", "samples": ["s0", "s1"], "scores": [1, 0], "win_matrix": [[0.5, 0.7], [0.3, 0.5]]},
+                       Training([{"id": "y", "chosen": "s0", "rejected": "s1", "chosen_prob": 0.6}], known=True))
+    assert "badge chosen" in ok and "badge rejected" in ok and 'class="heatmap"' in ok and "targets 0.6" in ok
+
+
 def test_intervals_and_not_significant_changes() -> None:
     from selfplay.htmlreport.build import metric_cell
 

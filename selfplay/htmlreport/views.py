@@ -209,9 +209,19 @@ RECORD_VIEWS: tuple[RecordView, ...] = (
 )
 
 
+def _safely(render: Callable[[], Html], r: Record, name: str) -> Html:
+    """A record whose fields have unexpected types is shown as JSON, saying so: one odd line of a JSONL must
+    not stop the loop that writes the report after every iteration."""
+    try:
+        return render()
+    except Exception as e:  # noqa: BLE001 (any failure of a view falls back to the raw record)
+        return el("div", el("div", f"shown as JSON: the {name} view failed ({type(e).__name__}: {e})",
+                            class_="muted"), raw_view(r, Training()))
+
+
 def render_record(r: Record, training: Training) -> Html:
     view = next((v for v in RECORD_VIEWS if v.matches(r)), None)
-    body = (view.render if view else raw_view)(r, training)
+    body = _safely(lambda: view.render(r, training), r, view.name) if view else raw_view(r, training)
     return el("div", el("div", f"prompt {r.get('id', '?')}", class_="head"), training.note(), body, class_="record")
 
 
@@ -281,5 +291,5 @@ EVAL_VIEWS: tuple[EvalView, ...] = (
 
 
 def render_eval_row(view: EvalView, row: Record, held: Record | None, check: Checker | None) -> Html:
-    return el("div", el("div", f"prompt {row.get('id', '?')}", class_="head"), view.render(row, held, check),
-              class_="record")
+    body = _safely(lambda: view.render(row, held, check), row, view.title)
+    return el("div", el("div", f"prompt {row.get('id', '?')}", class_="head"), body, class_="record")
