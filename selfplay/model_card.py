@@ -7,8 +7,9 @@ rewrites it once the iteration's held-out evaluation is known (:func:`add_evalua
 facts a card is rendered from are kept in its own metadata under ``selfplay:``, so the second call needs
 nothing but the directory.
 
-``base_model`` is the run's original model as the Hub knows it: a hub id as given, the hub id behind an
-offline alias, or the ``base_model`` of the starting model's own card (a previous iteration's). A model
+``base_model`` is the model self-play started from (``selfplay_model.json`` beside the weights names it
+through every round, see :mod:`selfplay.model_meta`; else the run's ``model.name_or_path``) as the Hub knows
+it: a hub id as given, the hub id behind an offline alias, or the ``base_model`` of that model's own card. A model
 known only by a local path gets no ``base_model`` (the Hub accepts only model ids there); its body says
 where training started. ``license`` is copied from the starting model's card, or from the metadata of the
 GGUF file behind an alias.
@@ -24,8 +25,6 @@ from typing import Any
 from selfplay.io import read_json
 
 CARD = "README.md"
-# Written by selfplay beside saved weights when present (model metadata); read, never required.
-METADATA = "selfplay_model.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The training settings a card lists (config section, key).
 SETTINGS = [("train", k) for k in ("loss", "beta", "lr", "epochs", "batch_size", "grad_accum", "optimizer",
@@ -117,10 +116,6 @@ def base_identity(name_or_path: str) -> dict[str, Any]:
             facts["base_model"] = base
         if data.get("license"):
             facts["license"] = data["license"]
-    meta = read_json(path / METADATA) if (path / METADATA).is_file() else {}
-    for key in ("base_model", "license"):
-        if isinstance(meta, dict) and meta.get(key) and key not in facts:
-            facts[key] = meta[key]
     return {k: v for k, v in facts.items() if v}
 
 
@@ -146,14 +141,20 @@ def write_model_cards(out_dir: Path, cfg: Any, start_model: str, data_path: Path
     if cfg.model.lora.enabled:
         lora = cfg.model.lora
         settings.update({"lora.r": lora.r, "lora.alpha": lora.alpha, "lora.dropout": lora.dropout})
+    from selfplay.model_meta import read_model_meta
+
     method = get_method(cfg.method)
-    origin = base_identity(cfg.model.name_or_path)
+    # selfplay_model.json (the train stage writes it beside the weights) names the base self-play started
+    # from, as the user named it, through every round; without it, the run's configured model.
+    meta = read_model_meta(out_dir / "model") or {}
+    origin = base_identity(meta.get("base_model") or cfg.model.name_or_path)
     start = base_identity(start_model)
-    iteration = _iteration(out_dir)
+    in_loop = _iteration(out_dir) is not None
     # In a loop the records were built from the run's data source; a single `selfplay train` knows only its file.
-    source = cfg.data.source if iteration is not None or data_path is None else str(data_path)
+    source = cfg.data.source if in_loop or data_path is None else str(data_path)
     facts = {
-        "method": method.name, "method_summary": method.summary, "iteration": iteration,
+        "method": method.name, "method_summary": method.summary,
+        "iteration": meta.get("iteration", _iteration(out_dir)), "base_revision": meta.get("base_revision"),
         "base_model": origin.get("base_model") or start.get("base_model"),
         "license": start.get("license") or origin.get("license"),
         "start_model": str(start_model), "run_model": cfg.model.name_or_path, "data_source": source,
@@ -223,7 +224,8 @@ def _body(model_dir: Path, f: dict[str, Any]) -> str:
              f"`{f['method']}` method ({f['method_summary']}).", "",
              "| | |", "|---|---|",
              f"| method | `{f['method']}` |", f"| iteration | {_fmt(f.get('iteration'))} |",
-             f"| base model | {_fmt(f.get('base_model') or f.get('run_model'))} |",
+             f"| base model | {_fmt(f.get('base_model') or f.get('run_model'))}"
+             + (f" at revision `{f['base_revision']}`" if f.get("base_revision") else "") + " |",
              f"| started from | `{f['start_model']}` |",
              f"| data | `{f['data_source']}` → {_fmt(f.get('examples'))} training records"
              + (f" (`{f['training_records']}`)" if f.get("training_records") else "") + " |",

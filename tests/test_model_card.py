@@ -52,7 +52,7 @@ def test_lora_adapter_and_merged_model_cards(cli, tiny_model: Path, tmp_path: Pa
         assert data["base_model"] == "selfplay-test/tiny-llama" and data["license"] == "apache-2.0"
         assert "datasets" not in data and data["tags"] == ["selfplay", "spin", "lora"]
         facts = data["selfplay"]
-        assert facts["iteration"] is None and facts["settings"]["lora.r"] == 16
+        assert facts["iteration"] == 0 and facts["settings"]["lora.r"] == 16  # as selfplay_model.json counts
         assert facts["data_source"] == str(pairs)  # a single `selfplay train` knows only its records file
     assert "PeftModel.from_pretrained" in ModelCard.load(out / "model" / "README.md").text
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(start), out / "model")

@@ -147,7 +147,12 @@ def eval_block(eval_dir: Path, run_dir: Path, out_dir: Path, run_cfg: dict[str, 
         if not path.is_file():
             continue
         rows, total = R.sample_records(path, max_prompts, seed)
-        held = R.held_out_records(run_dir, {str(r.get("id")) for r in rows})
+        ids = {str(r.get("id")) for r in rows}
+        held = R.held_out_records(run_dir, ids)
+        # The loop's own per-prompt verdicts (per_prompt.jsonl) where they exist; older runs: the verifier.
+        verdicts = R.records_for(eval_dir / "per_prompt.jsonl", ids)
+        rows = [{**r, "correct": v[0]["accuracy"]} if "correct" not in r and (v := verdicts.get(str(r.get("id"))))
+                and isinstance(v[0].get("accuracy"), (int, float)) else r for r in rows]
         check = _checker(run_cfg, metrics)
         shown = f"{len(rows)} of {total}" if total > len(rows) else f"{total}"
         summary = el("span", f"held-out evaluation: {view.title} ({shown} prompts) ", _link(path, out_dir, "(JSONL)"))
