@@ -174,6 +174,64 @@ def output_lock(output: Path, what: str, *, enabled: bool = True) -> Iterator[No
         lock.release()
 
 
+def lock_holder(output: Path) -> dict[str, Any] | None:
+    """The process holding ``output``'s lock ({pid, command, host, since} as far as known), or None when free.
+
+    Probes the OS lock without waiting and without writing (the lock file is opened read-only; when it is free
+    the probe holds it for an instant: a second process starting in that instant is refused, naming no PID).
+    """
+    output = Path(output).resolve()
+    path = output / LOCK_NAME if output.is_dir() else output.parent / f".{output.name}.lock"
+    if not path.exists():
+        return None  # never locked
+    with _held_guard:
+        if output in _held:
+            return {"pid": os.getpid(), "command": "this process"}
+    if not _os_lock_taken(path):
+        return None
+    try:
+        return json.loads(path.with_name(path.name + ".owner").read_text())
+    except (OSError, ValueError):
+        return {"pid": None}  # locked, its owner file not written yet
+
+
+def _os_lock_taken(path: Path) -> bool:
+    """Whether another open file description holds the flock that filelock takes on ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: filelock's own probe (it may create or truncate the lock file)
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock the probe took
+    return False
+
+
+def prepared_data_dir(run_dir: Path) -> Path | None:
+    """The run's prepared data directory: the one state.json recorded (relative to where the loop ran, or
+    the run directory's own ``data/``), else ``run_dir/data``; None when there is none yet."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "data"]
+    try:
+        recorded = Path(read_json(run_dir / "state.json")["units"]["data"]["info"]["dir"])
+        candidates = [recorded, run_dir / recorded.name] + candidates
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        pass
+    return next((c for c in candidates if (c / "train.jsonl").is_file()), None)
+
+
 def _release_depth(output: Path) -> None:
     with _held_guard:
         _held[output] -= 1

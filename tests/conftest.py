@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start several processes first: they are the longest, and under ``-n 2`` (make test) a long
+    test started last leaves the other worker idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data samples in ../shared/data (skips when absent)."""
@@ -34,6 +40,32 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from selfplay.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_spin_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-iteration SPIN loop on the tiny model (read, never written, by the tests that use it).
+
+    Its starting model is a copy of the tiny model with a model card naming a hub base model and a
+    license, so the cards of the trained model have something to copy.
+    """
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from selfplay.cli.main import app
+
+    root = tmp_path_factory.mktemp("spin-run")
+    start = root / "tiny-with-card"
+    shutil.copytree(tiny_model, start)
+    (start / "README.md").write_text("---\nbase_model: selfplay-test/tiny-llama\nlicense: mit\n---\n# tiny\n")
+    args = ["loop", "--method", "spin", "--iters", "1", "--model", start, "--data", "synth:arith",
+            "--run-dir", root / "run", "--set", "data.num=14", "--set", "data.eval_num=4",
+            "--set", "generate.max_new_tokens=8", "--set", "generate.batch_size=5", "--set", "train.batch_size=5",
+            "--set", "train.precision=fp32", "--set", "eval.max_new_tokens=8"]
+    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return root / "run"
 
 
 @pytest.fixture(scope="session")

@@ -299,6 +299,15 @@ def test_spin_agent_loop(cli, tiny_model: Path, shared_data: Path, tmp_path: Pat
     assert len(per_prompt) == 4 and all({"agent_em", "agent_f1", "agent_steps", "agent_finished"} <= set(r)
                                         for r in per_prompt)
     assert rows[1]["stats"]["agent_em"]["n"] == 4 and rows[1]["stats"]["agent_steps"]["method"] == "bootstrap"
+    html = (run / "eval" / "report.html").read_text()  # trajectories step by step, the real one chosen
+    assert "step 1:" in html and "real trajectory (SFT data)" in html and "badge chosen" in html
+    assert "agent trajectories" in html  # the held-out episodes
+    from huggingface_hub import ModelCard
+
+    for name, library in (("model", "peft"), ("merged", "transformers")):  # the LoRA adapter and the merged model
+        card = ModelCard.load(run / "iter_0" / "train" / name / "README.md").data.to_dict()
+        assert card["library_name"] == library and card["tags"] == ["selfplay", "spin-agent", "lora"]
+        assert "agent_em" in card["selfplay"]["held_out"] and card["selfplay"]["iteration"] == 0
     with pytest.raises(DataError):
         from selfplay.methods.agent import read_trajectories
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.distributed  # its scale-out section starts 1- and 2-process arms
 def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     committed = REPO / "bench" / "RESULTS.md"

@@ -121,6 +121,7 @@ def one_process_loop(tiny_model, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.xdist_group("one_process_loop")  # one worker builds the module fixture once
 def test_loop_on_two_processes_equals_one_process(tiny_model, tmp_path, one_process_loop):
     run = tmp_path / "run"
     run_cli(loop_args(tiny_model, run, "--set", "launch.num_processes=2"))
@@ -141,6 +142,7 @@ def test_loop_on_two_processes_equals_one_process(tiny_model, tmp_path, one_proc
     assert rows2[-1]["real_loglik"] > rows2[0]["real_loglik"] + 0.5  # training moved the held-out likelihood
 
 
+@pytest.mark.xdist_group("one_process_loop")  # one worker builds the module fixture once
 def test_loop_on_two_machines_equals_one_process(tiny_model, tmp_path, one_process_loop):
     """Two "machines" on this host, one process each, one shared run directory: machine 0 keeps the books
     (state, merges, evaluation), machine 1 samples its shard and joins training through accelerate's

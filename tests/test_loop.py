@@ -17,8 +17,9 @@ TINY = ["--set", "data.num=20", "--set", "data.eval_num=4", "--set", "generate.m
         "--set", "train.precision=fp32", "--set", "eval.max_new_tokens=16", "--set", "train.logging_steps=1"]
 
 
-def loop_args(model: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["loop", "--method", "spin", "--iters", "2", "--model", str(model), "--data", "synth:arith",
+def loop_args(model: Path, run_dir: Path, *extra: str, iters: int = 2) -> list[str]:
+    # --iters is an explicit flag: it wins over any `--set loop.iters=...` among ``extra``.
+    return ["loop", "--method", "spin", "--iters", str(iters), "--model", str(model), "--data", "synth:arith",
             "--run-dir", str(run_dir), *TINY, *extra]
 
 
@@ -59,7 +60,7 @@ def test_two_iteration_spin_loop(cli, tiny_model, tmp_path):
 
 
 def test_loop_resumes_after_sigkill_mid_generation(tiny_model, tmp_path):
-    args = loop_args(tiny_model, tmp_path / "killed", "--set", "generate.batch_size=1", "--set", "loop.iters=1")
+    args = loop_args(tiny_model, tmp_path / "killed", "--set", "generate.batch_size=1", iters=1)
     cmd = [sys.executable, "-m", "selfplay.cli.main", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,7 +77,7 @@ def test_loop_resumes_after_sigkill_mid_generation(tiny_model, tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
-    clean = loop_args(tiny_model, tmp_path / "clean", "--set", "generate.batch_size=1", "--set", "loop.iters=1")
+    clean = loop_args(tiny_model, tmp_path / "clean", "--set", "generate.batch_size=1", iters=1)
     res = subprocess.run([sys.executable, "-m", "selfplay.cli.main", *clean], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     killed = read_jsonl(tmp_path / "killed" / "iter_0" / "generate.jsonl")
@@ -110,6 +111,8 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
         assert len(m) == 3 and all(abs(m[i][j] + m[j][i] - 1) < 1e-6 for i in range(3) for j in range(3))
     pairs = read_jsonl(run / "iter_1" / "train_data" / "pairs.jsonl")
     assert len(pairs) == 6 and all(p["chosen_prob"] >= p["rejected_prob"] for p in pairs)
+    html = (run / "eval" / "report.html").read_text()  # K samples with scores, the win matrix, the pair marked
+    assert 'class="heatmap"' in html and "badge chosen" in html and "badge rejected" in html and "score " in html
     import yaml
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -120,8 +123,8 @@ def test_a_second_loop_on_a_run_directory_in_use_is_refused(cli, tiny_model, tmp
     """A rerun started while the first still runs used to replace its files under it; now it is refused at
     once, naming the first's PID, and the first finishes with what an undisturbed run produces."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    small = ["--set", "loop.iters=1", "--set", "data.num=12", "--set", "generate.max_new_tokens=8"]
-    first, alone = (loop_args(tiny_model, tmp_path / name, *small) for name in ("run", "alone"))
+    small = ["--set", "data.num=12", "--set", "generate.max_new_tokens=8"]
+    first, alone = (loop_args(tiny_model, tmp_path / name, *small, iters=1) for name in ("run", "alone"))
     proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *first], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     owner = tmp_path / "run" / ".selfplay.lock.owner"

@@ -350,6 +350,9 @@ def test_rise_loop_end_to_end(cli, tiny_model: Path, tmp_path: Path) -> None:
     stats = rows[1]["stats"]
     assert stats["mt_acc_t1"]["method"] == "wilson" and stats["mt_oracle"]["n"] == rows[1]["mt_problems"]
     assert isinstance(stats["mt_maj_parallel"]["significant"], bool) and "outcomes" not in rows[1]["multiturn"]
+    assert "acc@t1" in report and "oracle@T" in report
+    html = (run / "eval" / "report.html").read_text()  # episodes turn by turn, kept turns marked
+    assert "turn 1" in html and "badge kept" in html and "multi-turn answers" in html
     assert (run / "eval" / "base" / "multiturn.png").stat().st_size > 1000
     res = cli(["eval", "multiturn", "-m", run / "iter_0" / "train" / "model", "--data", run / "data",
                "--env", "arith", "--turns", "2", "--n", "2", "--limit", "3", "--out", tmp_path / "mt",

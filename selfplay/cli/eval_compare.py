@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
             "--out", "-o", help="Plot path (default: RUN/eval/plots/iterations.png for one run, "
                                 "compare_<A>_<B>.png beside the first run for several).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the rows (with their intervals) and the paired differences as JSON.")] = False,
+        html: Annotated[bool, typer.Option(
+            "--html", help="Also write the HTML report (metrics, charts, samples): RUN/eval/report.html for one "
+                           "run, else beside the plot with the suffix .html.")] = False,
     ) -> None:
         """Compare base, iter 0, iter 1, ... of one run, or several runs side by side (e.g. SPIN against SFT), with
         95% intervals and, for several runs, paired differences (each run minus the first) per iteration."""
@@ -66,3 +69,21 @@ def register(app: typer.Typer) -> None:
             plot = plot_runs({name: run.rows for name, run in runs.items()}, out or default, extra)
         if plot:
             typer.echo(f"plot: {plot}")
+        if html:
+            rows = {name: run.rows for name, run in runs.items()}
+            typer.echo(f"html: {_write_html(run_dirs, names, rows, extra, out)}")
+
+
+def _write_html(run_dirs: list[Path], names: list[str], runs: dict[str, list[dict[str, Any]]], extra: tuple,
+                out: Path | None) -> Path:
+    """One run: its report.html (what the loop writes); several: one page comparing them."""
+    from selfplay.htmlreport import write_compare_html, write_html_report
+    from selfplay.stages.report import PLOTTED, present_columns
+
+    columns = present_columns([r for rows in runs.values() for r in rows], extra)
+    plotted = PLOTTED | {c[0] for c in extra}
+    if len(runs) == 1:
+        target = out.with_suffix(".html") if out else run_dirs[0] / "eval" / "report.html"
+        return write_html_report(run_dirs[0], runs[names[0]], columns, plotted, out=target)
+    target = out.with_suffix(".html") if out else run_dirs[0].resolve().parent / f"compare_{'_'.join(names)}.html"
+    return write_compare_html({n: (d, runs[n]) for n, d in zip(names, run_dirs)}, columns, plotted, target)

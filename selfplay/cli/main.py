@@ -39,7 +39,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps import torch/transformers lazily inside their commands, so `selfplay --help` stays fast.
-    from selfplay.cli import config_cmd, data, eval as eval_cmd, generate, loop, rank, rollout, serve, train
+    from selfplay.cli import config_cmd, data, eval as eval_cmd, generate, loop, rank, rollout, serve, status, train
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(data.app, name="data")
@@ -50,6 +50,7 @@ def _register() -> None:
     app.add_typer(loop.app, name="loop")
     app.add_typer(eval_cmd.app, name="eval")
     app.add_typer(serve.app, name="serve")
+    app.command("status")(status.status)
 
 
 _register()

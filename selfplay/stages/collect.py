@@ -45,8 +45,9 @@ class Collected:
 
 
 def collect_references(it: Iteration) -> Collected:
-    """Nothing is generated: the iteration's SFT records themselves (SFT trains on their real answers)."""
-    path = it.write_prompts()
+    """Nothing is generated: the iteration's SFT records themselves (SFT trains on their real answers).
+    Only the main machine writes them (a follower, or ``selfplay status``, only computes the fingerprint)."""
+    path = it.dir / "prompts.jsonl" if it.run.follower else it.write_prompts()
     return Collected(path, fingerprint([r["id"] for r in it.prompts], it.k))
 
 

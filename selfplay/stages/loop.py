@@ -139,6 +139,7 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
 def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, Any]], held_out: list[dict[str, Any]],
              data_fp: str, main: bool) -> list[dict[str, Any]]:
     """The base evaluation and the iterations, each unit skipped when done for its inputs."""
+    from selfplay.model_card import add_evaluation
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
@@ -159,7 +160,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
             return {"seconds": time.perf_counter() - t0, **extra}
 
         info = run.ensure(unit, fingerprint(fp, *eval_inputs), [out_dir], work)
-        return {**read_json(out_dir / "metrics.json"), **info}
+        return {**(read_json(out_dir / "metrics.json") if (out_dir / "metrics.json").exists() else {}), **info}
 
     base_dir = iteration_eval_dir(run_dir, "base")
     rows: list[dict[str, Any]] = [{"iteration": "base", **evaluate("eval/base", model, model_fp, base_dir, None, {})}]
@@ -197,6 +198,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
         if main:
             with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
+            add_evaluation(train_dir, k, rows[-1])  # the iteration's held-out metrics into its model cards
             print_iteration_table(rows, method.columns)
             write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
     if not cfg.loop.iters and main:

@@ -242,7 +242,9 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, extra: tuple[Co
 
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = ()) -> Path:
-    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md and run_dir/eval/plots/iterations.png."""
+    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md, report.html and plots/iterations.png."""
+    from selfplay.htmlreport import write_html_report
+
     eval_dir = Path(run_dir) / "eval"
     write_jsonl(eval_dir / "iterations.jsonl", rows)
     plot = plot_iterations(rows, eval_dir / "plots" / "iterations.png", extra)
@@ -250,4 +252,5 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column,
     if plot:
         text += "\n![iterations](plots/iterations.png)\n"
     atomic_write_text(eval_dir / "report.md", text)
+    write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra})
     return eval_dir / "report.md"

@@ -292,7 +292,7 @@ def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> Trai
     # output with it (and the processes a launcher starts run under their parent's).
     with output_lock(out_dir, "train", enabled=launch.machine_rank == 0):
         if not (several_processes(launch) or launch.backend == "accelerate"):
-            return run_train(cfg, model, data_path, out_dir)
+            return _with_cards(run_train(cfg, model, data_path, out_dir), cfg, model, data_path, out_dir)
         launch_cfg = out_dir / machine_file(launch, "launch_config.yaml")
         save_config(cfg, launch_cfg)
         where = f" on machine {launch.machine_rank} of {launch.num_machines}" if launch.num_machines > 1 else ""
@@ -301,4 +301,13 @@ def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> Trai
                      ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out",
                       str(out_dir)])
         s = read_json(out_dir / "summary.json")
-        return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
+        return _with_cards(TrainResult(Path(s["model_path"]), s["steps"], s["metrics"]), cfg, model, data_path, out_dir)
+
+
+def _with_cards(result: TrainResult, cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
+    """Model cards (README.md) for the saved model(s), written by the main machine (selfplay.model_card)."""
+    from selfplay.model_card import write_model_cards
+
+    if cfg.launch.machine_rank == 0:
+        write_model_cards(out_dir, cfg, model, data_path)
+    return result
