@@ -423,3 +423,32 @@ def test_two_processes_train_a_judge_like_one_with_accumulation(tiny_model, tmp_
     w1, w2 = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
     assert w1.keys() == w2.keys() and {"value_head.weight", "prompt_head.weight"} <= set(w1)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 10 * ATOL
+
+
+def test_a_judge_run_cut_off_resumes_from_its_checkpoint(cli, tiny_model, tmp_path, monkeypatch):
+    """Killed after its last checkpoint (here: just before the final save), a rerun resumes there, logs no step
+    twice and ends with the weights of an uninterrupted run (batch order, optimizer and schedule restored)."""
+    import selfplay.stages.train as train_mod
+    from test_distributed import weights
+
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=12)
+    args = lambda out: train_args(tiny_model, pairs, out, "gpm", "--batch-size", "2", "--epochs", "1",  # noqa: E731
+                                  "--set", "train.save_steps=4", "--set", "train.gpm.prompt_head=true")
+    assert cli(args(tmp_path / "whole")).exit_code == 0
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "finish", killed)
+        with pytest.raises(Killed):
+            cli(args(tmp_path / "cut"))
+    assert read_json(tmp_path / "cut" / "checkpoint" / "trainer_state.json")["step"] == 4
+    res = cli(args(tmp_path / "cut"))
+    assert res.exit_code == 0 and "resuming training at step 4" in res.output, res.output
+    assert [m["step"] for m in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    whole, cut = weights(tmp_path / "whole" / "model"), weights(tmp_path / "cut" / "model")
+    assert max((whole[k] - cut[k]).abs().max().item() for k in whole) < 1e-6

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
             "(UltraFeedback, Skywork), ranked samples (selfplay rank), as a file, directory or hub id."))],
         format_: Annotated[str, typer.Option("--format", help=(
             "pairs | rewardbench (rows name their subset; reports RewardBench's four sections)."))] = "pairs",
+        split: Annotated[str, typer.Option(help="Split of a hub id or directory (RewardBench's is 'filtered').")] = "train",
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
             "Output directory (default: evals/<model>/preference)."))] = None,
         batch_size: Annotated[int, typer.Option(help="Conversations per forward pass.")] = 8,
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
         if batch_size < 1 or max_length < 2:
             raise UserError(f"--batch-size must be >= 1 and --max-length >= 2, got {batch_size}, {max_length}")
         out_dir = out if out is not None else Path("evals") / model_label(model) / "preference"
-        metrics = evaluate_preference(model, data, out_dir, fmt=format_, batch_size=batch_size,
+        metrics = evaluate_preference(model, data, out_dir, fmt=format_, split=split, batch_size=batch_size,
                                       max_length=max_length, device=device)
         print_preference(metrics)
         typer.echo(f"metrics: {out_dir / 'metrics.json'}")

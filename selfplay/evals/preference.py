@@ -97,7 +97,8 @@ def rewardbench_sections(subset_accuracy: dict[str, float]) -> dict[str, Any]:
             "unmapped_subsets": sorted(s for s in subset_accuracy if s not in known)}
 
 
-def evaluate_preference(model_path: str, data: str, out_dir: Path, *, fmt: str = "pairs", batch_size: int = 8,
+def evaluate_preference(model_path: str, data: str, out_dir: Path, *, fmt: str = "pairs", split: str = "train",
+                        batch_size: int = 8,
                         max_length: int = 4096, device: str = "auto") -> dict[str, Any]:
     """Score every pair of ``data`` with the judge at ``model_path``; write ``metrics.json`` and ``scores.jsonl``.
 
@@ -112,7 +113,7 @@ def evaluate_preference(model_path: str, data: str, out_dir: Path, *, fmt: str =
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    pairs = read_preference_pairs(data, require_subset=fmt == "rewardbench")
+    pairs = read_preference_pairs(data, split=split, require_subset=fmt == "rewardbench")
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.startswith("cuda") else torch.float32
     model, tokenizer = load_preference_model(resolve_model(model_path), target, dtype)
