@@ -9,7 +9,7 @@ quickstart:
 QS_GPM := runs/quickstart_gpm
 quickstart-gpm:
 	scripts/setup.sh
-	.venv/bin/selfplay data synth arith-prefs --out $(QS_GPM)/prefs --num 56 --test-size 16 --seed 1 --overwrite
+	.venv/bin/selfplay data synth arith-prefs --out $(QS_GPM)/prefs --num 36 --test-size 12 --seed 1 --overwrite
 	.venv/bin/selfplay train --method gpm --model smollm2-135m-instruct --data $(QS_GPM)/prefs/train.jsonl \
 		--out $(QS_GPM)/judge --epochs 1 --batch-size 8 --lr 3e-5 --max-length 256
 	.venv/bin/selfplay eval preference -m $(QS_GPM)/judge/model --data $(QS_GPM)/prefs/test.jsonl \

@@ -140,7 +140,7 @@ def pairs_from_ranked(row: dict[str, Any], ref: RowRef | None = None) -> tuple[l
 
 def read_preference_pairs(source: str, *, split: str = "train", require_subset: bool = False) -> list[dict[str, Any]]:
     """Canonical pairs from ``source`` (file, directory, hub id); ``require_subset``: every row names its
-    RewardBench subset. Ids must be unique (missing ones are made from the row's position)."""
+    RewardBench subset. Given ids must be unique; missing ones are made from ``prompt_id`` or the row's position."""
     pairs: list[dict[str, Any]] = []
     seen: dict[str, RowRef] = {}
     for ref, row in read_rows(str(source), split):
@@ -152,7 +152,9 @@ def read_preference_pairs(source: str, *, split: str = "train", require_subset: 
             found = [_pair(row, ref, require_subset)]
         for pair in found:
             if pair["id"] in seen:
-                raise ref.error(f"duplicate id '{pair['id']}'", "id")
+                if "id" in row:  # an id the data gives must be unique; a made-up one (prompt_id) is made so
+                    raise ref.error(f"duplicate id '{pair['id']}'", "id")
+                pair["id"] = f"{pair['id']}-{ref.index}"
             seen[pair["id"]] = ref
             pairs.append(pair)
     if not pairs:
