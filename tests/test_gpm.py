@@ -64,7 +64,8 @@ def test_gpm_training_writes_the_anchors_checkpoint(cli, tiny_model, tmp_path):
 
     with safe_open(str(out / "model" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-        assert f.get_tensor("value_head.weight").shape == (4, 64) and f.get_tensor("prompt_head.weight").shape == (2, 64)
+        assert f.get_tensor("value_head.weight").shape == (4, 64)
+        assert f.get_tensor("prompt_head.weight").shape == (2, 64)
     assert "model.embed_tokens.weight" in keys and not any(k.startswith("lm_head") for k in keys)
     saved = yaml_of(out / "config.yaml")["train"]
     assert saved["optimizer"] == "adamw" and saved["adam_betas"] == [0.9, 0.95]  # the anchor's preset
@@ -314,7 +315,8 @@ def test_eval_preference_reports_accuracy_and_rewardbench_sections(cli, tiny_mod
     for section, names in REWARDBENCH_SECTIONS.items():
         present = [s for s in names if s in acc]
         weights = [REWARDBENCH_EXAMPLE_COUNTS[s] for s in present]
-        assert rb["sections"][section] == pytest.approx(sum(acc[s] * w for s, w in zip(present, weights)) / sum(weights))
+        expected = sum(acc[s] * w for s, w in zip(present, weights)) / sum(weights)
+        assert rb["sections"][section] == pytest.approx(expected)
     assert rb["score"] == pytest.approx(sum(rb["sections"].values()) / 4)
     assert rb["unmapped_subsets"] == ["mine"] and rb["missing_sections"] == []
     # mean prob and loss at the checkpoint's tau (0.1), margins 0
@@ -339,7 +341,8 @@ def test_gpm_fits_a_four_cycle_that_bradley_terry_cannot(cli, tiny_model, tmp_pa
         res = cli(["train", "--method", method, "--model", tiny_model, "--data", data, "--out", tmp_path / method,
                    "--batch-size", "4", "--lr", "1e-3", "--epochs", "100", *FAST, *extra])
         assert res.exit_code == 0, res.output
-        res = cli(["eval", "preference", "-m", tmp_path / method / "model", "--data", data, "--out", tmp_path / f"{method}-ev"])
+        res = cli(["eval", "preference", "-m", tmp_path / method / "model", "--data", data,
+                   "--out", tmp_path / f"{method}-ev"])
         assert res.exit_code == 0, res.output
         results[method] = read_json(tmp_path / f"{method}-ev" / "metrics.json")["accuracy"]
     assert results["gpm"] == 1.0

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
             "(UltraFeedback, Skywork), ranked samples (selfplay rank), as a file, directory or hub id."))],
         format_: Annotated[str, typer.Option("--format", help=(
             "pairs | rewardbench (rows name their subset; reports RewardBench's four sections)."))] = "pairs",
-        split: Annotated[str, typer.Option(help="Split of a hub id or directory (RewardBench's is 'filtered').")] = "train",
+        split: Annotated[str, typer.Option(
+            help="Split of a hub id or directory (RewardBench's is 'filtered').")] = "train",
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
             "Output directory (default: evals/<model>/preference)."))] = None,
         batch_size: Annotated[int, typer.Option(help="Conversations per forward pass.")] = 8,

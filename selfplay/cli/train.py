@@ -21,7 +21,8 @@ def train(
         "UltraFeedback/Skywork pairs and ranked samples."))],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, metrics.jsonl, ...).")],
     model: Annotated[Optional[str], typer.Option(help="HF id, local path or alias (default: config model).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="A method: spin | sppo | gpo | dpo | sft | rise | gpm | bt-rm | ... (its objective and default loss).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=(
+        "A method: spin | sppo | gpo | dpo | sft | rise | gpm | bt-rm | ... (its objective and default loss)."))] = None,
     loss: Annotated[Optional[str], typer.Option(help="Loss name (default: the method's).")] = None,
     beta: Annotated[Optional[float], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option()] = None,

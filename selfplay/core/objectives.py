@@ -196,7 +196,8 @@ class ScorerObjective(Objective):
             raise ConfigError("train.gpm.center_rewards_coefficient centres Bradley-Terry rewards; set it to 0 "
                               f"for loss '{loss}'")
         if train.label_smoothing:
-            raise ConfigError(f"train.label_smoothing applies to log-prob preference losses, not '{loss}'; set it to 0.")
+            raise ConfigError(f"train.label_smoothing applies to log-prob preference losses, not '{loss}'; "
+                              "set it to 0.")
 
     def load_records(self, path: Any, fields: tuple[str, ...]) -> list[TrainRecord]:
         return [TrainRecord(p["id"], p["prompt"], [[Segment(p["chosen"])], [Segment(p["rejected"])]],

@@ -332,7 +332,8 @@ def embed(model: PreferenceModel, tokenizer: Any, conversations: list[tuple[list
     values, gates = [], []
     for start in range(0, len(conversations), batch_size):
         encoded = [encode_conversation(tokenizer, p, r, max_length) for p, r in conversations[start:start + batch_size]]
-        batch = collate_conversations([ids for ids, _, _ in encoded], [n for _, n, _ in encoded], tokenizer.pad_token_id)
+        batch = collate_conversations([ids for ids, _, _ in encoded], [n for _, n, _ in encoded],
+                                      tokenizer.pad_token_id)
         v, b = model(**{k: t.to(device) for k, t in batch.items()})
         values.append(v.float().cpu())
         gates.append(b.float().cpu())

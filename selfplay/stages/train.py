@@ -1,8 +1,9 @@
 """One round of training for every method: one accelerate loop, objectives behind one interface.
 
 The method (:mod:`selfplay.methods`) names an objective (:mod:`selfplay.core.objectives`): a pairwise
-preference objective against a precomputed reference (SPIN, SPPO, GPO, DPO) or a weighted likelihood
-objective without one (SFT, RISE's reward-weighted regression). The loop — batching, accumulation,
+preference objective against a precomputed reference (SPIN, SPPO, GPO, DPO), a weighted likelihood
+objective without one (SFT, RISE's reward-weighted regression), or a judge's head trained on preference pairs
+(GPM, Bradley-Terry); the objective's hooks say how its records load, what model trains and how a batch looks. The loop — batching, accumulation,
 autocast, checkpoint/resume, metrics, trackers, save — is the same for all.
 
 Why a lean accelerate loop rather than TRL's ``DPOTrainer``: the reference is the model the iteration
@@ -224,7 +225,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                       disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
             exs = [examples[i] for i in order[int(b)]]
-            # Packed (each prompt once, no padding) where the model allows it, else left-padded: same log-probs.
+            # The objective's layout: for log-probs packed (each prompt once) where the model allows it, else
+            # left-padded (same log-probs); for a judge's head, whole conversations left-padded.
             batch = {k: v.to(accelerator.device) for k, v in objective.batch(policy, exs, pad_id).items()}
             with accelerator.accumulate(scorer), accelerator.autocast():
                 logps, ntok = scorer(**batch)

@@ -97,8 +97,8 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
            last: dict[str, float], n_cut: int, n_examples: int, total_steps: int) -> TrainResult:
     """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done.
 
-    ``scorer``: the prepared ``SequenceLogps`` wrapping the policy (its state-dict keys carry a ``model.``
-    prefix, removed here so the checkpoint is the HF model's own).
+    ``scorer``: the prepared ``SequenceLogps`` wrapping the policy, or ``HeadScorer`` wrapping a judge (their
+    state-dict keys carry a ``model.`` prefix, removed here so the checkpoint is the wrapped model's own).
     """
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(scorer).model
