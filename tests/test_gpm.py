@@ -147,6 +147,29 @@ def test_the_judge_scores_a_training_pair_as_the_trainer_did(cli, tiny_model, tm
     assert (captured["logits"] > 0).float().mean().item() > 0.5
 
 
+def test_fresh_heads_follow_the_anchor(tiny_model):
+    """value_head Linear(H, 2m, bias=False) and prompt_head Linear(H, m, bias=False), both N(0, 1/(H+1)); the
+    embedding is L2-normalised, the gates a softmax; width 1 gives a raw reward and no gates."""
+    from selfplay.core.preference_model import HeadSpec, PreferenceModel, collate_conversations
+    from selfplay.models import load_model
+
+    policy, tok = load_model(str(tiny_model), dtype="float32", device="cpu")
+    torch.manual_seed(0)
+    model = PreferenceModel.from_causal_lm(policy, HeadSpec(value_head_dim=256, prompt_head=True))
+    assert model.value_head.bias is None and model.prompt_head.bias is None
+    assert model.value_head.weight.shape == (256, 64) and model.prompt_head.weight.shape == (128, 64)
+    for w in (model.value_head.weight, model.prompt_head.weight):
+        assert abs(w.std().item() * 65 - 1) < 0.05 and abs(w.mean().item()) < 0.01
+    batch = collate_conversations([[5, 6, 7, 2], [8, 9, 2]], [2, 1], tok.pad_token_id)
+    assert batch["prompt_index"].tolist() == [1, 1]  # the last prompt token's column, left padding
+    values, gates = model(**batch)
+    torch.testing.assert_close(values.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(gates.sum(-1), torch.ones(2))
+    bt = PreferenceModel.from_causal_lm(policy, HeadSpec(value_head_dim=1, tau=1.0))
+    values, gates = bt(**batch)
+    assert values.shape == (2, 1) and gates.shape == (2, 0)
+
+
 def test_training_continues_from_a_checkpoints_heads(tiny_model, tmp_path):
     from selfplay.config import TrainConfig
     from selfplay.core.objectives import get_objective
