@@ -27,6 +27,7 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     every batch it builds as separate prompt + response sequences (as TRL runs them and the TRL arm counts
     them), whatever layout ours runs them in (packed: each prompt once, no padding).
     """
+    import selfplay.core.objectives as objectives
     import selfplay.stages.train as train_stage
     from selfplay.methods import load_config
 
@@ -61,13 +62,16 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         layout["packed"] = "label_index" in batch
         return batch
 
+    # The reference pass builds its batches in the stage, the training loop through the objective's batch hook.
     train_stage.precompute_reference, train_stage.finish, train_stage.training_batch = precompute, finish, counted_batch
+    objectives.training_batch = counted_batch
     try:
         with RssSampler() as rss, Profile(bool(spec.get("profile")), memory=True) as profile:
             result = train_stage.run_train(cfg, spec["model"], Path(spec["pairs"]), Path(spec["out_dir"]))
     finally:  # in-process (smoke) runs call this again: leave the stage as it was
         train_stage.precompute_reference, train_stage.finish, train_stage.training_batch = (
             original_precompute, original_finish, original_batch)
+        objectives.training_batch = original_batch
     precompute_s = marks["precompute_end"] - marks["precompute_start"]
     train_s = marks["train_end"] - marks["precompute_end"]
     return {"tokens": float(tokens["train"]), "reference_tokens": float(tokens["reference"]),

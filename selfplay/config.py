@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from selfplay.config_ranges import check_launch, check_ranges
+from selfplay.config_ranges import check_launch, check_optimizer, check_ranges
 from selfplay.errors import ConfigError, suggest
 
 
@@ -86,6 +86,22 @@ class RankConfig:
 
 
 @dataclass
+class GPMConfig:
+    """The head of a judge being trained (``selfplay train --method gpm | bt-rm``, arXiv 2410.02197)."""
+
+    # 2m (even) for a General Preference Model; 1 for a Bradley-Terry scalar reward.
+    value_head_dim: int = 6
+    # A prompt head gating the 2x2 blocks with softmax(prompt_head(last prompt token)).
+    prompt_head: bool = False
+    # Temperature of the pairwise logistic loss: the anchor's 0.1 for GPM, 1 for BT (= TRL's reward loss).
+    tau: float = 0.1
+    # L2-normalise the GPM embedding v (the paper, and the anchor's inference code).
+    normalize: bool = True
+    # TRL's reward centring: + c * (r_w + r_l)^2 (Bradley-Terry only).
+    center_rewards_coefficient: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     # A loss of the method's objective (selfplay.core.objectives); "auto" picks the method's default.
     loss: str = "auto"
@@ -94,6 +110,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    # AdamW's betas (torch's default; the GPM anchor trains with [0.9, 0.95]).
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -113,6 +131,11 @@ class TrainConfig:
     # and the anchor's conversion script, or the raw reward ("reward").
     rwr_weighting: Literal["exp", "reward"] = "exp"
     rwr_temperature: float = 0.4
+    # GPO: the regression target score / beta is clamped to +-gpo_clamp (the GPM repo's CLAMP_THRES, with its
+    # beta 0.001); null disables the clamp.
+    gpo_clamp: float | None = 1000.0
+    # Judges being trained (method gpm / bt-rm): the head and its loss.
+    gpm: GPMConfig = field(default_factory=GPMConfig)
     # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...),
     # besides metrics.jsonl; they write under the training output directory where they keep files.
     report_to: list[str] = field(default_factory=list)
@@ -398,6 +421,7 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
             _set_dotted(tree, key, value)
     cfg = _build(Config, tree)
     check_ranges(cfg)
+    check_optimizer(cfg.train)
     _check_schedule(cfg)
     check_launch(cfg.launch)
     return cfg

@@ -37,6 +37,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.logging_steps": (1, True, None, False),
     "train.save_steps": (0, True, None, False),
     "train.label_smoothing": (0, True, 0.5, True),
+    "train.gpo_clamp": (0, False, None, False),
     "loop.iters": (0, True, None, False),
     "loop.prompts_per_iter": (1, True, None, False),
     "eval.max_new_tokens": (1, True, None, False),
@@ -63,6 +64,13 @@ def check_ranges(cfg: Any, where: str = "") -> None:
             allowed = f"in {left}, {right}" if low is not None and high is not None else \
                 (f"{'>=' if low_in else '>'} {low:g}" if low is not None else f"{'<=' if high_in else '<'} {high:g}")
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value}{where}")
+
+
+def check_optimizer(train: Any) -> None:
+    """AdamW's betas: two numbers in [0, 1)."""
+    betas = train.adam_betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"config key 'train.adam_betas' must be two numbers in [0, 1), got {betas}")
 
 
 def check_launch(launch: Any) -> None:

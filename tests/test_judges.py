@@ -209,7 +209,7 @@ def test_gpm_bradley_terry_head_gives_scores(tmp_path: Path) -> None:
 
 
 def test_gpm_rejects_a_checkpoint_without_value_head(tiny_reward_model: Path) -> None:
-    with pytest.raises(UserError, match="not a GPM checkpoint"):
+    with pytest.raises(UserError, match="not a GPM or Bradley-Terry head checkpoint"):
         make_judge(f"gpm:{tiny_reward_model}", device="cpu")
 
 

@@ -10,7 +10,8 @@ import typer
 
 from selfplay.cli.common import ConfigOpt, SetOpt, resolve
 
-app = typer.Typer(help="Prepare, inspect and synthesize SFT data.", no_args_is_help=True)
+app = typer.Typer(help="Prepare, inspect and synthesize SFT data (and preference pairs for judges).",
+                  no_args_is_help=True)
 synth_app = typer.Typer(help="Generate the built-in procedural tasks.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
@@ -102,3 +103,47 @@ def synth_arith_cmd(
     source = f"synth:arith?min_steps={min_steps}&max_steps={max_steps}&max_value={max_value}"
     path = prepare_source(source, out, num=num, seed=seed, test_size=test_size, overwrite=overwrite)
     _report(path)
+
+
+PairTestOpt = Annotated[int, typer.Option(
+    "--test-size", help="Prompts held out (all their pairs) in test.jsonl; 0 for none.")]
+
+
+def _report_pairs(out: Path, counts: dict[str, int]) -> None:
+    typer.echo(f"Wrote {' + '.join(f'{n} {split}' for split, n in counts.items())} preference pairs to {out}")
+
+
+@synth_app.command("arith-prefs")
+def synth_arith_prefs_cmd(
+    out: OutOpt,
+    num: Annotated[int, typer.Option(help="Number of problems (6 pairs each), held-out ones included.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    min_steps: Annotated[int, typer.Option(help="Fewest operations per problem.")] = 1,
+    max_steps: Annotated[int, typer.Option(help="Most operations per problem.")] = 1,
+    max_value: Annotated[int, typer.Option(help="Largest number written in a problem.")] = 10,
+    test_size: PairTestOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Preference pairs over arithmetic answers: correct > wrong, then a closing sentence the verifier cannot see."""
+    from selfplay.data.synth_preferences import arith_preference_pairs, write_pair_splits
+
+    pairs = arith_preference_pairs(num, seed, min_steps=min_steps, max_steps=max_steps, max_value=max_value)
+    meta = {"format": "pairs", "source": "synth:arith-prefs", "num": num, "seed": seed, "min_steps": min_steps,
+            "max_steps": max_steps, "max_value": max_value}
+    _report_pairs(out, write_pair_splits(out, pairs, test_groups=test_size, meta=meta, overwrite=overwrite))
+
+
+@synth_app.command("cyclic")
+def synth_cyclic_cmd(
+    out: OutOpt,
+    num: Annotated[int, typer.Option(help="Number of prompts (one preference cycle each).")] = 16,
+    cycle: Annotated[int, typer.Option(help="Answers per cycle: 3 (A > B > C > A), 4, ...")] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Intransitive preferences: a cycle over each prompt's answers (a scalar reward fits at most (c-1)/c)."""
+    from selfplay.data.synth_preferences import cyclic_preference_pairs, write_pair_splits
+
+    pairs = cyclic_preference_pairs(num, seed, cycle=cycle)
+    meta = {"format": "pairs", "source": "synth:cyclic", "num": num, "cycle": cycle, "seed": seed}
+    _report_pairs(out, write_pair_splits(out, pairs, test_groups=0, meta=meta, overwrite=overwrite))

@@ -10,7 +10,8 @@ import typer
 from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
 from selfplay.errors import UserError
 
-app = typer.Typer(help="Evaluate a model: mt-bench, leaderboard, winrate, task.", no_args_is_help=True)
+app = typer.Typer(help="Evaluate a model: mt-bench, leaderboard, winrate, task, ...; a judge: preference.",
+                  no_args_is_help=True)
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m",
                                                  help="Local directory, hub id or alias (default: config model).")]
@@ -299,3 +300,8 @@ try:
     eval_compare.register(app)
 except ImportError:
     pass
+
+# `selfplay eval preference -m JUDGE --data PAIRS` (selfplay/cli/eval_preference.py).
+from selfplay.cli import eval_preference  # noqa: E402
+
+eval_preference.register(app)

@@ -9,17 +9,20 @@ import typer
 
 from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
 
-app = typer.Typer(help="Train on pairs (SPIN, SPPO, GPO, DPO) or weighted single responses (SFT, RISE).")
+app = typer.Typer(help="Train on pairs (SPIN, SPPO, GPO, DPO), weighted single responses (SFT, RISE), or train a "
+                       "judge on preference pairs (GPM, Bradley-Terry reward model).")
 
 
 @app.callback(invoke_without_command=True)
 def train(
     data: Annotated[Path, typer.Option("--data", "-d", help=(
         "Training records JSONL: pairs {id, prompt, chosen, rejected, ...} or single responses "
-        "{id, prompt, response, weight?, reward?}, as the method trains on."))],
+        "{id, prompt, response, weight?, reward?}, as the method trains on; gpm / bt-rm also read "
+        "UltraFeedback/Skywork pairs and ranked samples."))],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, metrics.jsonl, ...).")],
     model: Annotated[Optional[str], typer.Option(help="HF id, local path or alias (default: config model).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="A method: spin | sppo | gpo | dpo | sft | ... (its objective and default loss).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=(
+        "A method: spin | sppo | gpo | dpo | sft | rise | gpm | bt-rm | ... (its objective and default loss)."))] = None,
     loss: Annotated[Optional[str], typer.Option(help="Loss name (default: the method's).")] = None,
     beta: Annotated[Optional[float], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option()] = None,

@@ -16,6 +16,7 @@ Losses are looked up by name in :data:`LOSSES` (see :func:`get_loss`), never thr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +32,13 @@ __all__ = [
     "LOSS_FIELDS",
     "LossFn",
     "LossOutput",
+    "LOSS_OPTIONS",
+    "SCORER_LOSSES",
+    "ScorerLossOutput",
+    "bt_loss",
     "get_loss",
+    "gpm_loss",
+    "gpm_score",
     "gpo_loss",
     "hinge_loss",
     "ipo_loss",
@@ -106,6 +113,10 @@ def _target(values: torch.Tensor | None, name: str, loss: str, like: torch.Tenso
     if values.shape != like.shape:
         raise ValueError(f"{name} must have shape {tuple(like.shape)} for loss '{loss}'; got {tuple(values.shape)}")
     return values
+
+
+# The GPM repo's GPO target threshold (CLAMP_THRES in its run scripts), see :func:`gpo_loss`.
+GPO_CLAMP = 1000.0
 
 
 def _no_label_smoothing(label_smoothing: float, loss: str) -> None:
@@ -279,22 +290,30 @@ def gpo_loss(
     chosen_prob: torch.Tensor | None = None,
     rejected_prob: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    clamp: float | None = GPO_CLAMP,
 ) -> LossOutput:
     """General Preference Optimization (GPM paper, arXiv 2410.02197, Sec. "General Preference
     Optimization"): the SPPO regression with the win probability replaced by the skew-symmetric GPM
     preference score s(y > pi_t); the update pi_t+1 ~ pi_t * exp(eta * s) has log Z ~ 0 because
     E_{y ~ pi_t} s(y > pi_t) = 0 for a skew-symmetric s, so the "- 1/2" offset of SPPO disappears::
 
-        loss = ((lr_w - s_w / beta) ** 2 + (lr_l - s_l / beta) ** 2) / 2
+        t_w = clip(s_w / beta, -clamp, clamp),   t_l = clip(s_l / beta, -clamp, clamp)
+        loss = ((lr_w - t_w) ** 2 + (lr_l - t_l) ** 2) / 2
 
     ``chosen_prob`` = s_w and ``rejected_prob`` = s_l carry the raw scores (row means of the K x K
-    matrix s(i > j) = -s(j > i)), not probabilities. Shapes: every input ``[B]`` -> ``LossOutput``.
+    matrix s(i > j) = -s(j > i)), not probabilities. ``clamp`` bounds the regression target: the GPM
+    repo's GPO scripts export ``CLAMP_THRES=1000`` beside ``beta=0.001`` (``run_gpo_llama-3_table_gp.sh``).
+    Their trainer is not in the public repository; at beta = 1e-3 a threshold of 1000 can only bind on
+    score / beta (raw scores are O(10)), so the target is what is clamped here. ``None`` disables it.
+    Shapes: every input ``[B]`` -> ``LossOutput``.
     """
     _no_label_smoothing(label_smoothing, "gpo")
     lr_w, lr_l = _log_ratios(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    s_w = _target(chosen_prob, "chosen_prob (GPM score)", "gpo", lr_w)
-    s_l = _target(rejected_prob, "rejected_prob (GPM score)", "gpo", lr_l)
-    losses = ((lr_w - s_w / beta) ** 2 + (lr_l - s_l / beta) ** 2) / 2
+    t_w = _target(chosen_prob, "chosen_prob (GPM score)", "gpo", lr_w) / beta
+    t_l = _target(rejected_prob, "rejected_prob (GPM score)", "gpo", lr_l) / beta
+    if clamp is not None:
+        t_w, t_l = t_w.clamp(-clamp, clamp), t_l.clamp(-clamp, clamp)
+    losses = ((lr_w - t_w) ** 2 + (lr_l - t_l) ** 2) / 2
     return _output(losses, lr_w, lr_l, beta)
 
 
@@ -317,6 +336,8 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = {
     "gpo": ("chosen_prob", "rejected_prob"),
     "sppo_single": ("chosen_prob",),
 }
+# Extra keyword options of a loss, read from the train config: loss -> {loss keyword: train config key}.
+LOSS_OPTIONS: dict[str, dict[str, str]] = {"gpo": {"clamp": "gpo_clamp"}}
 # Losses that accept label smoothing (cDPO); the others refuse a non-zero value.
 LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "dpo", "spin"})
 
@@ -393,3 +414,80 @@ def _token_counts(num_tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # Likelihood losses (no reference): name -> the per-example value each record must carry ("" = none).
 # SFT weighs every example alike; RWR weighs each by its reward (see :func:`rwr_loss`).
 LIKELIHOOD_LOSSES: dict[str, str] = {"sft": "", "rwr": "reward"}
+
+
+# --------------------------------------------------------------------------- preference models (judges)
+# Losses of a judge being trained (``selfplay train --method gpm | bt-rm``): they take the model's pooled
+# outputs, not log-probs. v_w, v_l: [B, D] embeddings (D = 2m, GPM) or rewards [B, 1] (D = 1, Bradley-Terry).
+
+
+@dataclass
+class ScorerLossOutput:
+    """Per-pair losses (differentiable) and the detached scores they came from, all ``[B]``."""
+
+    losses: torch.Tensor
+    scores: torch.Tensor  # s(w > l) (GPM) or r_w - r_l (BT), before the margin and tau
+
+
+def gpm_score(v_i: torch.Tensor, v_j: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+    """The skew-symmetric GPM preference score (arXiv 2410.02197, eq. 4 with the block operator R^>)::
+
+        s(i > j | x) = sum_k b_k (v_i[2k] v_j[2k+1] - v_i[2k+1] v_j[2k])
+
+    with b_k = 1 without a prompt head. Exactly skew-symmetric in floating point: s(i > j) = -s(j > i)
+    bit for bit, s(i > i) = 0. Shapes: ``v_i``, ``v_j`` [..., 2m], ``gates`` [..., m] (broadcast) -> [...].
+    """
+    if v_i.shape[-1] % 2 or v_j.shape[-1] != v_i.shape[-1]:
+        raise ValueError(f"GPM embeddings need one even width; got {tuple(v_i.shape)} and {tuple(v_j.shape)}")
+    blocks = v_i[..., 0::2] * v_j[..., 1::2] - v_i[..., 1::2] * v_j[..., 0::2]  # [..., m]
+    return (blocks if gates is None else blocks * gates).sum(-1)
+
+
+def _pairwise_logistic(scores: torch.Tensor, margin: torch.Tensor | None, tau: float) -> torch.Tensor:
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    shifted = scores if margin is None else scores - margin.to(scores.dtype)
+    return -F.logsigmoid(shifted / tau)
+
+
+def gpm_loss(v_w: torch.Tensor, v_l: torch.Tensor, *, tau: float = 0.1, margin: torch.Tensor | None = None,
+             gates: torch.Tensor | None = None, center_rewards_coefficient: float = 0.0) -> ScorerLossOutput:
+    """General Preference Model loss (arXiv 2410.02197, eq. 6; the GPM repo's ``GeneralPreferenceLoss`` /
+    ``HighDimGeneralPreferenceLoss``, its ``tau`` default 0.1 in the run scripts)::
+
+        loss = -log sigmoid((s(w > l) - margin) / tau)
+
+    ``v_w``, ``v_l`` [B, 2m] (L2-normalised by the model), ``gates`` [B, m] the prompt head's softmax b (None:
+    b = 1), ``margin`` [B] or None -> :class:`ScorerLossOutput` of [B]. Reward centring is a BT option.
+    """
+    if center_rewards_coefficient:
+        raise ValueError("center_rewards_coefficient applies to Bradley-Terry reward models (width 1), not GPM")
+    scores = gpm_score(v_w, v_l, gates)
+    return ScorerLossOutput(_pairwise_logistic(scores, margin, tau), scores.detach())
+
+
+def bt_loss(v_w: torch.Tensor, v_l: torch.Tensor, *, tau: float = 1.0, margin: torch.Tensor | None = None,
+            gates: torch.Tensor | None = None, center_rewards_coefficient: float = 0.0) -> ScorerLossOutput:
+    """Bradley-Terry reward-model loss (the GPM repo's ``PairWiseLoss``; with tau = 1 it is TRL's
+    ``RewardTrainer.compute_loss``, trl 1.16), with TRL's optional reward centring (Eisenstein et al. 2023)::
+
+        loss = -log sigmoid((r_w - r_l - margin) / tau) + c * (r_w + r_l) ** 2
+
+    TRL adds ``c * mean((r_w + r_l) ** 2)`` to the batch mean; the per-pair form here has the same mean.
+    ``v_w``, ``v_l`` [B, 1] rewards (or [B]), ``margin`` [B] or None -> :class:`ScorerLossOutput` of [B].
+    ``gates`` must be None (a scalar reward has no blocks to gate).
+    """
+    if gates is not None:
+        raise ValueError("a Bradley-Terry reward has no prompt-head gates")
+    r_w, r_l = v_w.reshape(v_w.shape[0], -1), v_l.reshape(v_l.shape[0], -1)
+    if r_w.shape[1] != 1 or r_l.shape != r_w.shape:
+        raise ValueError(f"Bradley-Terry rewards must be [B] or [B, 1]; got {tuple(v_w.shape)}, {tuple(v_l.shape)}")
+    r_w, r_l = r_w[:, 0], r_l[:, 0]
+    losses = _pairwise_logistic(r_w - r_l, margin, tau)
+    if center_rewards_coefficient:
+        losses = losses + center_rewards_coefficient * (r_w + r_l) ** 2
+    return ScorerLossOutput(losses, (r_w - r_l).detach())
+
+
+# Losses of preference-model training: name -> function on the pooled outputs (see the section above).
+SCORER_LOSSES: dict[str, Callable[..., ScorerLossOutput]] = {"gpm": gpm_loss, "bt": bt_loss}

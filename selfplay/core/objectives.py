@@ -8,6 +8,12 @@ batch's sequence log-probs become a loss and the metrics the anchors log:
   precomputed reference (SPIN, SPPO, GPO, DPO): ``rewards/{win,lose}``, ``rewards/margins``, ...
 * :class:`LikelihoodObjective` — weighted likelihood without a reference: ``sft`` (continued supervised
   fine-tuning) and ``rwr`` (RISE's reward-weighted regression): ``nll``, ``weight``, ``logps/response``.
+* :class:`ScorerObjective` — a judge being trained (GPM, Bradley-Terry reward model): pairs scored by a head
+  on the decoder, no log-probs and no reference: ``accuracy``, ``prob``, ``score``.
+
+Beyond the loss, an objective owns what the trainer does differently for it (hooks with the log-prob
+defaults): how records are loaded and tokenized, what model is trained and wrapped for accelerate, how a
+batch is laid out. The trainer calls the hooks and never asks which objective it runs.
 
 Shapes: a batch of B records with k responses each is scored as B*k rows (see
 :func:`selfplay.core.logprobs.example_batch`): ``logps``/``num_tokens`` [B*k], ``ref`` [B, k],
@@ -24,7 +30,11 @@ import torch
 
 from selfplay.config import TrainConfig
 from selfplay.core import losses as L
-from selfplay.core.examples import RecordKind
+from selfplay.core import preference_model as PM
+from selfplay.core.examples import (RecordKind, Segment, TokenizedExample, TrainRecord, load_examples,
+                                    tokenize_records)
+from selfplay.core.logprobs import SequenceLogps, training_batch
+from selfplay.data.preference_pairs import read_preference_pairs
 from selfplay.errors import ConfigError, suggest
 
 Metrics = dict[str, torch.Tensor]
@@ -60,7 +70,30 @@ class Objective(ABC):
     @abstractmethod
     def compute(self, loss: str, logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
                 ref: torch.Tensor | None, train: TrainConfig, names: tuple[str, str]) -> tuple[torch.Tensor, Metrics]:
-        """(scalar loss, detached scalar metrics) of one batch; ``names`` name the two responses in logs."""
+        """(scalar loss, detached scalar metrics) of one batch; ``names`` name the two responses in logs.
+        ``logps``/``num_tokens`` are the two outputs of :meth:`scorer`'s forward."""
+
+    # ---- trainer hooks; the defaults are the log-prob objectives'
+
+    def load_records(self, path: Any, fields: tuple[str, ...]) -> list[TrainRecord]:
+        """Read and validate the training records (errors name file, line and field)."""
+        return load_examples(path, self.record_kind, fields)
+
+    def tokenize(self, records: list[TrainRecord], tokenizer: Any, *, prompt_format: str, max_length: int,
+                 max_prompt_length: int) -> tuple[list[TokenizedExample], int]:
+        return tokenize_records(records, tokenizer, prompt_format=prompt_format, max_length=max_length,
+                                max_prompt_length=max_prompt_length)
+
+    def trained_model(self, policy: Any, train: TrainConfig, model_dir: Any, device: str | None) -> Any:
+        """The module whose parameters train (the loaded causal LM, after LoRA)."""
+        return policy
+
+    def scorer(self, model: Any, sync: bool) -> torch.nn.Module:
+        """What accelerate prepares and the loop calls: forward(**batch) -> the two inputs of :meth:`compute`."""
+        return SequenceLogps(model, sync=sync)
+
+    def batch(self, model: Any, examples: list[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        return training_batch(model, examples, pad_id)
 
 
 class PreferenceObjective(Objective):
@@ -88,8 +121,9 @@ class PreferenceObjective(Objective):
         assert ref is not None, "the preference objective needs reference log-probs"
         pc, pr = logps.view(2, -1).unbind(0)
         ref = ref.to(pc.dtype)
+        options = {kw: getattr(train, key) for kw, key in L.LOSS_OPTIONS.get(loss, {}).items()}
         out = L.get_loss(loss)(pc, pr, ref[:, 0], ref[:, 1], beta=train.beta, label_smoothing=train.label_smoothing,
-                               **{f: values[f].to(pc.dtype) for f in self.required_fields(loss)})
+                               **{f: values[f].to(pc.dtype) for f in self.required_fields(loss)}, **options)
         value = out.losses.mean()
         cr, rr = out.chosen_rewards, out.rejected_rewards
         win, lose = names
@@ -133,7 +167,82 @@ class LikelihoodObjective(Objective):
                        f"logps/{names[0]}": logps.detach().mean()}
 
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (PreferenceObjective(), LikelihoodObjective())}
+class ScorerObjective(Objective):
+    """Train a judge: a GPM (loss ``gpm``) or a Bradley-Terry reward model (loss ``bt``) on preference pairs.
+
+    Records are pairs (``{prompt, chosen, rejected, margin?}``; :mod:`selfplay.data.preference_pairs` also reads
+    UltraFeedback/Skywork-style message lists and ranked samples); each side is encoded as a whole conversation
+    (:mod:`selfplay.core.preference_model`) and the head on the decoder gives ``(values, gates)`` per row.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("scorer", "pair", needs_reference=False)
+
+    def loss_names(self) -> list[str]:
+        return sorted(L.SCORER_LOSSES)
+
+    def required_fields(self, loss: str) -> tuple[str, ...]:
+        return ("margin",)  # 0 where a pair has none (the loader fills it)
+
+    def check(self, loss: str, train: TrainConfig) -> None:
+        super().check(loss, train)
+        g = train.gpm
+        PM.check_head(g.value_head_dim, g.prompt_head, g.tau)
+        if (loss == "bt") != (g.value_head_dim == 1):
+            raise ConfigError(f"train.loss '{loss}' needs train.gpm.value_head_dim "
+                              f"{'= 1 (a scalar reward)' if loss == 'bt' else '= 2m (even)'}, "
+                              f"got {g.value_head_dim}")
+        if g.center_rewards_coefficient and loss != "bt":
+            raise ConfigError("train.gpm.center_rewards_coefficient centres Bradley-Terry rewards; set it to 0 "
+                              f"for loss '{loss}'")
+        if train.label_smoothing:
+            raise ConfigError(f"train.label_smoothing applies to log-prob preference losses, not '{loss}'; "
+                              "set it to 0.")
+
+    def load_records(self, path: Any, fields: tuple[str, ...]) -> list[TrainRecord]:
+        return [TrainRecord(p["id"], p["prompt"], [[Segment(p["chosen"])], [Segment(p["rejected"])]],
+                            {"margin": p["margin"]}) for p in read_preference_pairs(str(path))]
+
+    def tokenize(self, records: list[TrainRecord], tokenizer: Any, *, prompt_format: str, max_length: int,
+                 max_prompt_length: int) -> tuple[list[TokenizedExample], int]:
+        return PM.tokenize_conversations(records, tokenizer, max_length)  # type: ignore[return-value]
+
+    def trained_model(self, policy: Any, train: TrainConfig, model_dir: Any, device: str | None) -> Any:
+        g = train.gpm
+        model = PM.PreferenceModel.from_causal_lm(policy, PM.HeadSpec(g.value_head_dim, g.prompt_head, g.tau,
+                                                                      g.normalize))
+        heads = PM.find_head_weights(model_dir)
+        if heads is not None:  # a GPM / BT checkpoint: training continues from its heads
+            model.load_heads(heads, f"starting model '{model_dir}'")
+        if device is not None:
+            for head in (model.value_head, model.prompt_head):
+                if head is not None:
+                    head.to(device)
+        return model
+
+    def scorer(self, model: Any, sync: bool) -> torch.nn.Module:
+        return PM.HeadScorer(model)
+
+    def batch(self, model: Any, examples: list[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        return PM.conversation_batch(examples, pad_id)
+
+    def compute(self, loss: str, logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
+                ref: torch.Tensor | None, train: TrainConfig, names: tuple[str, str]) -> tuple[torch.Tensor, Metrics]:
+        embeddings, gates = logps, num_tokens  # the scorer's outputs: [2B, D] values and [2B, m] gates
+        v_w, v_l = embeddings.chunk(2)
+        g = train.gpm
+        # The anchor gates with the chosen row's prompt state (both rows share the prompt).
+        b = gates.chunk(2)[0] if gates.shape[-1] else None
+        out = L.SCORER_LOSSES[loss](v_w, v_l, tau=g.tau, margin=values["margin"], gates=b,
+                                    center_rewards_coefficient=g.center_rewards_coefficient)
+        value = out.losses.mean()
+        logits = (out.scores - values["margin"]) / g.tau
+        return value, {"loss": value.detach().float(), "accuracy": (out.scores > 0).float().mean(),
+                       "prob": torch.sigmoid(logits).mean(), "score": out.scores.mean()}
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (PreferenceObjective(), LikelihoodObjective(),
+                                                        ScorerObjective())}
 
 
 def get_objective(name: str) -> Objective:

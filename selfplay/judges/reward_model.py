@@ -1,4 +1,6 @@
-"""``reward-model:PATH``: a Bradley–Terry reward model (any HF sequence classifier with one output)."""
+"""``reward-model:PATH``: a Bradley–Terry reward model: any HF sequence classifier with one output, or a
+value-head checkpoint of width 1 (the GPM repo's Bradley–Terry format, which ``selfplay train --method bt-rm``
+writes), scored with its own encoding through :class:`~selfplay.judges.gpm.GPMJudge`."""
 
 from __future__ import annotations
 
@@ -35,9 +37,21 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from selfplay.core.preference_model import find_head_weights
         from selfplay.models import resolve_model
 
         local = resolve_model(path)
+        heads = find_head_weights(local)
+        self._head_judge = None
+        if heads is not None:  # a value-head checkpoint: pooled and scaled exactly as it was trained
+            width = heads["value_head.weight"].shape[0]
+            if width != 1:
+                raise UserError(f"'{path}' is a General Preference Model (value head of width {width}), not a "
+                                f"scalar reward model: use --judge gpm:{path}")
+            from selfplay.judges.gpm import GPMJudge
+
+            self._head_judge = GPMJudge(local, batch_size=batch_size, device=device, max_length=max_length)
+            return
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
@@ -69,6 +83,8 @@ class RewardModelJudge:
 
     def score(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Flattens every (prompt, sample) of every item into one batched pass; scores [K] per item."""
+        if self._head_judge is not None:
+            return self._head_judge.score(items)
         conversations = [item["prompt_messages"] + [{"role": "assistant", "content": sample}]
                          for item in items for sample in item["samples"]]
         rewards = self._score_conversations(conversations)

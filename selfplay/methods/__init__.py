@@ -13,7 +13,7 @@ from typing import Any
 from selfplay import config as C
 from selfplay.core.objectives import get_objective
 from selfplay.errors import ConfigError, suggest
-from selfplay.methods import agent, rise, sft, spin, sppo
+from selfplay.methods import agent, gpm, rise, sft, spin, sppo
 from selfplay.methods.base import Method
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -26,6 +26,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     agent.SPIN_AGENT,
     agent.AGENT_DPO,
     agent.AGENT_SFT,
+    gpm.GPM,
+    gpm.BT_RM,
 )}
 
 

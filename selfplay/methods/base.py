@@ -12,7 +12,8 @@ on a method's name:
 * ``objective`` and ``default_loss`` — which trainer objective and loss (:mod:`selfplay.core.objectives`);
 * ``preset`` — the anchors' numbers, layered between the defaults and the user's YAML;
 * ``names``, ``columns``, ``evaluations`` — how its training metrics are named, which extra columns its
-  iteration table shows and which extra per-iteration evaluations it runs.
+  iteration table shows and which extra per-iteration evaluations it runs;
+* ``iterates`` — False for a judge trained once with ``selfplay train`` (gpm, bt-rm): ``loop`` refuses it.
 
 Adding a method is one module that defines a ``Method`` plus one line in :data:`selfplay.methods.METHODS`
 (see docs/adding-a-method.md).
@@ -50,3 +51,5 @@ class Method:
     evaluations: tuple[str, ...] = ()
     # Extra config checks, run when the config is built (before any model is loaded).
     check: Callable[[Config], None] | None = None
+    # False for methods that train a judge once (``selfplay train``), which ``loop`` refuses.
+    iterates: bool = True

@@ -19,7 +19,7 @@ from typing import Any
 
 from selfplay.config import Config, for_iteration, save_config
 from selfplay.core.objectives import get_objective
-from selfplay.errors import UserError
+from selfplay.errors import ConfigError, UserError
 from selfplay.io import read_json, read_jsonl, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
@@ -115,6 +115,9 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
     from selfplay.stages.parallel import is_main_machine
 
     method = get_method(cfg.method)
+    if not method.iterates:
+        raise ConfigError(f"method '{method.name}' trains a judge once: run `selfplay train --method {method.name}`, "
+                          "then use the checkpoint as rank.judge in a loop (e.g. --set rank.judge=gpm:PATH)")
     resolve_model(cfg.model.name_or_path, cfg.model.revision)  # a bad model fails before any output exists
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()

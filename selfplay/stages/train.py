@@ -1,8 +1,9 @@
 """One round of training for every method: one accelerate loop, objectives behind one interface.
 
 The method (:mod:`selfplay.methods`) names an objective (:mod:`selfplay.core.objectives`): a pairwise
-preference objective against a precomputed reference (SPIN, SPPO, GPO, DPO) or a weighted likelihood
-objective without one (SFT, RISE's reward-weighted regression). The loop — batching, accumulation,
+preference objective against a precomputed reference (SPIN, SPPO, GPO, DPO), a weighted likelihood
+objective without one (SFT, RISE's reward-weighted regression), or a judge's head trained on preference pairs
+(GPM, Bradley-Terry); the objective's hooks say how its records load, what model trains and how a batch looks. The loop — batching, accumulation,
 autocast, checkpoint/resume, metrics, trackers, save — is the same for all.
 
 Why a lean accelerate loop rather than TRL's ``DPOTrainer``: the reference is the model the iteration
@@ -27,8 +28,8 @@ from typing import Any
 import torch
 
 from selfplay.config import Config, save_config
-from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample, load_examples, tokenize_records
-from selfplay.core.logprobs import SequenceLogps, training_batch
+from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample
+from selfplay.core.logprobs import training_batch
 from selfplay.core.memory import release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
 from selfplay.core.packing import sequence_tokens
@@ -152,7 +153,7 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     objective: Objective = get_objective(method.objective)
     loss_name = loss_of(cfg)
     fields = objective.required_fields(loss_name)
-    records = load_examples(data_path, objective.record_kind, fields)  # validate before loading any model
+    records = objective.load_records(data_path, fields)  # validate before loading any model
     model_dir = resolve_model(model, cfg.model.revision)
     accelerator = _accelerator(cfg, out_dir)
     set_seed(t.seed)
@@ -161,16 +162,16 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     # Under ZeRO-3 the weights are partitioned across the GPUs while they load: moving them would break that.
     device = None if is_deepspeed_zero3_enabled() else str(accelerator.device)
     policy, tok = load_model(model_dir, dtype="float32", device=device, trust_remote_code=cfg.model.trust_remote_code)
-    examples, n_cut = tokenize_records(records, tok, prompt_format=cfg.generate.prompt_format,
-                                       max_length=t.max_length, max_prompt_length=t.max_prompt_length)
+    examples, n_cut = objective.tokenize(records, tok, prompt_format=cfg.generate.prompt_format,
+                                         max_length=t.max_length, max_prompt_length=t.max_prompt_length)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     pad_id = tok.pad_token_id
-    policy = _policy(cfg, policy)
+    policy = objective.trained_model(_policy(cfg, policy), t, model_dir, device)
     processes = accelerator.num_processes
     # What DDP/FSDP/DeepSpeed wrap: the log-prob computation itself, so the chunked path runs inside them.
-    scorer = SequenceLogps(policy, sync=processes > 1)
+    scorer = objective.scorer(policy, processes > 1)
 
     order = batch_order([e.length for e in examples], t.batch_size, t.epochs, t.seed)
     if t.max_steps > 0:
@@ -181,7 +182,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     loader = torch.utils.data.DataLoader(torch.arange(len(order)), batch_size=1)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer_cls = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.AdamW
-    optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    betas = {"betas": tuple(t.adam_betas)} if t.optimizer == "adamw" else {}
+    optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay, **betas)
     total_steps = max(1, math.ceil(len(order) / (t.grad_accum * processes)))
     # accelerate steps a prepared scheduler once per process at every optimizer step (it assumes a schedule
     # written for one process), so the schedule is laid out over total_steps x P scheduler steps.
@@ -223,8 +225,9 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                       disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
             exs = [examples[i] for i in order[int(b)]]
-            # Packed (each prompt once, no padding) where the model allows it, else left-padded: same log-probs.
-            batch = {k: v.to(accelerator.device) for k, v in training_batch(policy, exs, pad_id).items()}
+            # The objective's layout: for log-probs packed (each prompt once) where the model allows it, else
+            # left-padded (same log-probs); for a judge's head, whole conversations left-padded.
+            batch = {k: v.to(accelerator.device) for k, v in objective.batch(policy, exs, pad_id).items()}
             with accelerator.accumulate(scorer), accelerator.autocast():
                 logps, ntok = scorer(**batch)
                 ref_t = torch.tensor([ref[e.id] for e in exs], device=logps.device) if ref else None
@@ -285,7 +288,7 @@ def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> Trai
         return run_train(cfg, model, data_path, out_dir)  # done already (reads the summary), or a launched rank
     method = get_method(cfg.method)
     objective = get_objective(method.objective)
-    load_examples(data_path, objective.record_kind, objective.required_fields(loss_of(cfg)))
+    objective.load_records(data_path, objective.required_fields(loss_of(cfg)))
     resolve_model(model, cfg.model.revision)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One lock per output: the main machine holds it; the other machines of a multi-node run train the same

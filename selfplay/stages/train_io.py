@@ -99,9 +99,10 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     """Save the model (and the merged LoRA model on request) with its ``selfplay_model.json``
     (:mod:`selfplay.model_meta`), then ``summary.json`` last: the stage is done.
 
-    ``scorer``: the prepared ``SequenceLogps`` wrapping the policy (its state-dict keys carry a ``model.``
-    prefix, removed here so the checkpoint is the HF model's own). ``parent``: the model training started
-    from (as named, and ``parent_dir`` where it resolved to); ``data``: the training records.
+    ``scorer``: the prepared ``SequenceLogps`` wrapping the policy, or ``HeadScorer`` wrapping a judge (their
+    state-dict keys carry a ``model.`` prefix, removed here so the checkpoint is the wrapped model's own).
+    ``parent``: the model training started from (as named, and ``parent_dir`` where it resolved to); ``data``:
+    the training records.
     """
     from selfplay.model_meta import model_meta, write_model_meta
 
