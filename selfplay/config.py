@@ -95,8 +95,10 @@ class GPMConfig:
     prompt_head: bool = False
     # Temperature of the pairwise logistic loss: the anchor's 0.1 for GPM, 1 for BT (= TRL's reward loss).
     tau: float = 0.1
-    # L2-normalise the GPM embedding v (the paper, and the anchor's inference code).
-    normalize: bool = True
+    # L2-normalise the GPM embedding v. Off, as the anchor's trainer (its normalisation is commented out, and the
+    # GPM its GPO runs use is a `..._no_l2` checkpoint); on, as its inference code and the `w_l2` prompt-head runs.
+    # Normalised embeddings start in a narrow cone and can stall on intransitive data (docs/DESIGN-NOTES.md).
+    normalize: bool = False
     # TRL's reward centring: + c * (r_w + r_l)^2 (Bradley-Terry only).
     center_rewards_coefficient: float = 0.0
 

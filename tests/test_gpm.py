@@ -58,7 +58,7 @@ def test_gpm_training_writes_the_anchors_checkpoint(cli, tiny_model, tmp_path):
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert not (out / "ref_logps.jsonl").exists()  # the scorer objective has no reference pass
     config = json.loads((out / "model" / "config.json").read_text())
-    assert config["preference_head"] == {"value_head_dim": 4, "prompt_head": True, "tau": 0.5, "normalize": True}
+    assert config["preference_head"] == {"value_head_dim": 4, "prompt_head": True, "tau": 0.5, "normalize": False}
     assert config["architectures"] == ["LlamaForCausalLM"]
     from safetensors import safe_open
 
@@ -354,12 +354,11 @@ def test_eval_preference_reports_accuracy_and_rewardbench_sections(cli, tiny_mod
 
 def test_gpm_fits_a_four_cycle_that_bradley_terry_cannot(cli, tiny_model, tmp_path):
     """A 4-cycle over one prompt's answers: a scalar reward orders the answers, so at most 3 of the 4 pairs are
-    right; a GPM of width 2 fits all 4 (unnormalised: from the tiny model's narrow cone of initial embeddings a
-    unit-circle embedding cannot wind around the circle, see docs/DESIGN-NOTES.md)."""
+    right; a GPM of width 2 with the default settings (unnormalised, as the anchor's trainer) fits all 4."""
     assert cli(["data", "synth", "cyclic", "--out", tmp_path / "cyc", "--num", "1", "--cycle", "4"]).exit_code == 0
     data = tmp_path / "cyc" / "train.jsonl"
     results = {}
-    for method, extra in (("gpm", ["--set", "train.gpm.value_head_dim=2", "--set", "train.gpm.normalize=false"]),
+    for method, extra in (("gpm", ["--set", "train.gpm.value_head_dim=2"]),
                           ("bt-rm", [])):
         res = cli(["train", "--method", method, "--model", tiny_model, "--data", data, "--out", tmp_path / method,
                    "--batch-size", "4", "--lr", "1e-3", "--epochs", "100", *FAST, *extra])
