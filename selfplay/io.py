@@ -88,27 +88,38 @@ def read_jsonl(path: Path, **kw: Any) -> list[dict[str, Any]]:
 class JsonlAppender:
     """Append records one per line, flushed and fsynced, for resumable stages.
 
-    On open it truncates a torn last line left by a kill, so the file is always whole records.
+    On open it truncates a torn last line left by a kill, so the file is always whole records. ``lazy``:
+    the file is created on the first record, so a stage that fails before producing anything (a remote
+    judge that never answers) leaves no empty output behind.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, lazy: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: Any = None
         if self.path.exists():
             data = self.path.read_bytes()
             if data and not data.endswith(b"\n"):
                 cut = data.rfind(b"\n") + 1
                 with self.path.open("r+b") as f:
                     f.truncate(cut)
-        self._f = self.path.open("a", encoding="utf-8")
+        if not lazy:
+            self._open()
+
+    def _open(self) -> Any:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = self.path.open("a", encoding="utf-8")
+        return self._f
 
     def write(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        f = self._open()
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self) -> JsonlAppender:
         return self

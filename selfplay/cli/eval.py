@@ -77,7 +77,7 @@ def mt_bench(
                           judge_prompts=judge_prompts, reference_answers=reference_answers, mode=mode,
                           baseline_answers=baseline_answers, limit=limit, max_new_tokens=max_new_tokens,
                           judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, model_cfg=cfg.model,
-                          seed=cfg.seed)
+                          seed=cfg.seed, remote=cfg.remote)
     if cfg.eval.judge is None:
         console.print(f"answers: {result['answers']} (pass --judge URL_or_model to grade them)")
     else:
@@ -149,7 +149,7 @@ def winrate(
     run_winrate(cfg.model.name_or_path, baseline, prompts, cfg.eval.judge, out_dir, judge_model=judge_model,
                 judge_api_key_env=judge_api_key_env, limit=limit, max_new_tokens=cfg.eval.max_new_tokens,
                 judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, bootstrap=bootstrap,
-                model_cfg=cfg.model, seed=cfg.seed)
+                model_cfg=cfg.model, seed=cfg.seed, remote=cfg.remote)
     console.print(f"results: {out_dir / 'winrate.json'}")
 
 

@@ -120,6 +120,24 @@ def _done_ids(dest: Path, judge_spec: str) -> set[str]:
     return done
 
 
+def check_usable(item_id: str, result: JudgeResult, k: int, min_usable: float, judge_spec: str, dest: Path,
+                 written: int) -> None:
+    """Stop (UserError) when the judge compared too few of a prompt's sample pairs usably: a judge whose
+    replies carry no verdict would otherwise write P = ½ everywhere and the methods train on noise."""
+    if "pairs_usable" not in result:
+        return  # a judge whose comparisons cannot fail (scores, GPM)
+    pairs, usable = k * (k - 1) // 2, result["pairs_usable"]
+    if usable > 0 and usable >= min_usable * pairs:
+        return
+    got = f"none of its {pairs} sample pairs" if usable == 0 else \
+        f"{usable} of its {pairs} sample pairs (below remote.min_usable={min_usable:g})"
+    kept = f"the {written} prompts judged before it are kept in {dest} and a rerun resumes after them" if written \
+        else "nothing was written"
+    raise UserError(f"prompt '{item_id}': judge {judge_spec} gave a verdict in both orders for {got}: "
+                    f"{result.get('errors', 0)} replies without [[A]]/[[B]]/[[C]], e.g. {result.get('sample_error', '')!r}. "
+                    f"Stopping instead of writing ties; {kept}.")
+
+
 def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | None = None,
              shard: tuple[int, int] | None = None) -> Path:
     """Judge every prompt of ``samples_path`` with ``cfg.rank.judge`` (or ``judge``) into ``out_path``.
@@ -145,12 +163,15 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     done = _done_ids(dest, judge_spec)
     todo = [row for row in rows if row["id"] not in done]
     if todo:  # a finished file is not worth loading a judge model for
-        judge = judge or make_judge(judge_spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device)
+        judge = judge or make_judge(judge_spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device,
+                                    remote=cfg.remote)
         if getattr(judge, "needs_reference", False):
             _check_references(todo, {row["id"]: n for n, row in enumerate(all_rows, start=1)}, samples_path)
     chunk = max(1, cfg.rank.batch_size)
-    errors = 0
-    with JsonlAppender(dest) as out, progress_bar("rank", total=len(rows), completed=len(rows) - len(todo)) as bar:
+    errors = written = 0
+    # lazy: a judge that fails on the first prompts leaves no empty output behind
+    with JsonlAppender(dest, lazy=True) as out, \
+            progress_bar("rank", total=len(rows), completed=len(rows) - len(todo)) as bar:
         for start in range(0, len(todo), chunk):
             batch = todo[start:start + chunk]
             items: list[JudgeItem] = [
@@ -160,13 +181,16 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
             if len(results) != len(items):
                 raise UserError(f"judge '{judge_spec}' returned {len(results)} results for {len(items)} prompts")
             for row, result in zip(batch, results):
+                check_usable(row["id"], result, len(row["samples"]), cfg.remote.min_usable, judge_spec, dest,
+                             len(rows) - len(todo) + written)
                 record = scored_record(row, result, judge_spec)
                 errors += record["errors"]
                 out.write(record)
+                written += 1
                 bar.advance()
     skipped = len(rows) - len(todo)
     console.print(f"ranked {len(todo)} prompts with {judge_spec}" + (f" ({skipped} already done)" if skipped else "")
-                  + (f", {errors} malformed judge replies counted as ties" if errors else "") + f" → {dest}",
+                  + (f", {errors} judge replies without a verdict counted as ties" if errors else "") + f" → {dest}",
                   soft_wrap=True)
     return dest
 
@@ -175,7 +199,8 @@ def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: lis
     """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
     from selfplay.stages.parallel import OnFirstUse
 
-    judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device))
+    judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device,
+                                          remote=cfg.remote))
     for k in shards:
         run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))
 
