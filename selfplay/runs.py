@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.io import read_json, write_json
+from selfplay.io import read_json, write_json, writing
 
 LOCK_NAME = ".selfplay.lock"
 # Outputs this process holds (resolved path -> depth): a stage called inside another stage's output
@@ -161,8 +161,10 @@ def output_lock(output: Path, what: str, *, enabled: bool = True) -> Iterator[No
         raise OutputInUseError(f"{output} is in use by another selfplay process ({_holder(owner)}); wait for it "
                                f"to finish or stop it, or use another output.") from None
     try:
-        owner.write_text(json.dumps({"pid": os.getpid(), "command": f"selfplay {what}", "host": socket.gethostname(),
-                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        with writing(owner):
+            owner.write_text(json.dumps({"pid": os.getpid(), "command": f"selfplay {what}",
+                                         "host": socket.gethostname(),
+                                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         with _held_guard:
             _held[output] = 1
         try:

@@ -158,7 +158,8 @@ def run_workers(launch: LaunchConfig, module: str, worker_args: list[list[str]],
         procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, start_new_session=True))
     code, failed = _wait(procs)
     if code != 0:
-        raise UserError(f"worker {failed + 1} of {len(procs)} failed (exit code {code}): "
+        why = " (its message above says why)" if code in (2, 3) else ""  # a user error or a full disk
+        raise UserError(f"worker {failed + 1} of {len(procs)} failed (exit code {code}){why}: "
                         f"{module} {' '.join(worker_args[failed])}. Finished work is kept: rerun to resume.")
 
 

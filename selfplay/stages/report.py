@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfplay.io import atomic_write_text, write_jsonl
+from selfplay.io import atomic_write_text, save_figure, write_jsonl
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 
@@ -99,9 +99,10 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, extra: tuple[Co
         if len(runs) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic: a full disk leaves the previous plot, not half a PNG
+    finally:
+        plt.close(fig)
     return path
 
 

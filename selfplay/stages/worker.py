@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from selfplay.errors import UserError
+from selfplay.errors import UserError, disk_full_error
 
 
 def _shards(text: str) -> list[int]:
@@ -73,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
             rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
                            num_shards=args.num_shards, skip_invalid=args.skip_invalid)
-    except UserError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return e.exit_code
+    except Exception as e:  # as the CLI: a user error or a full disk is one line, anything else a traceback
+        error = e if isinstance(e, UserError) else disk_full_error(e)
+        if error is None:
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 
