@@ -144,10 +144,61 @@ def read_json(path: Path) -> Any:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Atomically write rows as JSONL; returns the row count."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
-    return len(lines)
+    """Atomically write rows as JSONL, one at a time (never the whole file in memory); returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with JsonlWriter(Path(tmp), name=path) as out:
+            for row in rows:
+                out.write(row)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return out.count
+
+
+class JsonlWriter:
+    """A new JSONL file written line by line, buffered, fsynced on close: for outputs too large to hold in
+    memory. It is meant for a temporary place renamed in when complete (:func:`write_jsonl`, a temporary
+    directory); a full disk is :class:`DiskFullError` naming ``name`` (default: the file)."""
+
+    def __init__(self, path: Path, *, name: Path | None = None) -> None:
+        self.path, self.name, self.count = Path(path), Path(name or path), 0
+        with writing(self.name):
+            self._f = self.path.open("w", encoding="utf-8")
+
+    def write_line(self, line: str) -> None:
+        """One line of JSON text (without its newline)."""
+        with writing(self.name, len(line) + 1):
+            self._f.write(line)
+            self._f.write("\n")
+        self.count += 1
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.write_line(json.dumps(row, ensure_ascii=False))
+
+    def close(self) -> None:
+        with writing(self.name):
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # failing already: close without a second error (a full disk fails the flush again)
+            self._f.close()
+        except OSError:
+            pass
 
 
 def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[dict[str, Any]]:
