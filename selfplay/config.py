@@ -233,6 +233,9 @@ class LaunchConfig:
     main_process_port: int | None = None
     accelerate_config: str | None = None
     deepspeed_config: str | None = None
+    # Multi-node: a machine whose heartbeat (run_dir/.machines/, every 2 s) is older than this is taken for
+    # stopped by the machines waiting for it (on the same host a vanished PID is noticed at once).
+    heartbeat_timeout: float = 30.0
 
 
 @dataclass

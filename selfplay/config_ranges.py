@@ -51,6 +51,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "launch.num_processes": (1, True, None, False),
     "launch.num_machines": (1, True, None, False),
     "launch.machine_rank": (0, True, None, False),
+    "launch.heartbeat_timeout": (0, False, None, False),
 }
 
 

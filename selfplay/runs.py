@@ -27,6 +27,7 @@ from typing import Any
 
 from selfplay.errors import UserError
 from selfplay.io import read_json, write_json, writing
+from selfplay.liveness import check_peers
 
 LOCK_NAME = ".selfplay.lock"
 # Outputs this process holds (resolved path -> depth): a stage called inside another stage's output
@@ -115,6 +116,7 @@ class RunState:
                 return
             if waited % 60 < self.poll_s:
                 console.print(f"waiting for the main machine to {'finish' if done else 'start'} {unit}")
+            check_peers()  # the main machine stopped: say so instead of waiting for it forever
             time.sleep(self.poll_s)
             waited += self.poll_s
 
