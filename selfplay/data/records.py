@@ -322,6 +322,9 @@ def prepare_source(source: str, out_dir: str | Path, *, format: str = "auto", sp
     options = {"format": format, "split": split, "num": num, "seed": seed, "test_size": test_size,
                "turns": turns, "skip_invalid": skip_invalid}
     _check_turns(turns)
+    if num is not None and num < 1:
+        raise UserError(f"--num must be at least 1, got {num}")
+    parse_test_size(test_size, 2**62)  # a negative count or a fraction outside (0, 1): refused before reading
     out_dir = Path(out_dir).expanduser()
     _must_replace(out_dir, overwrite)  # fail before reading a large source
     tally = _Tally()

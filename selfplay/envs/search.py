@@ -219,7 +219,8 @@ SEARCH_BACKENDS: dict[str, Callable[[list[str], str | None, "RemoteConfig | None
 }
 
 
-def make_search(name: str, sources: list[str], cache: str | None = None, remote: RemoteConfig | None = None) -> SearchFn:
+def make_search(name: str, sources: list[str], cache: str | None = None,
+                remote: RemoteConfig | None = None) -> SearchFn:
     """The search backend called ``name`` (checked, and its key or sources, before any model is loaded)."""
     if name not in SEARCH_BACKENDS:
         raise UserError(f"unknown search backend '{name}'.{suggest(name, SEARCH_BACKENDS)} "

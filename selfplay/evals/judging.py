@@ -54,7 +54,8 @@ class HttpJudge:
         from selfplay.judges.http import ChatRequest
 
         labels = labels or [f"conversation {i}" for i in range(len(conversations))]
-        return self.client.chat_many([ChatRequest(c, label, 0.0, max_tokens) for c, label in zip(conversations, labels)])
+        return self.client.chat_many([ChatRequest(c, label, 0.0, max_tokens)
+                                      for c, label in zip(conversations, labels)])
 
 
 class LocalJudge:
