@@ -88,6 +88,7 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
     check, key = _verifier(task), final_answer_key(task)
     f1 = get_verifier("f1") if task == "hotpotqa" else None
     examples, acc, maj, any_ok, f1s = [], 0.0, 0.0, 0.0, 0.0
+    per_example: dict[str, list[float]] = {"accuracy": [], "majority_accuracy": [], "pass": [], "f1": []}
     for record, outs in zip(records, samples, strict=True):
         gold = _gold(record, task)
         scores = [check(o, gold) for o in outs]
@@ -97,9 +98,13 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
         any_ok += float(max(scores) >= 1.0)
         row: dict[str, Any] = {"id": record["id"], "gold": gold, "samples": outs, "correct": scores,
                                "voted_answer": key(outs[voted])}
+        per_example["accuracy"].append(sum(scores) / len(scores))
+        per_example["majority_accuracy"].append(scores[voted])
+        per_example["pass"].append(float(max(scores) >= 1.0))
         if f1 is not None:
             row["f1"] = [f1(o, gold) for o in outs]
             f1s += sum(row["f1"]) / len(outs)
+            per_example["f1"].append(sum(row["f1"]) / len(outs))
         examples.append(row)
     total = max(1, len(records))
     n = len(samples[0]) if samples else 0
@@ -107,8 +112,19 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
                                "majority_accuracy": maj / total, f"pass@{n}": any_ok / total}
     if f1 is not None:
         metrics["f1"] = f1s / total
+    per_example[f"pass@{n}"] = per_example.pop("pass")
+    metrics["stats"] = example_intervals(per_example)
     metrics["examples"] = examples
     return metrics
+
+
+def example_intervals(per_example: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """95% interval of each metric over the examples: Wilson where every example scores 0 or 1 (greedy
+    accuracy, majority vote, pass@n), else the bootstrap over examples (n samples' mean, F1)."""
+    from selfplay.evals.stats import bootstrap_mean, proportion_interval
+
+    return {key: (bootstrap_mean(values) if key == "f1" else proportion_interval(values)).as_dict()
+            for key, values in per_example.items() if values}
 
 
 def _as_sampler(sampler_or_model: Any, batch_size: int, model_cfg: ModelConfig | None) -> Any:
@@ -205,7 +221,14 @@ def run_task_eval(model: str, task: str, records: list[dict[str, Any]], out_dir:
     write_jsonl(out / "task_samples.jsonl", examples)
     write_json(out / RESULTS_FILE, result)
     shown = ["accuracy", "f1"] + (["majority_accuracy", f"pass@{n}"] if n > 1 else [])
-    rows = [[key, f"{100 * result[key]:.1f}"] for key in shown if key in result]
-    print_table(f"{task}: {Path(model).name or model} on {len(records)} examples "
-                f"({'greedy' if temperature == 0 else f'T={temperature}, n={n}'})", ["metric", "%"], rows)
+    stats = result.get("stats", {})
+    rows = [[key, f"{100 * result[key]:.1f}", _percent_interval(stats.get(key)), stats.get(key, {}).get("method", "–")]
+            for key in shown if key in result]
+    print_table(f"{task}: {Path(model).name or model} on n = {len(records)} examples "
+                f"({'greedy' if temperature == 0 else f'T={temperature}, n={n} samples each'})",
+                ["metric", "%", "95% interval (%)", "interval"], rows)
     return result
+
+
+def _percent_interval(stats: dict[str, Any] | None) -> str:
+    return f"[{100 * stats['lo']:.1f}, {100 * stats['hi']:.1f}]" if stats else "–"

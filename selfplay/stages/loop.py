@@ -144,7 +144,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
              data_fp: str, main: bool) -> list[dict[str, Any]]:
     """The base evaluation and the iterations, each unit skipped when done for its inputs."""
     from selfplay.stages.evaluate import evaluate_model
-    from selfplay.stages.report import print_iteration_table, write_report
+    from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
@@ -165,7 +165,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
         info = run.ensure(unit, fingerprint(fp, *eval_inputs), [out_dir], work)
         return {**read_json(out_dir / "metrics.json"), **info}
 
-    base_dir = run_dir / "eval" / "base"
+    base_dir = iteration_eval_dir(run_dir, "base")
     rows: list[dict[str, Any]] = [{"iteration": "base", **evaluate("eval/base", model, model_fp, base_dir, None, {})}]
     prev_eval = base_dir / "samples.jsonl"
     by_id = {r["id"]: r for r in train}
@@ -191,7 +191,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
 
         info = run.ensure(f"iter_{k}/train", train_fp, [train_dir], train_work, every_machine=True)
         model, model_fp = info["model"], train_fp
-        eval_dir = it.dir / "eval"
+        eval_dir = iteration_eval_dir(run_dir, k)
         metrics = evaluate(f"iter_{k}/eval", model, model_fp, eval_dir, prev_eval,
                            {"iteration_seconds": time.perf_counter() - t0})
         prev_eval = eval_dir / "samples.jsonl"
@@ -200,8 +200,9 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
                      "train_reward_acc": tm.get("rewards/accuracies"), "train_margin": tm.get("rewards/margins"),
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
         if main:
+            with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
             print_iteration_table(rows, method.columns)
             write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
     if not cfg.loop.iters and main:
-        write_report(run_dir, rows, method.columns)
+        write_report(run_dir, with_stats(run_dir, rows), method.columns)
     return rows

@@ -263,7 +263,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
         metrics_file.close()
     if t.report_to:
         accelerator.end_training()
-    result = finish(accelerator, cfg, scorer, tok, out_dir, state, last, n_cut, len(examples), total_steps)
+    result = finish(accelerator, cfg, scorer, tok, out_dir, state, last, n_cut, len(examples), total_steps,
+                    parent=model, parent_dir=model_dir, data=data_path)
     # The accelerator holds the model and optimizer; drop every reference before the next stage loads a model.
     accelerator.free_memory(scorer, optimizer, loader, scheduler)
     del policy, scorer, optimizer, loader, scheduler, accelerator

@@ -118,12 +118,17 @@ def tracker_config(cfg: Config) -> dict[str, Any]:
 
 
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
-           last: dict[str, float], n_cut: int, n_examples: int, total_steps: int) -> TrainResult:
-    """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done.
+           last: dict[str, float], n_cut: int, n_examples: int, total_steps: int, *, parent: str = "",
+           parent_dir: str | Path = "", data: str | Path | None = None) -> TrainResult:
+    """Save the model (and the merged LoRA model on request) with its ``selfplay_model.json``
+    (:mod:`selfplay.model_meta`), then ``summary.json`` last: the stage is done.
 
     ``scorer``: the prepared ``SequenceLogps`` wrapping the policy (its state-dict keys carry a ``model.``
-    prefix, removed here so the checkpoint is the HF model's own).
+    prefix, removed here so the checkpoint is the HF model's own). ``parent``: the model training started
+    from (as named, and ``parent_dir`` where it resolved to); ``data``: the training records.
     """
+    from selfplay.model_meta import model_meta, write_model_meta
+
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(scorer).model
     model_dir = out_dir / "model"
@@ -132,14 +137,18 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(scorer).items()}
     if accelerator.is_main_process:
         # Into a temporary directory, swapped in when complete: a full disk leaves no half-written model.
+        meta = model_meta(cfg, parent=parent, parent_dir=parent_dir, data=data, examples=n_examples,
+                          steps=state["step"])
         with atomic_dir(model_dir, needed=state_bytes(state_dict)) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tok.save_pretrained(tmp)
+            write_model_meta(tmp, meta, adapter=cfg.model.lora.enabled)
         if merged:
             full = unwrapped.merge_and_unload()
             with atomic_dir(out_dir / "merged", needed=state_bytes(full.state_dict())) as tmp:
                 full.save_pretrained(tmp, safe_serialization=True)
                 tok.save_pretrained(tmp)
+                write_model_meta(tmp, meta)
         else:
             shutil.rmtree(out_dir / "merged", ignore_errors=True)  # an earlier run's, with other settings
     next_model = out_dir / "merged" if merged else model_dir
