@@ -168,13 +168,14 @@ class JsonlWriter:
     directory); a full disk is :class:`DiskFullError` naming ``name`` (default: the file)."""
 
     def __init__(self, path: Path, *, name: Path | None = None) -> None:
-        self.path, self.name, self.count = Path(path), Path(name or path), 0
+        self.path, self.name, self.count, self.size = Path(path), Path(name or path), 0, 0
         with writing(self.name):
             self._f = self.path.open("w", encoding="utf-8")
 
     def write_line(self, line: str) -> None:
         """One line of JSON text (without its newline)."""
-        with writing(self.name, len(line) + 1):
+        self.size += len(line.encode("utf-8")) + 1
+        with writing(self.name, self.size):  # the buffer goes to disk now and then: the file's size so far
             self._f.write(line)
             self._f.write("\n")
         self.count += 1
@@ -183,7 +184,7 @@ class JsonlWriter:
         self.write_line(json.dumps(row, ensure_ascii=False))
 
     def close(self) -> None:
-        with writing(self.name):
+        with writing(self.name, self.size):
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()

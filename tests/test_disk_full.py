@@ -183,8 +183,13 @@ def _filling_writes(fs: Path, method: str, point: WritePoint, monkeypatch: pytes
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every finished file (temporary files of a write in progress are the writers' to remove)."""
     return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file() and "balloon" not in p.name
-            and ".lock" not in p.name}
+            and ".lock" not in p.name and not _temporary(p)}
+
+
+def _temporary(p: Path) -> bool:
+    return p.name.endswith(".tmp") or ".tmp/" in str(p) or re.search(r"\.tmp-[0-9a-f]+", str(p)) is not None
 
 
 def check_intact(run_dir: Path, before: dict[str, bytes]) -> list[str]:
@@ -209,7 +214,7 @@ def check_intact(run_dir: Path, before: dict[str, bytes]) -> list[str]:
                 json.loads(p.read_text())
             except ValueError:
                 problems.append(f"malformed JSON: {p}")
-        if p.name.endswith(".tmp") or ".tmp/" in str(p) or re.search(r"\.tmp-[0-9a-f]+", str(p)):
+        if _temporary(p):
             problems.append(f"temporary file left: {p}")
     for path, data in before.items():
         p = Path(path)
