@@ -217,6 +217,29 @@ class AgentConfig:
 
 
 @dataclass
+class RemoteConfig:
+    """Calls to remote services: LLM judges (``rank``, ``eval``), RISE teachers (URLs in ``rise.models``) and
+    SerpAPI search. In no fingerprint: these settings decide how long to wait for a reply, not what it means."""
+
+    # Seconds one request may take in all (connect, wait, read the whole reply): a server that accepts and
+    # never answers, or answers one byte a second, is cut off here. 600 s is the openai client's default (a
+    # long judgment from a local model on a CPU takes minutes); lower it for a hosted API.
+    timeout: float = 600.0
+    # Tries after the first, for timeouts, dropped connections, 408/409/425/429/5xx and 200 replies that are
+    # not chat completions; every request in flight to one endpoint waits out one shared backoff of
+    # backoff * 2**round seconds (or the server's Retry-After, at most 120 s).
+    max_retries: int = 4
+    backoff: float = 1.0
+    # SerpAPI: a search that still fails after these is an observation saying so (counted), never a crash.
+    search_timeout: float = 30.0
+    search_retries: int = 2
+    # LLM judges in `rank`: the least share of a prompt's sample pairs that must get a verdict in both orders.
+    # Below it, or with none at all (also at the default 0), the rank stops with an error naming the prompt
+    # instead of writing ties (a verdict missing now and then is a tie, as in FastChat).
+    min_usable: float = 0.0
+
+
+@dataclass
 class LaunchConfig:
     """Where every stage runs (``selfplay.core.launchers``); the same YAML runs on a laptop and on 2 x 8 GPUs.
 
@@ -237,6 +260,9 @@ class LaunchConfig:
     main_process_port: int | None = None
     accelerate_config: str | None = None
     deepspeed_config: str | None = None
+    # Multi-node: a machine whose heartbeat (run_dir/.machines/, every 2 s) is older than this is taken for
+    # stopped by the machines waiting for it (on the same host a vanished PID is noticed at once).
+    heartbeat_timeout: float = 30.0
 
 
 @dataclass
@@ -255,6 +281,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rise: RiseConfig = field(default_factory=RiseConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 

@@ -24,9 +24,13 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "generate.max_new_tokens": (1, True, None, False),
     "generate.batch_size": (1, True, None, False),
     "generate.tensor_parallel_size": (1, True, None, False),
+    "generate.num_fracs": (1, True, None, False),
+    "generate.frac_len": (1, True, None, False),
+    "generate.data_frac": (0, True, None, False),
     "generate.gpu_memory_utilization": (0, False, 1, True),
     "rank.batch_size": (1, True, None, False),
     "train.lr": (0, True, None, False),
+    "train.max_steps": (1, True, None, False),
     "train.epochs": (0, False, None, False),
     "train.warmup_ratio": (0, True, 1, True),
     "train.weight_decay": (0, True, None, False),
@@ -43,10 +47,22 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "eval.max_new_tokens": (1, True, None, False),
     "eval.batch_size": (1, True, None, False),
     "eval.num_samples": (0, True, None, False),
+    "remote.timeout": (0, False, None, False),
+    "remote.max_retries": (0, True, None, False),
+    "remote.backoff": (0, True, None, False),
+    "remote.search_timeout": (0, False, None, False),
+    "remote.search_retries": (0, True, None, False),
+    "remote.min_usable": (0, True, 1, True),
     "launch.num_processes": (1, True, None, False),
     "launch.num_machines": (1, True, None, False),
     "launch.machine_rank": (0, True, None, False),
+    "launch.heartbeat_timeout": (0, False, None, False),
 }
+
+
+# Values outside the range that mean "not set" (train.max_steps: -1 = as many as the epochs make). Any other
+# value below the range is refused: a training limit of 0 or -5 used to mean "no limit" without a word.
+SENTINELS: dict[str, tuple[Any, str]] = {"train.max_steps": (-1, "no limit")}
 
 
 def check_ranges(cfg: Any, where: str = "") -> None:
@@ -55,7 +71,7 @@ def check_ranges(cfg: Any, where: str = "") -> None:
     for key, (low, low_in, high, high_in) in RANGES.items():
         section, name = key.split(".")
         value = tree[section][name]
-        if value is None:
+        if value is None or (key in SENTINELS and value == SENTINELS[key][0]):
             continue
         if (low is not None and (value < low if low_in else value <= low)) or \
                 (high is not None and (value > high if high_in else value >= high)):
@@ -63,6 +79,8 @@ def check_ranges(cfg: Any, where: str = "") -> None:
             right = "" if high is None else f"{high:g}{']' if high_in else ')'}"
             allowed = f"in {left}, {right}" if low is not None and high is not None else \
                 (f"{'>=' if low_in else '>'} {low:g}" if low is not None else f"{'<=' if high_in else '<'} {high:g}")
+            if key in SENTINELS:
+                allowed += f" (or {SENTINELS[key][0]}: {SENTINELS[key][1]})"
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value}{where}")
 
 

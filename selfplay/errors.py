@@ -8,7 +8,10 @@ everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import errno
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -38,6 +41,68 @@ class DataError(UserError):
         self.path, self.line, self.row, self.field = path, line, row, field
         self.reason = message
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class DiskFullError(UserError):
+    """The disk filled up while writing ``path``: one message naming the file and the space needed (when
+    known), exit code 3 — nothing was wrong with the input, and the rerun after freeing space continues."""
+
+    exit_code = 3
+
+    def __init__(self, path: object = None, needed: int | None = None) -> None:
+        self.path, self.needed = path, needed
+        where = f" while writing {path}" if path is not None else ""
+        super().__init__(f"no space left on device{where}{_space(path, needed)}. Everything written before is "
+                         "intact: free some space and rerun the same command to continue.")
+
+
+def _space(path: object, needed: int | None) -> str:
+    """" (needs about 12.0 MiB; 0.1 MiB free on /mnt)", as far as it is known."""
+    parts = [f"needs about {_size(needed)}"] if needed else []
+    free = free_bytes(path)
+    if free is not None:
+        parts.append(f"{_size(free)} free there")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def free_bytes(path: object) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor); None if unknown."""
+    if path is None:
+        return None
+    p = Path(str(path)).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+# Texts libraries put in errors that are ENOSPC underneath: safetensors ("I/O error: No space left on device
+# (os error 28)"), Rust and C++ writers, quota limits.
+_DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when a library wrapped it in another exception type."""
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(exc) for text in _DISK_FULL_TEXTS)
+
+
+def disk_full_error(exc: BaseException) -> DiskFullError | None:
+    """``exc`` as a :class:`DiskFullError` when the disk was full (naming the file when ``exc`` does), else None."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if not is_disk_full(exc):
+        return None
+    return DiskFullError(getattr(exc, "filename", None))
 
 
 class MissingExtraError(UserError):

@@ -164,8 +164,11 @@ def provision_smollm2() -> Path:
         with Console(stderr=True).status(f"Converting {gguf_path.name} to an HF model in {target} (once)..."):
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2_ALIAS}."))
             try:
-                _convert_gguf(gguf_path, tmp)
-                (tmp / _COMPLETE_MARKER).write_text(f"converted from {gguf_path}\n")
+                from selfplay.io import writing
+
+                with writing(target, needed=2 * gguf_path.stat().st_size):  # fp32 from ~fp16-sized weights
+                    _convert_gguf(gguf_path, tmp)
+                    (tmp / _COMPLETE_MARKER).write_text(f"converted from {gguf_path}\n")
                 if target.exists():  # a leftover without the marker: an older interrupted attempt
                     shutil.rmtree(target)
                 os.replace(tmp, target)

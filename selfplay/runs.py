@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.io import read_json, write_json
+from selfplay.io import read_json, write_json, writing
+from selfplay.liveness import check_peers
 
 LOCK_NAME = ".selfplay.lock"
 # Outputs this process holds (resolved path -> depth): a stage called inside another stage's output
@@ -115,6 +116,7 @@ class RunState:
                 return
             if waited % 60 < self.poll_s:
                 console.print(f"waiting for the main machine to {'finish' if done else 'start'} {unit}")
+            check_peers()  # the main machine stopped: say so instead of waiting for it forever
             time.sleep(self.poll_s)
             waited += self.poll_s
 
@@ -161,8 +163,10 @@ def output_lock(output: Path, what: str, *, enabled: bool = True) -> Iterator[No
         raise OutputInUseError(f"{output} is in use by another selfplay process ({_holder(owner)}); wait for it "
                                f"to finish or stop it, or use another output.") from None
     try:
-        owner.write_text(json.dumps({"pid": os.getpid(), "command": f"selfplay {what}", "host": socket.gethostname(),
-                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        with writing(owner):
+            owner.write_text(json.dumps({"pid": os.getpid(), "command": f"selfplay {what}",
+                                         "host": socket.gethostname(),
+                                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         with _held_guard:
             _held[output] = 1
         try:

@@ -114,19 +114,23 @@ def test_replay_search_exact_then_nearest(shared_data: Path, fireact: dict) -> N
 
 
 def test_serpapi_backend_caches_and_fails_softly(tmp_path: Path, chat_server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from selfplay.envs.search import SerpApiSearch, make_search
+    from selfplay.envs.search import SearchResult, SerpApiSearch, make_search
 
     monkeypatch.delenv("SERPAPI_API_KEY", raising=False)
     with pytest.raises(UserError, match="SERPAPI_API_KEY"):
         make_search("serpapi", [], None)
     monkeypatch.setenv("SERPAPI_API_KEY", "secret-key-123")
-    server = chat_server(lambda n, body: (200, json.dumps({"answer_box": {"answer": "Paris"}}), 0.0))
-    # the local server stands in for serpapi.com: GET is not served by it, so a request fails softly first
-    search = SerpApiSearch(tmp_path / "cache.json", url=server.url + "/search.json", timeout=5)
-    failed = search("capital of France")
-    assert failed.error and "search failed" in failed.text and "secret-key-123" not in failed.text
-    search.cache["capital of France"] = "Paris"
-    assert search("capital of France").text == "Paris"
+    healthy = {"on": False}
+    server = chat_server(lambda n, body: (200, json.dumps({"answer_box": {"answer": "Paris"}}), 0.0) if healthy["on"]
+                         else (503, "down for secret-key-123", 0.0))
+    search = SerpApiSearch(tmp_path / "cache.json", url=server.url + "/search.json", timeout=5, retries=1, backoff=0.01)
+    failed = search("capital of France")  # 503 twice: an observation, counted, not a crash
+    assert failed.error and "search failed: HTTP 503" in failed.text and "secret-key-123" not in failed.text
+    assert len(server.requests) == 2 and server.requests[0]["body"]["query"]["q"] == "capital of France"
+    healthy["on"] = True
+    assert search("capital of France") == SearchResult("Paris")
+    assert search("capital of France").text == "Paris" and len(server.requests) == 3  # cached
+    assert json.loads((tmp_path / "cache.json").read_text()) == {"capital of France": "Paris"}
 
 
 # --------------------------------------------------------------------------- the rollout loop

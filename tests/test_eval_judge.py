@@ -35,25 +35,33 @@ def test_verdict_parsing_and_both_orders() -> None:
         preference("error")
 
 
-def test_http_judge_retries_a_500_keeps_order_and_survives_a_malformed_reply(judge_server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_judge_retries_a_500_keeps_order_and_stops_on_a_malformed_reply(judge_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfplay.config import RemoteConfig
+    from selfplay.judges.http import MalformedReplyError
+
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret")
+    malformed = {"q3"}
 
     def script(number: int, messages: list[dict]) -> tuple[int, str]:
         if number == 0:
             return 500, "overloaded"
-        if messages[-1]["content"] == "q3":
+        if messages[-1]["content"] in malformed:
             return 200, RAW_BODY + '{"unexpected": true}'
         return 200, f"echo {messages[-1]['content']} [[A]]"
 
     server = judge_server(script)
-    judge = make_judge(server.url, judge_model="judge-x", api_key_env="MY_JUDGE_KEY", parallel=3)
+    judge = make_judge(server.url, judge_model="judge-x", api_key_env="MY_JUDGE_KEY", parallel=3,
+                       remote=RemoteConfig(max_retries=2, backoff=0.01))
     assert isinstance(judge, HttpJudge) and is_url(server.url)
     conversations = [judge_conversation("sys", f"q{i}") for i in range(5)]
+    # a 200 reply that is not a chat completion is a transport fault: retried, then an error naming the record
+    with pytest.raises(MalformedReplyError, match="record q3: the reply is not a chat completion"):
+        judge.complete(conversations, max_tokens=16, labels=[f"record q{i}" for i in range(5)])
+    assert sum(r["body"]["messages"][-1]["content"] == "q3" for r in server.requests) == 3
+    malformed.clear()
     replies = judge.complete(conversations, max_tokens=16)
-    # the malformed 200 reply to q3 becomes an empty judgment: an error downstream, not a crash
-    assert replies == ["echo q0 [[A]]", "echo q1 [[A]]", "echo q2 [[A]]", "", "echo q4 [[A]]"]
-    assert parse_verdict(replies[3]) == "error"
-    assert server.statuses.count(500) == 1 and len(server.requests) == 6
+    assert replies == [f"echo q{i} [[A]]" for i in range(5)]
+    assert server.statuses.count(500) == 1
     sent = server.requests[-1]
     assert sent["path"] == "/v1/chat/completions" and sent["authorization"] == "Bearer sk-secret"
     assert sent["body"]["temperature"] == 0.0 and sent["body"]["model"] == "judge-x"

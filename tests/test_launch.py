@@ -106,7 +106,8 @@ def helper_env(monkeypatch):
 
 def test_a_failing_worker_stops_the_others_and_is_named(tmp_path, helper_env):
     t0 = time.monotonic()
-    with pytest.raises(UserError, match=r"worker 2 of 2 failed \(exit code 3\): launch_helper .* fail"):
+    with pytest.raises(UserError, match=r"worker 2 of 2 \(PID \d+\) failed \(exit code 3\) \(its message above "
+                                        r"says why\); the others were stopped: launch_helper .* fail"):
         run_workers(LaunchConfig(num_processes=2), "launch_helper", [[str(tmp_path), "sleep"], [str(tmp_path), "fail"]])
     assert time.monotonic() - t0 < 30  # the sleeper (60 s) was stopped, not waited for
     seen = {int(p.stem): json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
@@ -162,3 +163,37 @@ def test_zero_configs_pass_deepspeeds_own_parser(stage, monkeypatch):
                                                                "stage": 7}}
     with pytest.raises(Exception, match="stage"):
         DeepSpeedConfig(broken)
+
+
+def test_a_machine_whose_heartbeat_stopped_is_named(tmp_path, monkeypatch):
+    """Another host's machine is judged by its heartbeat's age; one from before this machine started (an
+    earlier attempt of the run), or one that finished, is not held against it."""
+    import time
+
+    import pytest
+
+    from selfplay import liveness
+    from selfplay.io import write_json
+
+    monkeypatch.setattr(liveness, "HEARTBEAT_S", 0.05)
+    with liveness.heartbeat(tmp_path, 0, 2, timeout=1.0):
+        liveness.check_peers()  # machine 1 has not started: waited for, as before
+        beat = tmp_path / ".machines" / "machine1.json"
+        write_json(beat, {"pid": 1, "host": "elsewhere", "time": time.time() - 3600, "started": 0, "finished": False})
+        liveness.check_peers()  # a heartbeat of an earlier attempt
+        write_json(beat, {"pid": 1, "host": "elsewhere", "time": time.time(), "started": 0, "finished": False})
+        liveness.check_peers()  # alive
+        time.sleep(1.2)
+        with pytest.raises(liveness.MachineLostError, match=r"machine 1 of 2 stopped: no heartbeat from it "
+                                                            r"\(PID 1 on elsewhere\) for 1s \(launch.heartbeat_timeout=1\)"):
+            liveness.check_peers()
+        write_json(beat, {"pid": 1, "host": "elsewhere", "time": time.time() - 5, "started": 0, "finished": True})
+        liveness.check_peers()  # it finished its part
+    assert read_json_file(tmp_path / ".machines" / "machine0.json")["finished"]
+    liveness.check_peers()  # outside a multi-node loop: nothing to watch
+
+
+def read_json_file(path):
+    import json
+
+    return json.loads(path.read_text())

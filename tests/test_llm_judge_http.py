@@ -6,7 +6,7 @@ import logging
 import re
 
 import pytest
-from chat_server import completion
+from chat_server import Reply, completion
 
 from selfplay.errors import UserError
 from selfplay.judges.http import ChatClient, JudgeError, MalformedReplyError
@@ -31,7 +31,7 @@ def test_chat_sends_key_as_bearer_and_returns_content(serve) -> None:
     assert client.chat([{"role": "user", "content": "hi"}], max_tokens=7) == "hello"
     (req,) = server.requests
     assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert req["authorization"] == f"Bearer {SECRET}"
     assert req["body"]["model"] == "judge-model" and req["body"]["max_tokens"] == 7
     assert SECRET not in repr(client)
 
@@ -57,7 +57,7 @@ def test_gives_up_after_max_retries_without_leaking_the_key(serve, caplog: pytes
     with caplog.at_level(logging.WARNING), pytest.raises(JudgeError) as err:
         fast_client(server.url, max_retries=2).chat([{"role": "user", "content": "x"}])
     assert len(server.requests) == 3
-    assert isinstance(err.value, UserError) and "after 2 retries" in str(err.value)
+    assert isinstance(err.value, UserError) and "gave up after 3 tries" in str(err.value)
     assert SECRET not in str(err.value) and SECRET not in caplog.text
 
 
@@ -69,10 +69,43 @@ def test_client_error_is_not_retried(serve) -> None:
     assert "401" in str(err.value) and SECRET not in str(err.value)
 
 
-def test_non_completion_body_is_a_malformed_reply(serve) -> None:
-    server = serve(lambda n, body: (200, "<html>not json</html>", 0.0))
-    with pytest.raises(MalformedReplyError):
-        fast_client(server.url).chat([{"role": "user", "content": "x"}])
+@pytest.mark.parametrize("body", ["<html>not json</html>", '{"choices": []}', '{"unexpected": true}'])
+def test_non_completion_body_is_retried_then_a_malformed_reply_naming_the_record(serve, body: str) -> None:
+    server = serve(lambda n, _: (200, body, 0.0))
+    with pytest.raises(MalformedReplyError, match="prompt 'q7'.*not a chat completion.*gave up after 3 tries"):
+        fast_client(server.url, max_retries=2).chat([{"role": "user", "content": "x"}], label="prompt 'q7'")
+    assert len(server.requests) == 3
+
+
+def test_a_reply_without_text_is_empty_not_an_error(serve) -> None:
+    server = serve(lambda n, _: (200, '{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}}]}', 0.0))
+    assert fast_client(server.url).chat([{"role": "user", "content": "x"}]) == ""
+
+
+def test_in_flight_requests_share_one_backoff(serve, caplog: pytest.LogCaptureFixture) -> None:
+    """16 requests in flight hit 32 failures: one "retrying" line per round (2, or 3 when a reply of the
+    first round comes back after that round's sleep on a busy machine), not one per failed request."""
+    from selfplay.judges.http import ChatRequest
+
+    server = serve(lambda n, body: Reply(503, "{}", headers={}) if n < 32 else
+                   Reply(200, completion(body["messages"][0]["content"])))
+    client = ChatClient(server.url, "judge-model", timeout=5.0, backoff=0.3, concurrency=16)
+    with caplog.at_level(logging.WARNING):
+        replies = client.chat_many([ChatRequest([{"role": "user", "content": f"m{i}"}], f"r{i}") for i in range(16)])
+    assert replies == [f"m{i}" for i in range(16)]
+    assert caplog.text.count("retrying in") == client.backoff.rounds_logged in (2, 3)
+    assert len(server.requests) == 48
+
+
+def test_retry_after_is_honoured_beyond_the_backoff(serve) -> None:
+    import time
+
+    server = serve(lambda n, body: Reply(429, "{}", headers={"Retry-After": "1"}) if n == 0 else
+                   Reply(200, completion("ok")))
+    started = time.monotonic()
+    assert fast_client(server.url).chat([{"role": "user", "content": "x"}]) == "ok"
+    gap = server.requests[1]["time"] - server.requests[0]["time"]
+    assert 1.0 <= gap < 3.0 and time.monotonic() - started >= 1.0  # backoff alone would be 0.01 s
 
 
 def test_unreachable_server_raises_after_retries() -> None:
@@ -81,7 +114,7 @@ def test_unreachable_server_raises_after_retries() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(JudgeError, match="cannot connect"):
+    with pytest.raises(JudgeError, match="connection failed"):
         fast_client(f"http://127.0.0.1:{port}/v1", max_retries=1).chat([{"role": "user", "content": "x"}])
 
 
@@ -124,7 +157,7 @@ def test_llm_judge_builds_a_consistent_win_matrix(serve) -> None:
     assert a["win_matrix"] == [[0.5, 1.0, 1.0], [0.0, 0.5, 0.0], [0.0, 1.0, 0.5]] and a["errors"] == 0
     assert b["win_matrix"] == [[0.5, 0.5], [0.5, 0.5]]
     # both orders of the two pairs involving "garble" have no verdict: 4 errors, ties, not fatal
-    assert c["errors"] == 4
+    assert c["errors"] == 4 and c["pairs_usable"] == 1 and a["pairs_usable"] == 3
     assert c["win_matrix"] == [[0.5, 0.5, 0.0], [0.5, 0.5, 0.5], [1.0, 0.5, 0.5]]
     for result in (a, b, c):
         m = result["win_matrix"]
@@ -148,7 +181,7 @@ def test_rank_cli_with_llm_judge(serve, cli, tmp_path) -> None:
     data = tmp_path / "samples.jsonl"
     write_jsonl(data, [
         {"id": "q1", "prompt_messages": [{"role": "user", "content": "pick"}], "samples": ["n 1", "n 4", "n 2"]},
-        {"id": "q2", "prompt_messages": [{"role": "user", "content": "pick"}], "samples": ["garble", "n 3"]},
+        {"id": "q2", "prompt_messages": [{"role": "user", "content": "pick"}], "samples": ["garble", "n 3", "n 5"]},
     ])
     out = tmp_path / "rank.jsonl"
     result = cli(["rank", "--data", data, "--judge", f"llm-judge:{server.url}#judge-7b", "--out", out,
@@ -156,7 +189,8 @@ def test_rank_cli_with_llm_judge(serve, cli, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     q1, q2 = read_jsonl(out)
     assert q1["win_matrix"] == [[0.5, 0.0, 0.0], [1.0, 0.5, 1.0], [1.0, 0.0, 0.5]] and "scores" not in q1
-    assert q2["errors"] == 2 and q2["win_matrix"] == [[0.5, 0.5], [0.5, 0.5]]
-    assert "2 malformed judge replies" in result.output
+    # both orders of both pairs with "garble" have no verdict: ties; the third pair is usable
+    assert q2["errors"] == 4 and q2["win_matrix"] == [[0.5, 0.5, 0.5], [0.5, 0.5, 0.0], [0.5, 1.0, 0.5]]
+    assert "4 judge replies without a verdict counted as ties" in result.output
     assert {r["body"]["model"] for r in server.requests} == {"judge-7b"}
     assert SECRET not in result.output and SECRET not in out.read_text()

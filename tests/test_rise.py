@@ -264,9 +264,10 @@ def test_teacher_url_failure_names_the_problem(tmp_path: Path, judge_server) -> 
     write_jsonl(data, [record("q0", "#### 2", "p0", "arith")])
     server = judge_server(lambda number, messages: (200, "\\boxed{2}") if number == 0 else (503, "overloaded"))
     cfg = _cfg(max_turns=2, num_samples=[1, 2], models=["policy", server.url + "#teacher"])
+    cfg = dataclasses.replace(cfg, remote=dataclasses.replace(cfg.remote, max_retries=2, backoff=0.01))
     policy = Scripted({"p0": ["\\boxed{9}"]})
     # the teacher answers turn 2: one request per candidate, the 2nd keeps failing -> an error naming p0
-    with pytest.raises(UserError, match="problem 'p0'.*failed"):
+    with pytest.raises(UserError, match="teacher .*problem 'p0': HTTP 503.*gave up after 3 tries"):
         run_rollout(cfg, "scripted", data, tmp_path / "out", loaded={"policy": policy})
     assert server.requests[0]["body"]["model"] == "teacher"
     assert server.requests[0]["body"]["messages"][-1]["content"].startswith("The answer is incorrect")

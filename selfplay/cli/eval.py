@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
+from selfplay.cli.common import ConfigOpt, SetOpt, at_least, console, resolve
 from selfplay.errors import UserError
 
 app = typer.Typer(help="Evaluate a model: mt-bench, leaderboard, winrate, task, ...; a judge: preference.",
@@ -52,7 +52,7 @@ def mt_bench(
     judge_api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     questions: Annotated[Optional[str], typer.Option(
         help="MT-Bench question.jsonl or a hub dataset id (default: HuggingFaceH4/mt_bench_prompts).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.", callback=at_least(1))] = None,
     mode: Annotated[str, typer.Option(help="single (1-10 grades) | pairwise (vs --baseline-answers)")] = "single",
     baseline_answers: Annotated[Optional[Path], typer.Option(help="Baseline's FastChat answer JSONL.")] = None,
     reference_answers: Annotated[Optional[Path], typer.Option(
@@ -60,8 +60,8 @@ def mt_bench(
     judge_prompts: Annotated[Optional[Path], typer.Option(
         help="judge_prompts.jsonl overriding the built-in FastChat templates.")] = None,
     out: OutOpt = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit per turn.")] = 1024,
-    judge_max_tokens: Annotated[int, typer.Option(help="Judgment length limit.")] = 2048,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit per turn.", callback=at_least(1))] = 1024,
+    judge_max_tokens: Annotated[int, typer.Option(help="Judgment length limit.", callback=at_least(1))] = 2048,
     batch_size: BatchOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -78,7 +78,7 @@ def mt_bench(
                           judge_prompts=judge_prompts, reference_answers=reference_answers, mode=mode,
                           baseline_answers=baseline_answers, limit=limit, max_new_tokens=max_new_tokens,
                           judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, model_cfg=cfg.model,
-                          seed=cfg.seed)
+                          seed=cfg.seed, remote=cfg.remote)
     if cfg.eval.judge is None:
         console.print(f"answers: {result['answers']} (pass --judge URL_or_model to grade them)")
     else:
@@ -90,11 +90,13 @@ def leaderboard(
     model: ModelOpt = None,
     tasks: Annotated[str, typer.Option(
         help="'openllm' (the six v1 tasks) or comma-separated lm-eval tasks.")] = "openllm",
-    limit: Annotated[Optional[float], typer.Option(help="Examples per task (below 1: a fraction).")] = None,
+    limit: Annotated[Optional[float], typer.Option(help="Examples per task (below 1: a fraction).",
+                                                   callback=at_least(0, above=True))] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(
         help="Directory of lm-eval task YAML files (repeatable), e.g. for offline tasks.")] = None,
     peft: Annotated[Optional[Path], typer.Option(help="A PEFT (LoRA) adapter directory on top of --model.")] = None,
-    num_fewshot: Annotated[Optional[int], typer.Option(help="Override every task's few-shot count.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="Override every task's few-shot count.",
+                                                       callback=at_least(0))] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     batch_size: BatchOpt = None,
     out: OutOpt = None,
@@ -128,10 +130,11 @@ def winrate(
         help="http(s):// OpenAI-compatible API root, or a local judge model (config eval.judge).")] = None,
     judge_model: JudgeModelOpt = "default",
     judge_api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.", callback=at_least(1))] = None,
     max_new_tokens: MaxTokensOpt = None,
-    judge_max_tokens: Annotated[int, typer.Option(help="Judgment length limit.")] = 1024,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the length-controlled error.")] = 500,
+    judge_max_tokens: Annotated[int, typer.Option(help="Judgment length limit.", callback=at_least(1))] = 1024,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the length-controlled error.",
+                                           callback=at_least(1))] = 500,
     batch_size: BatchOpt = None,
     out: OutOpt = None,
     config: ConfigOpt = None,
@@ -150,7 +153,7 @@ def winrate(
     run_winrate(cfg.model.name_or_path, baseline, prompts, cfg.eval.judge, out_dir, judge_model=judge_model,
                 judge_api_key_env=judge_api_key_env, limit=limit, max_new_tokens=cfg.eval.max_new_tokens,
                 judge_max_tokens=judge_max_tokens, batch_size=cfg.eval.batch_size, bootstrap=bootstrap,
-                model_cfg=cfg.model, seed=cfg.seed)
+                model_cfg=cfg.model, seed=cfg.seed, remote=cfg.remote)
     console.print(f"results: {out_dir / 'winrate.json'}")
 
 
@@ -163,10 +166,11 @@ def task(
     data: Annotated[Optional[str], typer.Option(
         help="Prepared data dir, records .jsonl, or a raw GSM8K/MATH/HotpotQA file or hub id.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split of --data (default: test, else train).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N examples.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per prompt (majority vote and pass@n).")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option()] = 1.0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N examples.", callback=at_least(1))] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per prompt (majority vote and pass@n).",
+                                   callback=at_least(1))] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.", callback=at_least(0))] = 0.0,
+    top_p: Annotated[float, typer.Option(callback=at_least(0, above=True, at_most=1))] = 1.0,
     max_new_tokens: MaxTokensOpt = None,
     batch_size: BatchOpt = None,
     out: OutOpt = None,
@@ -197,7 +201,7 @@ def multiturn(
     context_window: Annotated[Optional[int], typer.Option(help="Most recent turns kept in the prompt.")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Parallel samples of turn 1 (config rise.eval_parallel).")] = None,
     split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems.", callback=at_least(1))] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (config generate.temperature).")] = None,
     max_new_tokens: MaxTokensOpt = None,
     batch_size: BatchOpt = None,
@@ -222,7 +226,7 @@ def multiturn(
     from selfplay.stages.evaluate import multiturn_evaluation
 
     records = load_sft(data, split) if Path(data).is_dir() else load_sft(data)
-    records = records[:limit] if limit else records
+    records = records[:limit] if limit is not None else records
     r = cfg.rise
     rise = dataclasses.replace(r, eval_turns=1 if mode == "parallel" else r.eval_turns,
                                eval_parallel=0 if mode == "sequential" else r.eval_parallel)
@@ -246,7 +250,7 @@ def agent(
     max_steps: Annotated[Optional[int], typer.Option(help="Steps per episode at most (anchor: 11).")] = None,
     prompt_format: Annotated[Optional[str], typer.Option(help="alpaca (the anchor's) | chat")] = None,
     split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.", callback=at_least(1))] = None,
     ids_from: Annotated[Optional[Path], typer.Option(
         help="Only the questions that have a trajectory in this FireAct file (matched by question text).")] = None,
     max_new_tokens: MaxTokensOpt = None,
@@ -279,7 +283,7 @@ def agent(
         records = [r for r in records if r["messages"][-1]["content"].strip() in asked]
         if not records:
             raise UserError(f"no question of {data} has a trajectory in {ids_from}")
-    records = records[:limit] if limit else records
+    records = records[:limit] if limit is not None else records
     out_dir = _out_dir(out, cfg.model.name_or_path, f"agent-{cfg.agent.task}")
     _save(cfg, out_dir)
     sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)

@@ -9,23 +9,25 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from selfplay.errors import UserError
+from selfplay.errors import UserError, disk_full_error
 from selfplay.progress import quiet_libraries
 
 quiet_libraries()  # before any stage imports transformers
 
 
 class _Root(TyperGroup):
-    """Root group that turns :class:`UserError` (from any subcommand) into one line on stderr, exit 2."""
+    """Root group that turns :class:`UserError` (from any subcommand) into one line on stderr, exit 2 — and a
+    full disk met anywhere, even inside a library, into one line naming the file when known, exit 3."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except UserError as e:
-            if os.environ.get("SELFPLAY_TRACEBACK"):
+        except Exception as e:
+            error = e if isinstance(e, UserError) else disk_full_error(e)
+            if error is None or os.environ.get("SELFPLAY_TRACEBACK"):
                 raise
-            typer.echo(f"Error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
 
 
 app = typer.Typer(

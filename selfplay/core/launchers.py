@@ -25,8 +25,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from selfplay.config import LaunchConfig
 from selfplay.errors import UserError
@@ -112,13 +114,78 @@ def cpu_threads_per_process(processes: int) -> int:
 
 
 def run_launched(launch: LaunchConfig, module: str, args: list[str]) -> None:
-    """Run ``module`` under ``accelerate launch`` and wait; a failure is reported with its exit code."""
+    """Run ``module`` under ``accelerate launch`` and wait; a failure names the process that failed first.
+
+    torchrun stops the other processes within seconds when one dies (a SIGKILLed rank's sockets close, and
+    its peers' collectives fail at once rather than at the 30-minute timeout); its failure report (a
+    traceback of the launcher, then a "Root Cause" block) is condensed into one message naming the rank,
+    its PID and host, and how it ended. The launcher's other output passes through as it comes.
+    """
     cmd, extra = accelerate_command(launch, module, args)
     env = {**os.environ, **extra, "SELFPLAY_LAUNCHED": "1", PARENT_ENV: str(os.getpid())}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    code, _ = _wait([proc])
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
+                            errors="replace", bufsize=1)
+    relay = _LauncherReport(proc.stderr)
+    try:
+        code, _ = _wait([proc])
+    finally:
+        relay.join()
     if code != 0:
-        raise UserError(f"`accelerate launch` failed with exit code {code}: {' '.join(cmd)}")
+        from selfplay.liveness import check_peers
+
+        check_peers()  # another machine stopped: say that, not what it did to the rendezvous
+        raise UserError(relay.message(code, " ".join(cmd)))
+
+
+class _LauncherReport:
+    """Copies a launcher's stderr to ours, except torchrun's failure report, which it reads instead: the
+    root cause (the first process that failed) becomes :meth:`message`."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.cause = stream, {}
+        self._thread = threading.Thread(target=self._run, name="launcher-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        held: list[str] = []  # a traceback of the launcher itself, until its last line says what it is
+        in_report = in_cause = False
+        for line in self.stream:
+            if in_report:
+                in_cause = in_cause or line.startswith("Root Cause")
+                if in_cause and ":" in line and line.startswith("  "):
+                    key, _, value = line.strip().partition(":")
+                    self.cause.setdefault(key.strip(), value.strip())
+                if in_cause and line.startswith("====="):
+                    in_report = in_cause = False
+                continue
+            if held or line.startswith("Traceback (most recent call last):"):
+                held.append(line)
+                if line.startswith((" ", "Traceback (most recent call last):")) or not line.strip():
+                    continue
+                if "ChildFailedError" in line:  # torchrun's report follows: read it, show the root cause only
+                    in_report = True
+                else:
+                    sys.stderr.writelines(held)
+                held = []
+                continue
+            sys.stderr.write(line)
+        sys.stderr.writelines(held)
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+    def message(self, code: int, command: str) -> str:
+        rank, exitcode = self.cause.get("rank"), self.cause.get("exitcode", "")
+        if rank is None:
+            return f"`accelerate launch` failed with exit code {code}: {command}"
+        status = exitcode.split()[0] if exitcode else "?"
+        pid = exitcode.partition("pid:")[2].strip(" )").split(")")[0] if "pid:" in exitcode else "?"
+        if status.lstrip("-").isdigit() and int(status) < 0:
+            how = f"was killed by {signal.Signals(-int(status)).name}"
+        else:
+            how = f"exited with code {status}" + (" (its message above says why)" if status in ("2", "3") else "")
+        return (f"training process rank {rank.split()[0]} (PID {pid} on {self.cause.get('host', '?')}) {how}; "
+                f"the launcher stopped the others. Checkpoints written before are kept: rerun to resume.")
 
 
 def worker_devices(workers: int, devices_per_worker: int, *, cuda: bool | None = None) -> list[str | None]:
@@ -158,14 +225,25 @@ def run_workers(launch: LaunchConfig, module: str, worker_args: list[list[str]],
         procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, start_new_session=True))
     code, failed = _wait(procs)
     if code != 0:
-        raise UserError(f"worker {failed + 1} of {len(procs)} failed (exit code {code}): "
-                        f"{module} {' '.join(worker_args[failed])}. Finished work is kept: rerun to resume.")
+        if code < 0:
+            why = f" was killed by {signal.Signals(-code).name}"
+        else:  # a user error or a full disk print their own message
+            why = f" failed (exit code {code})" + (" (its message above says why)" if code in (2, 3) else "")
+        raise UserError(f"worker {failed + 1} of {len(procs)} (PID {procs[failed].pid}){why}; the others were "
+                        f"stopped: {module} {' '.join(worker_args[failed])}. Finished work is kept: rerun to resume.")
 
 
 def _wait(procs: list[subprocess.Popen]) -> tuple[int, int]:
-    """Wait for all; on the first failure (or Ctrl-C) stop the rest. Returns (0, -1) or (its code, its index)."""
+    """Wait for all; on the first failure (or Ctrl-C, or another machine of a multi-node run stopping:
+    :func:`selfplay.liveness.check_peers`) stop the rest. Returns (0, -1) or (its code, its index)."""
+    from selfplay.liveness import check_peers
+
     try:
+        polls = 0
         while True:
+            polls += 1
+            if polls % 5 == 0:
+                check_peers()
             codes = [p.poll() for p in procs]
             bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if bad:

@@ -93,11 +93,11 @@ class Sampler(Protocol):
     tokenizer: Any
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
                  on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]: ...
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
                  on_result: OnResult | None = None) -> list[list[str]]: ...
 
 
@@ -160,9 +160,15 @@ class GenerationProgress:
 
 
 @contextmanager
-def generation_progress(total: int, enabled: bool = True,
+def generation_progress(total: int, enabled: bool | GenerationProgress = True,
                         description: str = "generate") -> Iterator[GenerationProgress]:
-    """A rich bar over ``total`` prompts showing prompts/s and tokens/s (a silent counter when disabled)."""
+    """A rich bar over ``total`` prompts showing prompts/s and tokens/s (a silent counter when disabled).
+
+    ``enabled`` may be a bar already shown: a caller feeding the prompts in chunks passes its one bar, and
+    every chunk advances it."""
+    if isinstance(enabled, GenerationProgress):
+        yield enabled
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from selfplay.progress import logged_progress
@@ -206,9 +212,10 @@ class HFSampler(_Texts):
         return cls(model, tokenizer, batch_size)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
                  on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
-        """n completions per prompt (special tokens, the final EOS and a stop text removed), in input order."""
+        """n completions per prompt (special tokens, the final EOS and a stop text removed), in input order;
+        ``progress``: show a bar, or advance the caller's (:func:`generation_progress`)."""
         from selfplay.core.decoding import decode
 
         _check_params(n, temperature, top_p, max_new_tokens, stop)
@@ -283,10 +290,11 @@ class VLLMSampler(_Texts):
                                   gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype, **kwargs)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, stop: list[str] | None = None, progress: bool = True,
+                 seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
                  on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
         _check_params(n, temperature, top_p, max_new_tokens, stop)
         greedy = temperature == 0
+        bar = progress if isinstance(progress, GenerationProgress) else None  # a caller's bar: advance it
         results: list[list[Completion]] = []
         for start in range(0, len(prompts), VLLM_CHUNK):
             chunk = prompts[start:start + VLLM_CHUNK]
@@ -295,11 +303,13 @@ class VLLMSampler(_Texts):
                                                 max_tokens=max_new_tokens, seed=sample_seed(seed, p, 0),
                                                 stop=stop or None)
                       for p in chunk]
-            outputs = self.llm.generate(inputs, params, use_tqdm=progress)
+            outputs = self.llm.generate(inputs, params, use_tqdm=progress is True)
             for offset, out in enumerate(outputs):
                 completions = [Completion(o.text, _vllm_finish(o), len(o.token_ids))
                                for o in sorted(out.outputs, key=lambda o: o.index)]
                 results.append(completions * n if greedy else completions)
+                if bar is not None:
+                    bar.add(prompts=1, tokens=sum(c.num_tokens for c in completions))
                 if on_result is not None:
                     on_result(start + offset, results[-1])
         return results

@@ -9,6 +9,8 @@ failed run never leaves half an output behind.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import random
 import re
@@ -16,20 +18,22 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress, TextColumn
 
 from selfplay.data import synth_arith
 from selfplay.data.formats import TURN_CHOICES, ConvertOptions, detect_format, get_format
 from selfplay.data.schema import validate_sft_record
-from selfplay.data.sources import RawRow, read_jsonl_rows, read_rows
+from selfplay.data.sources import RawRow, iter_jsonl_rows, iter_rows
 from selfplay.errors import DataError, UserError, suggest
-from selfplay.io import read_json, write_json, write_jsonl
+from selfplay.io import JsonlWriter, read_json, write_json, write_jsonl
 
 Record = dict[str, Any]
 
@@ -52,6 +56,17 @@ class Converted:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass
+class _Tally:
+    """What a streamed conversion saw: the format, rows read, rows dropped by reason."""
+
+    format: str = ""
+    source_rows: int = 0
+    groups: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    first_ref: Any = None
+
+
 def _drop_reason(error: DataError) -> str:
     # Indices are folded ("messages[3].role" -> "messages[].role") so reasons aggregate into counts.
     where = re.sub(r"\[\d+\]", "[]", error.field) if error.field else None
@@ -67,39 +82,61 @@ def _check_turns(turns: str | None) -> None:
 def convert_rows(rows: list[RawRow], fmt_name: str = "auto", turns: str | None = None,
                  skip_invalid: bool = False, stem: str = "row", show_progress: bool = True) -> Converted:
     """Normalize raw rows into canonical SFT records; with ``skip_invalid`` bad rows are counted, not raised."""
+    tally = _Tally()
+    groups = list(iter_groups(rows, fmt_name, turns, skip_invalid, stem, show_progress, tally))
+    return Converted(groups=groups, format=tally.format, source_rows=tally.source_rows, dropped=tally.dropped)
+
+
+def iter_groups(rows: Iterable[RawRow], fmt_name: str, turns: str | None, skip_invalid: bool, stem: str,
+                show_progress: bool, tally: _Tally) -> Iterator[list[Record]]:
+    """:func:`convert_rows` one row at a time: the record groups of each valid row, in order; ``tally``
+    collects the format and the counts. Holds the ids seen (duplicates are errors), never the records."""
     _check_turns(turns)
-    if fmt_name == "auto":
-        first = next(((ref, row) for ref, row in rows if isinstance(row, dict)), None)
-        if first is None:  # every row failed to parse: report the first failure
-            raise rows[0][1]  # type: ignore[misc]
-        fmt = detect_format(first[1], first[0])
+    rows = iter(rows)
+    pending: list[RawRow] = []
+    if fmt_name == "auto":  # detect from the first row that parses (rows before it are kept for conversion)
+        for ref, row in rows:
+            pending.append((ref, row))
+            if isinstance(row, dict):
+                fmt = detect_format(row, ref)
+                break
+        else:
+            if not pending:
+                return
+            raise pending[0][1]  # type: ignore[misc]  # every row failed to parse: report the first failure
     else:
         fmt = get_format(fmt_name)
+    tally.format = fmt.name
     options = ConvertOptions(turns=turns or fmt.default_turns, stem=stem)
-    result = Converted(groups=[], format=fmt.name, source_rows=len(rows))
     seen_ids: set[str] = set()
     console = Console(stderr=True)
     # Off when stderr is not a terminal: there rich would only leave blank lines in logs.
-    for ref, row in track(rows, description=f"Reading {fmt.name} rows", console=console, transient=True,
-                          disable=not (show_progress and console.is_terminal)):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            group = fmt.convert(row, ref, options)
-            ids = [record["id"] for record in group]
-            clash = next((i for i in ids if i in seen_ids or ids.count(i) > 1), None)
-            if clash is not None:
-                raise ref.error(f"duplicate id '{clash}'", "id")
-            seen_ids.update(ids)
-            result.groups.append(group)
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            result.dropped[_drop_reason(e)] += 1
-    if not result.groups:
-        raise DataError(f"no valid rows (dropped {sum(result.dropped.values())}: "
-                        f"{dict(result.dropped)})", path=rows[0][0].path)
-    return result
+    with Progress(TextColumn(f"Reading {fmt.name} rows"), TextColumn("{task.completed:,}"), console=console,
+                  transient=True, disable=not (show_progress and console.is_terminal)) as progress:
+        task = progress.add_task("rows", total=None)
+        for ref, row in itertools.chain(pending, rows):
+            tally.source_rows += 1
+            tally.first_ref = tally.first_ref or ref
+            progress.advance(task)
+            try:
+                if isinstance(row, DataError):
+                    raise row
+                group = fmt.convert(row, ref, options)
+                ids = [record["id"] for record in group]
+                clash = next((i for i in ids if i in seen_ids or ids.count(i) > 1), None)
+                if clash is not None:
+                    raise ref.error(f"duplicate id '{clash}'", "id")
+                seen_ids.update(ids)
+            except DataError as e:
+                if not skip_invalid:
+                    raise
+                tally.dropped[_drop_reason(e)] += 1
+                continue
+            tally.groups += 1
+            yield group
+    if not tally.groups and tally.source_rows:
+        raise DataError(f"no valid rows (dropped {sum(tally.dropped.values())}: "
+                        f"{dict(tally.dropped)})", path=tally.first_ref.path)
 
 
 def parse_test_size(value: str | int | float | None, total: int) -> int:
@@ -127,22 +164,18 @@ def parse_test_size(value: str | int | float | None, total: int) -> int:
     return count
 
 
-def select_and_split(groups: list[list[Record]], num: int | None, test_size: str | int | float | None,
-                     seed: int) -> tuple[list[Record], list[Record]]:
-    """Pick ``num`` source rows and hold out ``test_size`` of them, at random by ``seed``.
-
-    Splitting by source row keeps all turns of one conversation on the same side. Both splits keep
-    the source order, so output is stable and easy to compare with the input.
-    """
+def split_indices(count: int, num: int | None, test_size: str | int | float | None,
+                  seed: int) -> tuple[set[int], set[int]]:
+    """(train, test) source-row indices: ``num`` of the ``count`` rows at random by ``seed``, ``test_size`` of
+    them held out. Splitting by source row keeps all turns of one conversation on the same side."""
     if num is not None and num < 1:
         raise UserError(f"--num must be at least 1, got {num}")
-    order = list(range(len(groups)))
+    order = list(range(count))
     if num is not None or test_size not in (None, "", 0, "0"):
         random.Random(seed).shuffle(order)
     order = order[:num] if num is not None else order
     test_count = parse_test_size(test_size, len(order))
-    test_rows, train_rows = sorted(order[:test_count]), sorted(order[test_count:])
-    return ([r for i in train_rows for r in groups[i]], [r for i in test_rows for r in groups[i]])
+    return set(order[test_count:]), set(order[:test_count])
 
 
 def _source_fingerprint(source: str) -> dict[str, int] | None:
@@ -216,20 +249,62 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
 def write_prepared_dir(out_dir: str | Path, splits: dict[str, list[Record]], metadata: dict[str, Any],
                        overwrite: bool = False) -> Path:
     """Write ``<split>.jsonl`` files and ``metadata.json`` into ``out_dir`` atomically."""
-    out_dir = Path(out_dir).expanduser()
+    with _prepared_dir(Path(out_dir).expanduser(), overwrite) as tmp:
+        for name, records in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", records)
+        write_json(tmp / "metadata.json", metadata)
+    return Path(out_dir).expanduser()
+
+
+@contextmanager
+def _prepared_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary directory beside ``out_dir`` to fill, moved into place when the block succeeds."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 mode would stick to the renamed output; mkdir honours the umask.
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        for name, records in splits.items():
-            write_jsonl(tmp / f"{name}.jsonl", records)
-        write_json(tmp / "metadata.json", metadata)
+        yield tmp
         _move_into_place(tmp, out_dir, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return out_dir
+
+
+def _write_splits(tmp: Path, groups: Iterable[list[Record]], num: int | None,
+                  test_size: str | int | float | None, seed: int) -> dict[str, int]:
+    """Stream the record groups into ``tmp/train.jsonl`` (and ``test.jsonl``); returns records per split.
+
+    Choosing ``num`` rows or a test split at random needs the row count first: the groups are spooled to a
+    file in ``tmp`` (one record per line, its group's index in front) and read back once, so memory holds
+    the chosen indices, not the records.
+    """
+    if num is None and test_size in (None, "", 0, "0"):
+        with JsonlWriter(tmp / "train.jsonl") as out:
+            for group in groups:
+                for record in group:
+                    out.write(record)
+        return {"train": out.count}
+    spool = tmp / ".rows.spool"
+    count = 0
+    with JsonlWriter(spool, name=tmp / "train.jsonl") as out:
+        for count, group in enumerate(groups, start=1):
+            for record in group:
+                out.write_line(f"{count - 1}\t{json.dumps(record, ensure_ascii=False)}")
+    train, test = split_indices(count, num, test_size, seed)
+    writers = {"train": JsonlWriter(tmp / "train.jsonl")}
+    if test:
+        writers["test"] = JsonlWriter(tmp / "test.jsonl")
+    with contextlib.ExitStack() as stack, spool.open(encoding="utf-8") as f:
+        for writer in writers.values():
+            stack.enter_context(writer)
+        for line in f:
+            index, _, record = line.rstrip("\n").partition("\t")
+            side = "test" if int(index) in test else "train" if int(index) in train else None
+            if side is not None:
+                writers[side].write_line(record)
+    spool.unlink()
+    return {name: writer.count for name, writer in writers.items()}
 
 
 def prepare_source(source: str, out_dir: str | Path, *, format: str = "auto", split: str = "train",
@@ -247,28 +322,34 @@ def prepare_source(source: str, out_dir: str | Path, *, format: str = "auto", sp
     options = {"format": format, "split": split, "num": num, "seed": seed, "test_size": test_size,
                "turns": turns, "skip_invalid": skip_invalid}
     _check_turns(turns)
-    _must_replace(Path(out_dir).expanduser(), overwrite)  # fail before reading a large source
+    if num is not None and num < 1:
+        raise UserError(f"--num must be at least 1, got {num}")
+    parse_test_size(test_size, 2**62)  # a negative count or a fraction outside (0, 1): refused before reading
+    out_dir = Path(out_dir).expanduser()
+    _must_replace(out_dir, overwrite)  # fail before reading a large source
+    tally = _Tally()
     if source.startswith(SYNTH_PREFIX):
         task, records = _synth_records(source, format, num, seed)
-        converted = Converted(groups=[[r] for r in records], format=task, source_rows=len(records))
+        groups: Iterable[list[Record]] = ([r] for r in records)
+        tally.format, tally.source_rows = task, len(records)
         num = None  # the generator already made exactly the rows asked for
     else:
         stem = Path(source).stem if Path(source).expanduser().exists() else source.split("/")[-1]
-        converted = convert_rows(read_rows(source, split), format, turns, skip_invalid,
-                                 stem=re.sub(r"[^\w.-]+", "_", stem), show_progress=show_progress)
-    train, test = select_and_split(converted.groups, num, test_size, seed)
-    splits = {"train": train, **({"test": test} if test else {})}
-    metadata = {
-        "source": source,
-        "source_fingerprint": _source_fingerprint(source),
-        "format": converted.format,
-        "counts": {name: len(records) for name, records in splits.items()},
-        "source_rows": converted.source_rows,
-        "dropped": {"total": sum(converted.dropped.values()),
-                    "reasons": dict(converted.dropped.most_common())},
-        "options": options,
-    }
-    return write_prepared_dir(out_dir, splits, metadata, overwrite=overwrite)
+        # One row at a time from the source to the output files: memory does not grow with the data set.
+        groups = iter_groups(iter_rows(source, split), format, turns, skip_invalid,
+                             re.sub(r"[^\w.-]+", "_", stem), show_progress, tally)
+    with _prepared_dir(out_dir, overwrite) as tmp:
+        counts = _write_splits(tmp, groups, num, test_size, seed)
+        write_json(tmp / "metadata.json", {
+            "source": source,
+            "source_fingerprint": _source_fingerprint(source),
+            "format": tally.format,
+            "counts": counts,
+            "source_rows": tally.source_rows,
+            "dropped": {"total": sum(tally.dropped.values()), "reasons": dict(tally.dropped.most_common())},
+            "options": options,
+        })
+    return out_dir
 
 
 def ensure_prepared(source: str, out_dir: str | Path, **options: Any) -> Path:
@@ -306,7 +387,7 @@ def load_sft(path: str | Path, split: str = "train") -> list[Record]:
         raise DataError("expected a prepared data directory or a .jsonl file of SFT records; "
                         "run `selfplay data prepare` on it first", path=path)
     records, seen = [], set()
-    for ref, row in read_jsonl_rows(path):
+    for ref, row in iter_jsonl_rows(path):
         if isinstance(row, DataError):
             raise row
         record = validate_sft_record(row, ref)

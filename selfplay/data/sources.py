@@ -1,14 +1,18 @@
 """Read raw rows from any supported source: JSONL, JSON, parquet, CSV/TSV, a ``datasets.save_to_disk``
 directory, a directory of split files, or a Hugging Face Hub id (``owner/name`` or ``owner/name:config``).
 
-Every reader returns ``[(RowRef, row)]`` where ``row`` is a dict or, for a row that cannot even be
+Every reader yields ``(RowRef, row)`` pairs where ``row`` is a dict or, for a row that cannot even be
 parsed, the :class:`DataError` describing it, so ``--skip-invalid`` can drop it and keep going.
+:func:`iter_rows` streams them (JSONL and CSV line by line, parquet by record batch, ``datasets`` tables row by
+row from their memory-mapped Arrow files), so ``data prepare`` holds one row at a time; a JSON file is the
+exception, parsed whole. :func:`read_rows` is the list of them, for the small inputs of the evaluations.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +26,74 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 def read_rows(source: str, split: str = "train") -> list[RawRow]:
     """All raw rows of ``source``; ``split`` picks the split of a multi-split source (hub, directory)."""
+    return list(iter_rows(source, split))
+
+
+def iter_rows(source: str, split: str = "train") -> Iterator[RawRow]:
+    """The raw rows of ``source``, one at a time; DataError when it has none."""
     path = Path(source).expanduser()
     if path.is_dir():
         rows = _read_directory(path, split)
     elif path.is_file():
-        rows = read_file(path)
+        rows = iter_file(path)
     elif path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")):
         raise DataError("file not found", path=source)
     else:
         rows = _read_hub(source, split)
-    if not rows:
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
         raise DataError("no rows: the source is empty", path=source)
-    return rows
 
 
 def read_file(path: Path) -> list[RawRow]:
     """Raw rows of one local file, chosen by its suffix."""
+    return list(iter_file(path))
+
+
+def iter_file(path: Path) -> Iterator[RawRow]:
+    """Raw rows of one local file, chosen by its suffix, one at a time."""
     suffix = path.suffix.lower()
-    readers = {".jsonl": read_jsonl_rows, ".json": _read_json, ".parquet": _read_parquet,
+    readers = {".jsonl": iter_jsonl_rows, ".json": _read_json, ".parquet": _read_parquet,
                ".csv": _read_csv, ".tsv": _read_csv}
     if suffix not in readers:
         raise DataError(f"unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)} "
                         "or a directory", path=path)
-    return readers[suffix](path)
+    return iter(readers[suffix](path))
 
 
 def read_jsonl_rows(path: Path) -> list[RawRow]:
-    """JSONL rows by 1-based line number.
+    """JSONL rows by 1-based line number (see :func:`iter_jsonl_rows`)."""
+    return list(iter_jsonl_rows(path))
+
+
+def iter_jsonl_rows(path: Path) -> Iterator[RawRow]:
+    """JSONL rows by 1-based line number, one at a time.
 
     Not ``selfplay.io.iter_jsonl``: that stops at the first bad line, while ``--skip-invalid``
     must record the bad line and keep reading.
     """
-    rows: list[RawRow] = []
+    index = 0
     try:
         with path.open("r", encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                ref = RowRef(str(path), index=len(rows), line=lineno)
+                ref = RowRef(str(path), index=index, line=lineno)
+                index += 1
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    rows.append((ref, ref.error(f"malformed JSON ({e.msg})")))
+                    yield ref, ref.error(f"malformed JSON ({e.msg})")
                     continue
                 if isinstance(obj, dict):
-                    rows.append((ref, obj))
+                    yield ref, obj
                 else:
-                    rows.append((ref, ref.error(f"expected a JSON object, got {type(obj).__name__}")))
+                    yield ref, ref.error(f"expected a JSON object, got {type(obj).__name__}")
     except UnicodeDecodeError:
         raise DataError("not UTF-8 text", path=path) from None
-    return rows
 
 
 def _read_json(path: Path) -> list[RawRow]:
@@ -86,7 +108,7 @@ def _read_json(path: Path) -> list[RawRow]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # one object per line under a .json name: read it as JSONL
-            return read_jsonl_rows(path)
+            return list(iter_jsonl_rows(path))
         raise DataError(f"not valid JSON ({e.msg})", path=path, line=e.lineno) from None
     if isinstance(data, list):
         items: list[tuple[str | None, Any]] = [(None, item) for item in data]
@@ -105,14 +127,22 @@ def _read_json(path: Path) -> list[RawRow]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[RawRow]:
+def _read_parquet(path: Path, start: int = 0) -> Iterator[RawRow]:
+    """Rows of a parquet file by record batch (a whole table in Python objects is ~10x its file size);
+    ``start``: the index of its first row among several shards."""
     import pyarrow.parquet as pq  # installed with `datasets`
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield RowRef(str(path), index=start + i, row=start + i), row
+                i += 1
+    except DataError:
+        raise
     except Exception as e:  # pyarrow raises several types (ArrowInvalid, OSError) for unreadable files
         raise DataError(f"not a readable parquet file ({e})", path=path) from None
-    return [(RowRef(str(path), index=i, row=i), row) for i, row in enumerate(table.to_pylist())]
 
 
 def _decode_cell(cell: str) -> Any:
@@ -126,28 +156,26 @@ def _decode_cell(cell: str) -> Any:
     return cell
 
 
-def _read_csv(path: Path) -> list[RawRow]:
+def _read_csv(path: Path) -> Iterator[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows: list[RawRow] = []
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             for i, raw in enumerate(reader):
                 ref = RowRef(str(path), index=i, row=i)
                 if None in raw:
-                    rows.append((ref, ref.error("the row has more cells than the header")))
+                    yield ref, ref.error("the row has more cells than the header")
                 elif None in raw.values():
-                    rows.append((ref, ref.error("the row has fewer cells than the header")))
+                    yield ref, ref.error("the row has fewer cells than the header")
                 else:
-                    rows.append((ref, {k: _decode_cell(v) for k, v in raw.items()}))
+                    yield ref, {k: _decode_cell(v) for k, v in raw.items()}
     except UnicodeDecodeError:
         raise DataError("not UTF-8 text", path=path) from None
     except csv.Error as e:
         raise DataError(f"not valid CSV ({e})", path=path) from None
-    return rows
 
 
-def _read_directory(path: Path, split: str) -> list[RawRow]:
+def _read_directory(path: Path, split: str) -> Iterator[RawRow]:
     """A ``save_to_disk`` directory, or a directory holding ``<split>.jsonl|.json|.parquet|.csv`` or
     hub-style shards ``**/<split>-*.parquet``."""
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -155,21 +183,26 @@ def _read_directory(path: Path, split: str) -> list[RawRow]:
     for suffix in FILE_SUFFIXES:
         candidate = path / f"{split}{suffix}"
         if candidate.is_file():
-            return read_file(candidate)
+            return iter_file(candidate)
     shards = sorted(path.glob(f"**/{split}-*.parquet"))
     if shards:
-        rows: list[RawRow] = []
-        for shard in shards:
-            rows.extend((RowRef(r.path, index=len(rows) + r.index, row=r.row), row)
-                        for r, row in _read_parquet(shard))
-        return rows
+        return _read_parquet_shards(shards)
     found = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     raise DataError(f"no split '{split}' here: expected a `datasets` save_to_disk directory or a file "
                     f"named {split}.jsonl/.json/.parquet/.csv (found: {', '.join(found) or 'nothing'})",
                     path=path)
 
 
-def _read_saved_dataset(path: Path, split: str) -> list[RawRow]:
+def _read_parquet_shards(shards: list[Path]) -> Iterator[RawRow]:
+    """Hub-style parquet shards as one sequence: indices run on across shards, rows are per shard."""
+    seen = 0
+    for shard in shards:
+        for ref, row in _read_parquet(shard):
+            yield RowRef(ref.path, index=seen, row=ref.row), row
+            seen += 1
+
+
+def _read_saved_dataset(path: Path, split: str) -> Iterator[RawRow]:
     import datasets
 
     try:
@@ -180,10 +213,11 @@ def _read_saved_dataset(path: Path, split: str) -> list[RawRow]:
         if split not in loaded:
             raise DataError(f"no split '{split}'; available: {', '.join(loaded)}", path=path)
         loaded = loaded[split]
-    return [(RowRef(str(path), index=i, row=i), row) for i, row in enumerate(loaded.to_list())]
+    # Iterating a Dataset reads its memory-mapped Arrow file row by row (to_list() would copy it all).
+    return ((RowRef(str(path), index=i, row=i), row) for i, row in enumerate(loaded))
 
 
-def _read_hub(source: str, split: str) -> list[RawRow]:
+def _read_hub(source: str, split: str) -> Iterator[RawRow]:
     """A Hugging Face Hub dataset: ``owner/name`` or ``owner/name:config`` (never with remote code)."""
     import datasets
 
@@ -196,4 +230,4 @@ def _read_hub(source: str, split: str) -> list[RawRow]:
             f"Hugging Face Hub failed ({type(e).__name__}: {e}). Without network, download it elsewhere "
             "and pass the local file or `save_to_disk` directory instead."
         ) from None
-    return [(RowRef(source, index=i, row=i), row) for i, row in enumerate(loaded.to_list())]
+    return ((RowRef(source, index=i, row=i), row) for i, row in enumerate(loaded))

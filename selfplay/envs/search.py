@@ -10,24 +10,31 @@
   the environment, sent only to SerpAPI, and never logged.
 
 A backend that fails or times out never crashes a rollout: its observation says so and it is counted
-(:class:`SearchResult.error`). Tool output is untrusted text: it is only ever shown to the model.
+(:class:`SearchResult.error`). SerpAPI failures worth another try (timeouts, dropped connections, 429/5xx,
+a reply that is not JSON) are retried ``remote.search_retries`` times behind one backoff shared by the
+step's concurrent searches, honouring ``Retry-After``; each try is cut off after ``remote.search_timeout``
+seconds, whole. Tool output is untrusted text: it is only ever shown to the model.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import threading
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfplay.errors import DataError, UserError, suggest
+from selfplay.remote import RETRYABLE_STATUS, Backoff, bounded_get, parse_retry_after, redact
+
+if TYPE_CHECKING:
+    from selfplay.config import RemoteConfig
 
 NO_RESULTS = "No results found."
 SERPAPI_URL = "https://serpapi.com/search.json"
@@ -110,15 +117,21 @@ class ReplaySearch:
         return SearchResult(self.docs[int(ids[0][0])][1] if float(scores[0][0]) > 0 else NO_RESULTS)
 
 
+class _SearchFailed(Exception):
+    """A SerpAPI request that failed for good (the message is the observation's reason)."""
+
+
 class SerpApiSearch:
     """Google through SerpAPI, cached in ``cache_path`` (query -> result JSON, the anchor's search.json form)."""
 
-    def __init__(self, cache_path: str | Path | None = None, *, timeout: float = 30.0, url: str = SERPAPI_URL) -> None:
+    def __init__(self, cache_path: str | Path | None = None, *, timeout: float = 30.0, retries: int = 2,
+                 backoff: float = 1.0, url: str = SERPAPI_URL) -> None:
         self.key = os.environ.get("SERPAPI_API_KEY", "")
         if not self.key:
             raise UserError("the serpapi search backend needs the SERPAPI_API_KEY environment variable "
                             "(or use agent.search=replay, which works offline)")
-        self.url, self.timeout = url, timeout
+        self.url, self.timeout, self.retries = url, timeout, retries
+        self.backoff = Backoff(f"search {url}", base=backoff, max_retries=retries)
         self.cache_path = Path(cache_path) if cache_path else None
         self.cache: dict[str, str] = {}
         if self.cache_path is not None and self.cache_path.is_file():
@@ -128,14 +141,10 @@ class SerpApiSearch:
     def __call__(self, query: str) -> SearchResult:
         if query in self.cache:
             return SearchResult(self.cache[query])
-        params = urllib.parse.urlencode({"engine": "google", "q": query, "google_domain": "google.com", "gl": "us",
-                                         "hl": "en", "api_key": self.key})
         try:
-            with urllib.request.urlopen(f"{self.url}?{params}", timeout=self.timeout) as response:
-                result = extract_answer(json.loads(response.read()))
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
-            reason = str(getattr(e, "reason", e)).replace(self.key, "***")
-            return SearchResult(f"search failed: {type(e).__name__}: {reason}"[:300], error=True)
+            result = extract_answer(self._fetch(query))
+        except _SearchFailed as e:
+            return SearchResult(f"search failed: {e}"[:300], error=True)
         text = result or NO_RESULTS
         with self._lock:
             self.cache[query] = text
@@ -144,6 +153,40 @@ class SerpApiSearch:
 
                 write_json(self.cache_path, self.cache)
         return SearchResult(text)
+
+    def _fetch(self, query: str) -> dict[str, Any]:
+        """SerpAPI's JSON for ``query``, after the shared backoff and retries; :class:`_SearchFailed` else."""
+        params = urllib.parse.urlencode({"engine": "google", "q": query, "google_domain": "google.com", "gl": "us",
+                                         "hl": "en", "api_key": self.key})
+        started, attempts = time.monotonic(), 0
+        while True:
+            while (wait := self.backoff.wait_s()) > 0:
+                time.sleep(wait)
+            ticket = self.backoff.ticket()
+            attempts += 1
+            retry_after = None
+            try:
+                status, headers, body = bounded_get(f"{self.url}?{params}", self.timeout,
+                                                    {"Accept": "application/json"})
+                if status == 200:
+                    payload = json.loads(body)
+                    if isinstance(payload, dict):
+                        self.backoff.succeeded()
+                        return payload
+                    problem = f"the reply is not a JSON object: {body[:80]!r}"
+                else:
+                    problem = f"HTTP {status}"
+                    if status not in RETRYABLE_STATUS:
+                        raise _SearchFailed(redact(problem + f": {body[:120]!r}", [self.key]))
+                    retry_after = parse_retry_after(headers)
+            except (OSError, http.client.HTTPException) as e:  # TimeoutError is an OSError
+                problem = f"{type(e).__name__}: {e}"
+            except ValueError:
+                problem = f"the reply is not JSON: {body[:80]!r}"
+            problem = redact(problem, [self.key])
+            if attempts > self.retries:
+                raise _SearchFailed(f"{problem} (gave up after {attempts} tries in {time.monotonic() - started:.1f}s)")
+            self.backoff.failed(ticket, problem, retry_after)
 
 
 def extract_answer(res: dict[str, Any]) -> str | None:
@@ -163,16 +206,23 @@ def extract_answer(res: dict[str, Any]) -> str | None:
 
 
 SearchFn = Callable[[str], SearchResult]
-# name -> factory(sources, cache path): the `agent.search` backends.
-SEARCH_BACKENDS: dict[str, Callable[[list[str], str | None], SearchFn]] = {
-    "replay": lambda sources, cache: ReplaySearch(sources),
-    "serpapi": lambda sources, cache: SerpApiSearch(cache),
+def _serpapi(sources: list[str], cache: str | None, remote: RemoteConfig | None) -> SearchFn:
+    if remote is None:
+        return SerpApiSearch(cache)
+    return SerpApiSearch(cache, timeout=remote.search_timeout, retries=remote.search_retries, backoff=remote.backoff)
+
+
+# name -> factory(sources, cache path, remote settings): the `agent.search` backends.
+SEARCH_BACKENDS: dict[str, Callable[[list[str], str | None, "RemoteConfig | None"], SearchFn]] = {
+    "replay": lambda sources, cache, remote: ReplaySearch(sources),
+    "serpapi": _serpapi,
 }
 
 
-def make_search(name: str, sources: list[str], cache: str | None = None) -> SearchFn:
+def make_search(name: str, sources: list[str], cache: str | None = None,
+                remote: RemoteConfig | None = None) -> SearchFn:
     """The search backend called ``name`` (checked, and its key or sources, before any model is loaded)."""
     if name not in SEARCH_BACKENDS:
         raise UserError(f"unknown search backend '{name}'.{suggest(name, SEARCH_BACKENDS)} "
                         f"Available: {', '.join(SEARCH_BACKENDS)}.")
-    return SEARCH_BACKENDS[name](sources, cache)
+    return SEARCH_BACKENDS[name](sources, cache, remote)

@@ -8,12 +8,11 @@ reported, never turned into a score.
 
 from __future__ import annotations
 
-import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from selfplay.config import RemoteConfig
 
 Messages = list[dict[str, str]]
 
@@ -30,39 +29,33 @@ class Judge(Protocol):
 
     name: str
 
-    def complete(self, conversations: list[Messages], *, max_tokens: int) -> list[str]:
-        """One reply per conversation, in order."""
+    def complete(self, conversations: list[Messages], *, max_tokens: int,
+                 labels: list[str] | None = None) -> list[str]:
+        """One reply per conversation, in order; ``labels`` name each conversation's record in errors."""
         ...
 
 
 class HttpJudge:
     """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint (retries live in ChatClient).
 
-    Requests of one batch run on ``parallel`` threads, like FastChat's ``--parallel``: judge calls are
-    I/O bound and a served judge batches concurrent requests itself. A 200 reply that is not a chat
-    completion becomes an empty judgment (an error in the results) rather than ending a long run;
-    an unreachable judge still raises after the client's retries.
+    Requests of one batch run ``parallel`` at a time, like FastChat's ``--parallel``: judge calls are I/O
+    bound and a served judge batches concurrent requests itself. A server that keeps failing, or keeps
+    answering with something that is not a chat completion, stops the evaluation with an error naming the
+    record (judgments already written stay; the rerun continues after them); a chat completion without a
+    verdict is an unparsable judgment, counted as an error in the results.
     """
 
-    def __init__(self, client: Any, *, parallel: int = 4) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
-        self.parallel = max(1, parallel)
         self.name = f"{client.model}@{client.url}"
 
-    def complete(self, conversations: list[Messages], *, max_tokens: int) -> list[str]:
-        from selfplay.judges.http import MalformedReplyError
+    def complete(self, conversations: list[Messages], *, max_tokens: int,
+                 labels: list[str] | None = None) -> list[str]:
+        from selfplay.judges.http import ChatRequest
 
-        def ask(messages: Messages) -> str:
-            try:
-                return self.client.chat(messages, temperature=0.0, max_tokens=max_tokens)
-            except MalformedReplyError as e:
-                log.warning("%s", e)
-                return ""
-
-        if self.parallel == 1 or len(conversations) == 1:
-            return [ask(c) for c in conversations]
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            return list(pool.map(ask, conversations))
+        labels = labels or [f"conversation {i}" for i in range(len(conversations))]
+        return self.client.chat_many([ChatRequest(c, label, 0.0, max_tokens)
+                                      for c, label in zip(conversations, labels)])
 
 
 class LocalJudge:
@@ -72,7 +65,8 @@ class LocalJudge:
         self.sampler = sampler
         self.name = name
 
-    def complete(self, conversations: list[Messages], *, max_tokens: int) -> list[str]:
+    def complete(self, conversations: list[Messages], *, max_tokens: int,
+                 labels: list[str] | None = None) -> list[str]:
         from selfplay.evals.generation import generate_chat
 
         return generate_chat(self.sampler, conversations, max_new_tokens=max_tokens, temperature=0.0,
@@ -84,16 +78,17 @@ def is_url(spec: str) -> bool:
 
 
 def make_judge(spec: str, *, judge_model: str = "default", api_key_env: str = "OPENAI_API_KEY",
-               parallel: int = 4, batch_size: int = 8) -> Judge:
+               parallel: int = 4, batch_size: int = 8, remote: RemoteConfig | None = None) -> Judge:
     """Build a judge from ``--judge``: an ``http(s)://`` API root, or a local model path/alias.
 
-    ``llm-judge:URL`` (the ``rank.judge`` spelling) is accepted too.
+    ``llm-judge:URL`` (the ``rank.judge`` spelling) is accepted too; ``remote`` holds the timeout and retries.
     """
     spec = spec.removeprefix("llm-judge:")
     if is_url(spec):
         from selfplay.judges.http import ChatClient
 
-        return HttpJudge(ChatClient(spec, judge_model, api_key_env=api_key_env), parallel=parallel)
+        return HttpJudge(ChatClient.for_remote(spec, judge_model, remote, api_key_env=api_key_env,
+                                               concurrency=parallel))
     from selfplay.evals.generation import load_sampler
 
     return LocalJudge(load_sampler(spec, batch_size=batch_size), name=spec)

@@ -28,7 +28,7 @@ from selfplay.io import JsonlAppender, iter_jsonl
 from selfplay.stages.progress import progress_bar
 
 if TYPE_CHECKING:
-    from selfplay.config import ModelConfig
+    from selfplay.config import ModelConfig, RemoteConfig
 
 ANSWERS_FILE = "answers.jsonl"
 JUDGMENTS_FILE = {"single": "judgments_single.jsonl", "pairwise": "judgments_pairwise.jsonl"}
@@ -112,7 +112,8 @@ def _run_judgments(questions: list[Question], path: Path, judge: Judge, descript
             if r.get("judge") == judge.name and r.get("answers_fingerprint") == prints.get(str(r["question_id"]))}
     todo = _judge_items(questions, set(rows))
     total = sum(len(q.turns) for q in questions)
-    with progress_bar(description, total=total, completed=total - len(todo)) as bar, JsonlAppender(path) as out:
+    with progress_bar(description, total=total, completed=total - len(todo)) as bar, \
+            JsonlAppender(path, lazy=True) as out:
         for chunk in _chunks(todo, batch_size):
             for row in make_rows(chunk):
                 row["answers_fingerprint"] = prints[str(row["question_id"])]
@@ -132,7 +133,8 @@ def judge_single(questions: list[Question], answers: dict[str, list[str]], judge
         conversations = [judge_conversation(prompts[name].system_prompt,
                                             fill_single(prompts[name], q, answers[str(q.question_id)], turn))
                          for name, (q, turn) in zip(names, chunk)]
-        replies = judge.complete(conversations, max_tokens=max_tokens)
+        replies = judge.complete(conversations, max_tokens=max_tokens,
+                                 labels=[f"question {q.question_id} turn {turn}" for q, turn in chunk])
         rows = []
         for name, (q, turn), reply in zip(names, chunk, replies):
             score = parse_rating(reply)
@@ -151,15 +153,16 @@ def judge_pairwise(questions: list[Question], answers: dict[str, list[str]], bas
     model/baseline/tie/error (see :func:`selfplay.evals.judging.combine_orders`)."""
 
     def make_rows(chunk: list[tuple[Question, int]]) -> list[dict[str, Any]]:
-        conversations, names = [], []
+        conversations, names, labels = [], [], []
         for q, turn in chunk:
             name = judge_prompt_name("pairwise", q, turn)
             mine, theirs = answers[str(q.question_id)], baseline[str(q.question_id)]
             names.append(name)
-            for a, b in ((mine, theirs), (theirs, mine)):
+            for a, b, first in ((mine, theirs, "model"), (theirs, mine, "baseline")):
                 conversations.append(judge_conversation(prompts[name].system_prompt,
                                                         fill_pairwise(prompts[name], q, a, b, turn)))
-        replies = judge.complete(conversations, max_tokens=max_tokens)
+                labels.append(f"question {q.question_id} turn {turn} ({first} as A)")
+        replies = judge.complete(conversations, max_tokens=max_tokens, labels=labels)
         rows = []
         for i, (name, (q, turn)) in enumerate(zip(names, chunk)):
             first, second = replies[2 * i], replies[2 * i + 1]
@@ -227,7 +230,8 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
                  reference_answers: str | Path | None = None, mode: str = "single",
                  baseline_answers: str | Path | None = None, limit: int | None = None,
                  max_new_tokens: int = 1024, judge_max_tokens: int = 2048, batch_size: int = 16,
-                 judge_batch_size: int = 8, model_cfg: ModelConfig | None = None, seed: int = 0) -> dict[str, Any]:
+                 judge_batch_size: int = 8, model_cfg: ModelConfig | None = None, seed: int = 0,
+                 remote: RemoteConfig | None = None) -> dict[str, Any]:
     """Generate answers with ``model`` (or read a FastChat answer file) and, given a judge, score them.
 
     Writes ``answers.jsonl``, ``judgments_<mode>.jsonl``, ``summary.json`` and ``radar.png`` in
@@ -264,7 +268,7 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
     if judge is None:
         return {"answers": str(answers_path), "questions": len(qs)}
     the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
-                           batch_size=judge_batch_size)
+                           batch_size=judge_batch_size, remote=remote)
     path = out / JUDGMENTS_FILE[mode]
     kw = {"max_tokens": judge_max_tokens, "batch_size": judge_batch_size}
     if baseline is not None:

@@ -185,6 +185,8 @@ def plot_multiturn(metrics: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from selfplay.io import save_figure
+
     seq = metrics["sequential"]
     xs = list(range(1, len(seq["acc"]) + 1))
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -202,7 +204,8 @@ def plot_multiturn(metrics: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic: a full disk leaves the previous plot, not half a PNG
+    finally:
+        plt.close(fig)
     return path

@@ -62,6 +62,8 @@ def radar_plot(values: dict[str, float | None], path: Path, *, title: str, max_v
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from selfplay.io import save_figure
+
     names = list(values)
     data = [values[n] if values[n] is not None else 0.0 for n in names]
     angles = [2 * math.pi * i / len(names) for i in range(len(names))]
@@ -72,7 +74,8 @@ def radar_plot(values: dict[str, float | None], path: Path, *, title: str, max_v
     ax.set_ylim(0, max_value)
     ax.set_title(title, pad=20)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic: a full disk leaves the previous plot, not half a PNG
+    finally:
+        plt.close(fig)
     return path

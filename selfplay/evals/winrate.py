@@ -19,7 +19,7 @@ from selfplay.io import JsonlAppender, iter_jsonl, write_json
 from selfplay.stages.progress import progress_bar
 
 if TYPE_CHECKING:
-    from selfplay.config import ModelConfig
+    from selfplay.config import ModelConfig, RemoteConfig
 
 Prompt = dict[str, Any]  # {"id": str, "messages": [...], "instruction": str}
 OUTPUT_FIELDS = ("output", "answer", "response", "completion")
@@ -162,16 +162,17 @@ def judge_both_orders(prompts: list[Prompt], model_answers: dict[str, str], base
             if r.get("judge") == judge.name and r.get("answers_fingerprint") == prints.get(r["id"])}
     todo = [p for p in prompts if p["id"] not in rows]
     with progress_bar("win-rate judging", total=len(prompts), completed=len(prompts) - len(todo)) as bar, \
-            JsonlAppender(path) as out:
+            JsonlAppender(path, lazy=True) as out:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            conversations = []
+            conversations, labels = [], []
             for p in chunk:
                 mine, theirs = model_answers[p["id"]], baseline_answers[p["id"]]
-                for a, b in ((mine, theirs), (theirs, mine)):
+                for a, b, first in ((mine, theirs, "model"), (theirs, mine, "baseline")):
                     user = template.prompt_template.format(question=p["instruction"], answer_a=a, answer_b=b)
                     conversations.append(judge_conversation(template.system_prompt, user))
-            replies = judge.complete(conversations, max_tokens=max_tokens)
+                    labels.append(f"prompt '{p['id']}' ({first} as A)")
+            replies = judge.complete(conversations, max_tokens=max_tokens, labels=labels)
             for i, p in enumerate(chunk):
                 first, second = replies[2 * i], replies[2 * i + 1]
                 verdicts = parse_verdict(first), parse_verdict(second)
@@ -189,7 +190,8 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
                 judge_model: str = "default", judge_api_key_env: str = "OPENAI_API_KEY", limit: int | None = None,
                 max_new_tokens: int = 1024,
                 judge_max_tokens: int = 1024, batch_size: int = 16, judge_batch_size: int = 8,
-                bootstrap: int = 500, model_cfg: ModelConfig | None = None, seed: int = 0) -> dict[str, Any]:
+                bootstrap: int = 500, model_cfg: ModelConfig | None = None, seed: int = 0,
+                remote: RemoteConfig | None = None) -> dict[str, Any]:
     """Answers, judgments in both orders, raw and length-controlled win rates; writes ``winrate.json``."""
     from selfplay.evals.generation import model_label
     from selfplay.evals.judging import make_judge
@@ -203,7 +205,7 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
     mine = get_answers(model, prompts, out / "answers_model.jsonl", **kw)
     theirs = get_answers(baseline, prompts, out / "answers_baseline.jsonl", **kw)
     the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
-                           batch_size=judge_batch_size)
+                           batch_size=judge_batch_size, remote=remote)
     rows = judge_both_orders(prompts, mine, theirs, the_judge, out / JUDGMENTS_FILE, max_tokens=judge_max_tokens,
                              batch_size=judge_batch_size)
     valid = [r for r in rows if r["outcome"] != "error"]

@@ -9,9 +9,12 @@ an LLM judge's pairwise win matrix). The rank stage turns either into a win-prob
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 from selfplay.errors import UserError, suggest
+
+if TYPE_CHECKING:
+    from selfplay.config import RemoteConfig
 
 
 class _JudgeItemRequired(TypedDict):
@@ -35,12 +38,16 @@ class JudgeResult(_JudgeResultRequired, total=False):
     """The judgement of one item: ``scores`` [K] or ``win_matrix`` [K][K], plus the count of failed calls.
 
     ``win_matrix_kind``: "prob" (entries are P(row beats column), in [0, 1]) or "skew_score" (raw
-    skew-symmetric preference scores, S + S^T = 0, as GPM produces).
+    skew-symmetric preference scores, S + S^T = 0, as GPM produces). Judges whose comparisons can fail
+    (an LLM judge's reply without a verdict) also say how many of the K(K−1)/2 pairs were compared usably
+    (``pairs_usable``) and show one failed reply (``sample_error``), for the rank stage's usable-reply check.
     """
 
     scores: list[float]
     win_matrix: list[list[float]]
     win_matrix_kind: Literal["prob", "skew_score"]
+    pairs_usable: int
+    sample_error: str
 
 
 class Judge(Protocol):
@@ -74,41 +81,41 @@ def prompt_as_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(f"{m['role'].upper()}: {m['content']}" for m in messages)
 
 
-def _make_pairrm(arg: str | None, batch_size: int, device: str) -> Judge:
+def _make_pairrm(arg: str | None, batch_size: int, device: str, remote: RemoteConfig | None) -> Judge:
     from selfplay.judges.pairrm import PairRMJudge
 
     return PairRMJudge(arg or "llm-blender/PairRM", batch_size=batch_size, device=device)
 
 
-def _make_gpm(arg: str | None, batch_size: int, device: str) -> Judge:
+def _make_gpm(arg: str | None, batch_size: int, device: str, remote: RemoteConfig | None) -> Judge:
     from selfplay.judges.gpm import GPMJudge
 
     return GPMJudge(_require(arg, "gpm", "a checkpoint directory or hub id"), batch_size=batch_size, device=device)
 
 
-def _make_reward_model(arg: str | None, batch_size: int, device: str) -> Judge:
+def _make_reward_model(arg: str | None, batch_size: int, device: str, remote: RemoteConfig | None) -> Judge:
     from selfplay.judges.reward_model import RewardModelJudge
 
     return RewardModelJudge(_require(arg, "reward-model", "a checkpoint directory or hub id"),
                             batch_size=batch_size, device=device)
 
 
-def _make_verifier(arg: str | None, batch_size: int, device: str) -> Judge:
+def _make_verifier(arg: str | None, batch_size: int, device: str, remote: RemoteConfig | None) -> Judge:
     from selfplay.judges.verifier import VerifierJudge
 
     return VerifierJudge(_require(arg, "verifier", "a verifier name (arith, gsm8k, math, em, f1)"))
 
 
-def _make_llm_judge(arg: str | None, batch_size: int, device: str) -> Judge:
+def _make_llm_judge(arg: str | None, batch_size: int, device: str, remote: RemoteConfig | None) -> Judge:
     from selfplay.judges.llm_judge import LLMJudge
 
     url = _require(arg, "llm-judge", "an OpenAI-compatible URL, e.g. llm-judge:http://127.0.0.1:8000/v1#model")
     url, _, model = url.partition("#")
-    return LLMJudge(url, model or "default", concurrency=batch_size)
+    return LLMJudge(url, model or "default", concurrency=batch_size, remote=remote)
 
 
-# name -> factory(arg, batch_size, device); modules are imported only when their judge is built.
-JUDGES: dict[str, Callable[[str | None, int, str], Judge]] = {
+# name -> factory(arg, batch_size, device, remote settings); modules are imported only when their judge is built.
+JUDGES: dict[str, Callable[[str | None, int, str, "RemoteConfig | None"], Judge]] = {
     "pairrm": _make_pairrm,
     "gpm": _make_gpm,
     "reward-model": _make_reward_model,
@@ -152,13 +159,14 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
     return name, (arg if sep and arg else None)
 
 
-def make_judge(spec: str, *, batch_size: int = 8, device: str = "auto") -> Judge:
+def make_judge(spec: str, *, batch_size: int = 8, device: str = "auto", remote: RemoteConfig | None = None) -> Judge:
     """Build the judge named by ``spec``: ``pairrm[:path_or_id]``, ``gpm:path``, ``reward-model:path``,
     ``verifier:NAME`` (arith, gsm8k, math, em, f1) or ``llm-judge:URL[#model]``.
 
-    ``batch_size`` is the number of sequences per forward pass (concurrent requests for the LLM judge).
+    ``batch_size`` is the number of sequences per forward pass (concurrent requests for the LLM judge);
+    ``remote`` the timeouts and retries of judges behind a URL (the ``remote`` config section).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     name, arg = parse_judge_spec(spec)
-    return JUDGES[name](arg, batch_size, device)
+    return JUDGES[name](arg, batch_size, device, remote)

@@ -1,132 +1,188 @@
-"""A minimal OpenAI-compatible chat client (``POST {base_url}/chat/completions``).
+"""The OpenAI-compatible chat client of every LLM judge and RISE teacher: the ``openai`` package, with our
+retry policy on top of it.
 
-Why by hand: the ``openai`` package is not a dependency and ``httpx`` is not installed everywhere; one
-JSON POST with retries is small enough for the standard library. The API key is read from an
-environment variable, sent as a Bearer token, and never logged or put into an exception message.
+``openai.AsyncOpenAI`` does the HTTP (keep-alive, the bearer key, typed errors, the ``ChatCompletion``
+type); we turn its own retries off (``max_retries=0``) and keep four things it does differently:
+
+* **one backoff per endpoint** (:class:`selfplay.remote.Backoff`): its retries are per request, so a judge's
+  64 in-flight requests to a failing server slept and logged 64 times per round;
+* **a deadline per attempt**: its timeout bounds each read, so a server sending one byte a second never
+  trips it; ``asyncio.wait_for`` bounds the whole request (``timeout`` seconds, user-set: ``remote.timeout``);
+* **a 200 reply that is not a chat completion** (not JSON, no ``choices``) is retried like a 5xx and then
+  reported with the record it was for: openai raises a bare ``JSONDecodeError`` for the first and returns a
+  ``ChatCompletion`` with ``choices=None`` or ``[]`` for the second;
+* ``Retry-After`` beyond 2 minutes: openai then stops retrying at once; we wait at most
+  :data:`selfplay.remote.MAX_SLEEP_S` and let the retry limit decide.
+
+The API key is read from an environment variable and sent only as the bearer token; every message built
+here has it redacted (servers sometimes echo headers). Without a key the placeholder ``EMPTY`` is sent
+(vLLM's documented convention; a server without a key ignores the header).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import logging
-import os
-import socket
+import asyncio
+import concurrent.futures
 import time
-import urllib.error
-import urllib.request
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from selfplay.errors import UserError
+from selfplay.remote import RETRYABLE_STATUS, Backoff, env_secret, parse_retry_after, redact
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from selfplay.config import RemoteConfig
 
-# Status codes worth another try: rate limiting and server-side failures.
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-# Never sleep longer than this between tries, whatever Retry-After says.
-_MAX_SLEEP_S = 60.0
+T = TypeVar("T")
 
 
 class JudgeError(UserError):
-    """A judge could not be reached or refused the request (after retries)."""
+    """A judge or teacher could not be reached, refused the request, or kept failing (after retries)."""
 
 
 class MalformedReplyError(JudgeError):
-    """The server answered 200 but the body is not an OpenAI-style chat completion."""
+    """The server kept answering 200 with a body that is not an OpenAI-style chat completion."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for; ``label`` names its record in errors ("prompt 'q3', samples 0 vs 1")."""
+
+    messages: list[dict[str, Any]]
+    label: str = "request"
+    temperature: float = 0.0
+    max_tokens: int = 1024
+
+
+class _NotACompletion(Exception):
+    """A 200 reply without ``choices[0].message``."""
 
 
 class ChatClient:
-    """Chat completions against an OpenAI-compatible server (vLLM, llama.cpp, TGI, OpenAI, ...).
+    """Chat completions against an OpenAI-compatible server (vLLM, llama.cpp, TGI, OpenAI, ``selfplay serve``).
 
-    ``base_url`` is the API root, e.g. ``http://127.0.0.1:8000/v1`` (a full ``.../chat/completions``
-    URL is accepted too). Requests that time out, fail to connect, or get 429/5xx are retried up to
-    ``max_retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, or the server's
-    ``Retry-After``), then :class:`JudgeError` is raised. The default ``timeout`` is the OpenAI Python
-    client's 600 s: a long judgment from a local model on a CPU takes minutes, and a retry of a request
-    the server is still decoding only adds to its queue.
+    ``base_url`` is the API root, e.g. ``http://127.0.0.1:8000/v1`` (a full ``.../chat/completions`` URL is
+    accepted too). A request that times out, cannot connect, is cut off, gets 408/409/425/429/5xx or a 200
+    that is not a chat completion is tried again up to ``max_retries`` times, after the endpoint's shared
+    backoff (``backoff * 2**round`` seconds, or the server's ``Retry-After``); then :class:`JudgeError`
+    names the request's label, the last problem and the time spent. Other statuses (400, 401, 404) fail
+    at once. The default ``timeout`` is the openai client's 600 s: a long judgment from a local model on a
+    CPU takes minutes.
     """
 
     def __init__(self, base_url: str, model: str = "default", *, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 600.0, max_retries: int = 4, backoff: float = 1.0) -> None:
+                 timeout: float = 600.0, max_retries: int = 4, backoff: float = 1.0, concurrency: int = 8,
+                 role: str = "judge") -> None:
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
-            raise UserError(f"judge URL must start with http:// or https://, got {base_url!r}")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+            raise UserError(f"{role} URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base.removesuffix("/chat/completions")
+        self.url = self.base_url + "/chat/completions"
+        self.model, self.api_key_env, self.role = model, api_key_env, role
+        self.timeout, self.max_retries, self.concurrency = timeout, max_retries, max(1, concurrency)
+        self.backoff = Backoff(f"{role} {self.url}", base=backoff, max_retries=max_retries)
+
+    @classmethod
+    def for_remote(cls, base_url: str, model: str, remote: RemoteConfig | None, **kw: Any) -> ChatClient:
+        """A client with the timeout, retries and backoff of the ``remote`` config section (defaults if None)."""
+        if remote is not None:
+            kw = {"timeout": remote.timeout, "max_retries": remote.max_retries, "backoff": remote.backoff, **kw}
+        return cls(base_url, model, **kw)
 
     def __repr__(self) -> str:  # no key here either
         return f"ChatClient(url={self.url!r}, model={self.model!r})"
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def _redact(self, text: str) -> str:
-        """Remove the API key from text that may end up in a message (servers sometimes echo headers)."""
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
+        return redact(text, [env_secret(self.api_key_env)])
 
-    def chat(self, messages: list[dict], *, temperature: float = 0.0, max_tokens: int = 1024) -> str:
-        """Send one chat request and return ``choices[0].message.content``.
+    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 1024,
+             label: str = "request") -> str:
+        """One request; returns ``choices[0].message.content`` ("" when the message has no text)."""
+        return self.chat_many([ChatRequest(messages, label, temperature, max_tokens)])[0]
 
-        Raises :class:`JudgeError` after ``max_retries`` failed retries or on a non-retryable HTTP
-        error (e.g. 401), and :class:`MalformedReplyError` when a 200 reply is not a chat completion.
-        """
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": temperature,
-                           "max_tokens": max_tokens}).encode("utf-8")
-        last_problem = ""
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-            retry_after: float | None = None
+    def chat_many(self, requests: Sequence[ChatRequest]) -> list[str]:
+        """Every request, ``concurrency`` at a time; the replies in order. The first request that fails for
+        good cancels the others and raises :class:`JudgeError` (replies already received are dropped: the
+        callers write per record, and a rerun asks again only for what was not written)."""
+        if not requests:
+            return []
+        return _run(self._ask_all(list(requests)))
+
+    async def _ask_all(self, requests: list[ChatRequest]) -> list[str]:
+        import openai
+
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=env_secret(self.api_key_env) or "EMPTY",
+                                    timeout=self.timeout, max_retries=0)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def one(request: ChatRequest) -> str:
+            async with slots:
+                return await self._ask(client, request)
+
+        async with client:
+            tasks = [asyncio.ensure_future(one(r)) for r in requests]
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                return self._parse(raw)
-            except urllib.error.HTTPError as e:
-                detail = self._redact(e.read().decode("utf-8", "replace")[:200])
-                last_problem = f"HTTP {e.code} {e.reason}: {detail}".strip()
-                if e.code not in _RETRYABLE_STATUS:
-                    raise JudgeError(f"judge {self.url} refused the request: {last_problem}") from None
-                retry_after = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
-            except (TimeoutError, socket.timeout):
-                last_problem = f"timed out after {self.timeout:g}s"
-            except urllib.error.URLError as e:
-                reason = e.reason
-                is_timeout = isinstance(reason, (TimeoutError, socket.timeout))
-                last_problem = f"timed out after {self.timeout:g}s" if is_timeout else f"cannot connect ({reason})"
-            except (ConnectionError, http.client.HTTPException) as e:
-                last_problem = f"connection error ({type(e).__name__})"
-            if attempt == self.max_retries:
-                break
-            sleep = min(retry_after if retry_after is not None else self.backoff * 2**attempt, _MAX_SLEEP_S)
-            log.warning("judge %s: %s; retrying in %.2fs (retry %d/%d)", self.url, last_problem, sleep,
-                        attempt + 1, self.max_retries)
-            time.sleep(sleep)
-        raise JudgeError(f"judge {self.url} failed after {self.max_retries} retries: {last_problem}")
+                return list(await asyncio.gather(*tasks))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _parse(self, raw: bytes) -> str:
-        try:
-            payload: Any = json.loads(raw)
-            content = payload["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            snippet = self._redact(raw[:200].decode("utf-8", "replace"))
-            raise MalformedReplyError(f"judge {self.url} sent a reply that is not a chat completion: "
-                                      f"{snippet!r}") from None
-        return content if isinstance(content, str) else ""
+    async def _ask(self, client: Any, request: ChatRequest) -> str:
+        """One request with the shared backoff, the deadline and the retry limit."""
+        import openai
+
+        started, attempts = time.monotonic(), 0
+        while True:
+            while (wait := self.backoff.wait_s()) > 0:
+                await asyncio.sleep(wait)
+            ticket = self.backoff.ticket()
+            attempts += 1
+            retry_after, malformed = None, False
+            try:
+                raw = await asyncio.wait_for(client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=request.messages, temperature=request.temperature,
+                    max_tokens=request.max_tokens), timeout=self.timeout)
+                text = _content(raw)
+                self.backoff.succeeded()
+                return text
+            except openai.APIStatusError as e:
+                detail = self._redact(e.response.text[:200]) if e.response is not None else ""
+                problem = f"HTTP {e.status_code}" + (f": {detail}" if detail else "")
+                if e.status_code not in RETRYABLE_STATUS:
+                    raise JudgeError(f"{self.role} {self.url} refused {request.label}: {problem}") from None
+                retry_after = parse_retry_after(e.response.headers)
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                problem = f"timed out: no complete reply within {self.timeout:g}s (remote.timeout)"
+            except openai.APIConnectionError as e:
+                cause = e.__cause__ or e
+                problem = self._redact(f"connection failed ({type(cause).__name__}: {cause})"[:300])
+            except _NotACompletion as e:
+                problem, malformed = self._redact(f"the reply is not a chat completion: {e}"), True
+            if attempts > self.max_retries:
+                error = MalformedReplyError if malformed else JudgeError
+                raise error(f"{self.role} {self.url}: {request.label}: {problem} — gave up after {attempts} tries "
+                            f"in {time.monotonic() - started:.1f}s") from None
+            self.backoff.failed(ticket, problem, retry_after)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a numeric ``Retry-After`` header; HTTP dates are ignored (backoff applies)."""
-    if not value:
-        return None
+def _content(raw: Any) -> str:
+    """``choices[0].message.content`` of an openai raw response; :class:`_NotACompletion` when there is none."""
+    body = raw.http_response.text
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+        completion = raw.parse()
+        message = completion.choices[0].message
+    except (ValueError, TypeError, IndexError, AttributeError):
+        raise _NotACompletion(repr(body[:200])) from None
+    return message.content if isinstance(message.content, str) else ""
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code (in a helper thread when this thread has a loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

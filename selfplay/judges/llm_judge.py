@@ -3,17 +3,24 @@
 Every unordered pair of samples is judged twice, once in each order, to cancel position bias; the
 two verdicts are combined as in FastChat's pairwise mode: agreeing verdicts count, disagreeing ones
 are a tie. The K×K matrix holds P(row beats column) in {0, ½, 1} with M + Mᵀ = 1 and ½ on the diagonal.
+
+Two kinds of failure, kept apart: a reply that is not a chat completion at all (bad JSON, no ``choices``)
+is a transport fault, retried by :class:`~selfplay.judges.http.ChatClient` and then an error naming the
+prompt; a chat completion without a ``[[A]]/[[B]]/[[C]]`` verdict is a tie, as in FastChat, counted in
+``errors`` — and the rank stage stops when a prompt is left with no usable comparison (``remote.min_usable``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from selfplay.judges.base import JudgeItem, JudgeResult, prompt_as_text
-from selfplay.judges.http import ChatClient, MalformedReplyError
+from selfplay.judges.http import ChatClient, ChatRequest
+
+if TYPE_CHECKING:
+    from selfplay.config import RemoteConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,56 +75,53 @@ def combine_orders(first: Verdict | None, second: Verdict | None) -> float:
 class LLMJudge:
     """``llm-judge:URL[#model]``: K(K−1) pairwise chat calls per prompt, ``concurrency`` at a time.
 
-    Malformed replies (no verdict, or a body that is not a chat completion) are counted in
-    ``errors`` and treated as ties; unreachable servers raise :class:`~selfplay.judges.http.JudgeError`
-    after the client's retries.
+    Replies without a verdict are counted in ``errors`` and treated as ties; ``pairs_usable`` counts the
+    pairs with a verdict in both orders. A server that cannot be reached, keeps failing or keeps sending
+    something other than a chat completion raises :class:`~selfplay.judges.http.JudgeError` naming the prompt.
     """
 
     kind: Literal["matrix"] = "matrix"
     needs_reference = False
 
     def __init__(self, base_url: str, model: str = "default", *, concurrency: int = 8,
-                 client: ChatClient | None = None, max_tokens: int = 1024) -> None:
-        self.client = client or ChatClient(base_url, model)
-        self.concurrency = concurrency
+                 client: ChatClient | None = None, max_tokens: int = 1024, remote: RemoteConfig | None = None) -> None:
+        self.client = client or ChatClient.for_remote(base_url, model, remote, concurrency=concurrency)
         self.max_tokens = max_tokens
-
-    def _ask(self, messages: list[dict]) -> Verdict | None:
-        """One judge call; None when the reply carries no verdict (counted by the caller)."""
-        try:
-            reply = self.client.chat(messages, temperature=0.0, max_tokens=self.max_tokens)
-        except MalformedReplyError as e:
-            log.warning("%s", e)
-            return None
-        verdict = parse_verdict(reply)
-        if verdict is None:
-            log.warning("judge reply has no [[A]]/[[B]]/[[C]] verdict: %r", reply[:120])
-        return verdict
 
     def score(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Judge every ordered pair of samples of every item; returns a ``prob`` win matrix per item."""
-        jobs: list[tuple[int, int, int, list[dict]]] = []  # (item, A index, B index, messages)
+        keys: list[tuple[int, int, int]] = []  # (item, A index, B index)
+        requests: list[ChatRequest] = []
         for n, item in enumerate(items):
             question = prompt_as_text(item["prompt_messages"])
             samples = item["samples"]
             for a in range(len(samples)):
                 for b in range(len(samples)):
                     if a != b:
-                        msgs = pairwise_messages(question, samples[a], samples[b], item.get("reference"))
-                        jobs.append((n, a, b, msgs))
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            verdicts = list(pool.map(lambda job: self._ask(job[3]), jobs))
-        by_pair = {(n, a, b): v for (n, a, b, _), v in zip(jobs, verdicts)}
+                        keys.append((n, a, b))
+                        requests.append(ChatRequest(
+                            pairwise_messages(question, samples[a], samples[b], item.get("reference")),
+                            label=f"prompt '{item['id']}' (sample {a} as A, {b} as B)", max_tokens=self.max_tokens))
+        replies = dict(zip(keys, self.client.chat_many(requests)))
         results: list[JudgeResult] = []
         for n, item in enumerate(items):
             k = len(item["samples"])
             matrix = [[0.5] * k for _ in range(k)]
-            errors = 0
+            errors = usable = 0
+            sample_error = ""
             for i in range(k):
                 for j in range(i + 1, k):
-                    first, second = by_pair[(n, i, j)], by_pair[(n, j, i)]
-                    errors += (first is None) + (second is None)
+                    first, second = parse_verdict(replies[(n, i, j)]), parse_verdict(replies[(n, j, i)])
+                    for verdict, key in ((first, (n, i, j)), (second, (n, j, i))):
+                        if verdict is None:
+                            errors += 1
+                            sample_error = sample_error or replies[key][:120]
+                    usable += first is not None and second is not None
                     matrix[i][j] = combine_orders(first, second)
                     matrix[j][i] = 1.0 - matrix[i][j]
-            results.append({"win_matrix": matrix, "win_matrix_kind": "prob", "errors": errors})
+            if errors:
+                log.info("prompt '%s': %d judge replies without a [[A]]/[[B]]/[[C]] verdict (ties), e.g. %r",
+                         item["id"], errors, sample_error)
+            results.append({"win_matrix": matrix, "win_matrix_kind": "prob", "errors": errors,
+                            "pairs_usable": usable, "sample_error": sample_error})
         return results

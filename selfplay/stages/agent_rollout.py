@@ -182,8 +182,8 @@ def load_tools(cfg: Config) -> tuple[AgentTask, SearchFn, str]:
         if not path.is_file():
             raise UserError(f"agent.fewshot: file not found: {path}")
         fewshot = path.read_text(encoding="utf-8")
-    return get_task(cfg.agent.task), make_search(cfg.agent.search, cfg.agent.search_sources, cfg.agent.search_cache), \
-        fewshot
+    search = make_search(cfg.agent.search, cfg.agent.search_sources, cfg.agent.search_cache, remote=cfg.remote)
+    return get_task(cfg.agent.task), search, fewshot
 
 
 def new_episodes(records: list[dict[str, Any]], tok: Any, cfg: Config, fewshot: str) -> list[AgentEpisode]:

@@ -223,7 +223,7 @@ def _scoring_judge(spec: str, cfg: Config) -> Any | None:
     """The judge of ``spec`` when it gives per-sample scores; None for pairwise-only judges (nothing to average)."""
     from selfplay.judges import make_judge
 
-    j = make_judge(spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device)
+    j = make_judge(spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device, remote=cfg.remote)
     return j if j.kind == "scores" else None
 
 

@@ -23,6 +23,7 @@ from selfplay.errors import ConfigError, UserError
 from selfplay.io import read_json, read_jsonl, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
+from selfplay.liveness import heartbeat
 from selfplay.runs import RunState, fingerprint, output_lock
 from selfplay.stages.collect import COLLECTORS, Iteration
 
@@ -126,7 +127,10 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
     # reports) and holds the run directory's lock, the others follow state.json and do their share of
     # sampling and training (selfplay.runs.RunState, follower).
     main = is_main_machine(cfg)
-    with output_lock(run_dir, "loop", enabled=main):
+    launch = cfg.launch
+    # Multi-node: every machine beats in run_dir/.machines/, and waits for another stop when it stops.
+    with output_lock(run_dir, "loop", enabled=main), \
+            heartbeat(run_dir, launch.machine_rank, launch.num_machines, launch.heartbeat_timeout):
         run = RunState(run_dir, follower=not main)
         try:
             train, held_out, data_fp = _prepare_data(cfg, run)

@@ -105,7 +105,10 @@ def run_sharded(cfg: Config, stage: str, out_dir: Path, count: int | None, stage
 
 
 def wait_for_machines(cfg: Config, unfinished: Callable[[], list[str]], what: str) -> None:
-    """On several machines: wait until every machine's shards are complete in the shared run directory."""
+    """On several machines: wait until every machine's shards are complete in the shared run directory; a
+    machine that stops meanwhile ends the wait with an error naming it (:func:`selfplay.liveness.check_peers`)."""
+    from selfplay.liveness import check_peers
+
     if cfg.launch.num_machines == 1:
         return
     last = 0.0
@@ -113,7 +116,9 @@ def wait_for_machines(cfg: Config, unfinished: Callable[[], list[str]], what: st
         if time.monotonic() - last > 60:
             console.print(f"waiting for the other machines' {what}: {'; '.join(problems[:3])}")
             last = time.monotonic()
-        time.sleep(POLL_S)
+        for _ in range(int(POLL_S)):  # look for a stopped machine every second, at the shards every POLL_S
+            check_peers()
+            time.sleep(1.0)
 
 
 def _sample_sharded(cfg: Config, stage: str, what: str, out_dir: Path, stage_args: list[str],

@@ -14,6 +14,7 @@ appended per prompt (fsynced), so a rerun skips the prompts already judged.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,15 @@ from selfplay.core.preference import symmetrize, win_prob_from_scores
 from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
+from selfplay.judges.base import Judge, JudgeItem, JudgeResult, checks_reference, make_judge, parse_judge_spec
 from selfplay.stages.generate import SHARD_PATTERN
 
 
-def load_sample_sets(path: Path) -> list[dict[str, Any]]:
-    """Read and validate a sample-set JSONL; every problem names the file, the line and the field."""
-    rows: list[dict[str, Any]] = []
+def check_sample_sets(path: Path, *, need_reference: bool = False) -> list[str]:
+    """Validate a sample-set JSONL in one streamed pass; returns its ids in file order. Every problem names
+    the file, the line and the field. ``need_reference``: the judge compares samples with each row's
+    reference answer (a verifier), so a missing one is refused here, before anything is judged."""
+    ids: list[str] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(iter_jsonl(path), start=1):
         if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
@@ -47,18 +50,29 @@ def load_sample_sets(path: Path) -> list[dict[str, Any]]:
         reference = row.get("reference")
         if reference is not None and not isinstance(reference, str):
             raise DataError("expected a string", path=path, line=line, field="reference")
-        rows.append({**row, "id": row_id})
-    if not rows:
-        raise DataError("no sample sets in the file", path=path)
-    return rows
-
-
-def _check_references(rows: list[dict[str, Any]], lines: dict[str, int], path: Path) -> None:
-    """For judges that compare with the reference answer (verifiers): every row needs one."""
-    for row in rows:
-        if not (row.get("reference") or "").strip():
+        if need_reference and not (reference or "").strip():
             raise DataError("this judge compares samples with the reference answer, which is missing",
-                            path=path, line=lines[row["id"]], field="reference")
+                            path=path, line=line, field="reference")
+        ids.append(row_id)
+    if not ids:
+        raise DataError("no sample sets in the file", path=path)
+    return ids
+
+
+def _chunks_to_judge(path: Path, keep: slice, done: set[str], size: int) -> Iterator[list[dict[str, Any]]]:
+    """The rows of ``path`` in positions ``keep`` not in ``done``, ``size`` at a time, read as they are judged."""
+    chunk: list[dict[str, Any]] = []
+    for index, row in enumerate(iter_jsonl(path)):
+        if index >= keep.stop:
+            break
+        row = {**row, "id": str(row["id"])}
+        if index >= keep.start and row["id"] not in done:
+            chunk.append(row)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def shard_slice(n: int, index: int, count: int) -> slice:
@@ -120,6 +134,24 @@ def _done_ids(dest: Path, judge_spec: str) -> set[str]:
     return done
 
 
+def check_usable(item_id: str, result: JudgeResult, k: int, min_usable: float, judge_spec: str, dest: Path,
+                 written: int) -> None:
+    """Stop (UserError) when the judge compared too few of a prompt's sample pairs usably: a judge whose
+    replies carry no verdict would otherwise write P = ½ everywhere and the methods train on noise."""
+    if "pairs_usable" not in result:
+        return  # a judge whose comparisons cannot fail (scores, GPM)
+    pairs, usable = k * (k - 1) // 2, result["pairs_usable"]
+    if usable > 0 and usable >= min_usable * pairs:
+        return
+    got = f"none of its {pairs} sample pairs" if usable == 0 else \
+        f"{usable} of its {pairs} sample pairs (below remote.min_usable={min_usable:g})"
+    kept = f"the {written} prompts judged before it are kept in {dest} and a rerun resumes after them" if written \
+        else "nothing was written"
+    raise UserError(f"prompt '{item_id}': judge {judge_spec} gave a verdict in both orders for {got}: "
+                    f"{result.get('errors', 0)} replies without [[A]]/[[B]]/[[C]], e.g. {result.get('sample_error', '')!r}. "
+                    f"Stopping instead of writing ties; {kept}.")
+
+
 def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | None = None,
              shard: tuple[int, int] | None = None) -> Path:
     """Judge every prompt of ``samples_path`` with ``cfg.rank.judge`` (or ``judge``) into ``out_path``.
@@ -138,21 +170,20 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     judge_spec = cfg.rank.judge
     if judge is None:
         parse_judge_spec(judge_spec)  # an unknown judge is refused before the output exists
-    all_rows = load_sample_sets(samples_path)
-    rows = all_rows[shard_slice(len(all_rows), *shard)] if shard is not None else all_rows
+    # Two streamed passes (check everything, then judge chunk by chunk): memory holds ids, not sample sets.
+    ids = check_sample_sets(samples_path, need_reference=checks_reference(judge_spec))
+    keep = shard_slice(len(ids), *shard) if shard is not None else slice(0, len(ids))
+    total = len(ids[keep])
     dest, config_path = _output_paths(out_path, shard)
     save_config(cfg, config_path)
-    done = _done_ids(dest, judge_spec)
-    todo = [row for row in rows if row["id"] not in done]
-    if todo:  # a finished file is not worth loading a judge model for
-        judge = judge or make_judge(judge_spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device)
-        if getattr(judge, "needs_reference", False):
-            _check_references(todo, {row["id"]: n for n, row in enumerate(all_rows, start=1)}, samples_path)
-    chunk = max(1, cfg.rank.batch_size)
-    errors = 0
-    with JsonlAppender(dest) as out, progress_bar("rank", total=len(rows), completed=len(rows) - len(todo)) as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
+    done = _done_ids(dest, judge_spec) & set(ids[keep])
+    if len(done) < total:  # a finished file is not worth loading a judge model for
+        judge = judge or make_judge(judge_spec, batch_size=cfg.rank.batch_size, device=cfg.rank.device,
+                                    remote=cfg.remote)
+    errors = written = 0
+    # lazy: a judge that fails on the first prompts leaves no empty output behind
+    with JsonlAppender(dest, lazy=True) as out, progress_bar("rank", total=total, completed=len(done)) as bar:
+        for batch in _chunks_to_judge(samples_path, keep, done, max(1, cfg.rank.batch_size)):
             items: list[JudgeItem] = [
                 {"id": r["id"], "prompt_messages": r["prompt_messages"], "samples": r["samples"],
                  "reference": r.get("reference"), "meta": r.get("meta", {})} for r in batch]
@@ -160,13 +191,16 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
             if len(results) != len(items):
                 raise UserError(f"judge '{judge_spec}' returned {len(results)} results for {len(items)} prompts")
             for row, result in zip(batch, results):
+                check_usable(row["id"], result, len(row["samples"]), cfg.remote.min_usable, judge_spec, dest,
+                             len(done) + written)
                 record = scored_record(row, result, judge_spec)
                 errors += record["errors"]
                 out.write(record)
+                written += 1
                 bar.advance()
-    skipped = len(rows) - len(todo)
-    console.print(f"ranked {len(todo)} prompts with {judge_spec}" + (f" ({skipped} already done)" if skipped else "")
-                  + (f", {errors} malformed judge replies counted as ties" if errors else "") + f" → {dest}",
+    skipped = len(done)
+    console.print(f"ranked {written} prompts with {judge_spec}" + (f" ({skipped} already done)" if skipped else "")
+                  + (f", {errors} judge replies without a verdict counted as ties" if errors else "") + f" → {dest}",
                   soft_wrap=True)
     return dest
 
@@ -175,7 +209,8 @@ def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: lis
     """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
     from selfplay.stages.parallel import OnFirstUse
 
-    judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device))
+    judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device,
+                                          remote=cfg.remote))
     for k in shards:
         run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from selfplay.evals.per_prompt import METRICS, PER_PROMPT_FILE, Table, attach_stats, read_per_prompt
 from selfplay.evals.stats_format import change_text, with_interval
-from selfplay.io import atomic_write_text, write_jsonl
+from selfplay.io import atomic_write_text, save_figure, write_jsonl
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 
@@ -235,9 +235,10 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, extra: tuple[Co
     if n is not None:
         fig.suptitle(f"held-out prompts: n = {n}; bands and bars: 95% intervals", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.96) if n is not None else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic: a full disk leaves the previous plot, not half a PNG
+    finally:
+        plt.close(fig)
     return path
 
 

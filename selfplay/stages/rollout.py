@@ -15,7 +15,6 @@ Output: ``OUT/shard-K-of-F.jsonl`` of episodes ``{id, query, answer, env, prompt
 
 from __future__ import annotations
 
-import concurrent.futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,32 +55,30 @@ class LocalTurnModel:
 class APITurnModel:
     """A model behind an OpenAI-compatible chat endpoint (a hosted teacher, or ``selfplay serve``).
 
-    Each candidate is one request (not every server honours ``n``), ``concurrency`` at a time; a request
-    that still fails after the client's retries stops the rollout, naming the problem.
+    Each candidate is one request (not every server honours ``n``), ``concurrency`` at a time, with the
+    ``remote`` section's timeout and retries; a request that still fails stops the rollout, naming the
+    problem (episodes already written stay, and the rerun resumes after them).
     """
 
     def __init__(self, url: str, cfg: Config, concurrency: int = 8) -> None:
         from selfplay.judges.http import ChatClient
 
         base, _, model = url.partition("#")
-        self.client = ChatClient(base, model or "default")
-        self.cfg, self.concurrency = cfg, concurrency
+        self.client = ChatClient.for_remote(base, model or "default", cfg.remote, concurrency=concurrency,
+                                            role="teacher")
+        self.cfg = cfg
 
     def respond(self, conversations: list[Messages], n: int, seed: int, ids: list[str]) -> list[list[str]]:
-        from selfplay.judges.http import JudgeError
+        from selfplay.judges.http import ChatRequest
 
         g = self.cfg.generate
-        jobs = [(i, c) for i, c in enumerate(conversations) for _ in range(n)]
+        owners = [i for i in range(len(conversations)) for _ in range(n)]
+        replies = self.client.chat_many([
+            ChatRequest(conversations[i], label=f"problem '{ids[i]}'",
+                        temperature=g.temperature, max_tokens=g.max_new_tokens) for i in owners])
         out: list[list[str]] = [[] for _ in conversations]
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = {pool.submit(self.client.chat, c, temperature=g.temperature, max_tokens=g.max_new_tokens): i
-                       for i, c in jobs}
-            for future in concurrent.futures.as_completed(futures):
-                i = futures[future]
-                try:
-                    out[i].append(future.result())
-                except JudgeError as e:
-                    raise UserError(f"problem '{ids[i]}': the turn model {self.client.url} failed: {e}") from None
+        for i, text in zip(owners, replies):
+            out[i].append(text)
         return out
 
 
@@ -268,7 +265,7 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
 
     chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0
-    with JsonlAppender(plan.path) as out, progress_bar(f"{plan.label} ({env.name})", total=plan.total,
+    with JsonlAppender(plan.path, lazy=True) as out, progress_bar(f"{plan.label} ({env.name})", total=plan.total,
                                                        completed=plan.total - len(plan.todo)) as bar:
         def done(ep: Episode) -> None:
             nonlocal solved

@@ -39,7 +39,7 @@ from selfplay.methods import get_method, loss_of
 from selfplay.progress import console
 from selfplay.runs import fingerprint, output_lock
 from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
-                                      tracker_config)
+                                      state_bytes, tracker_config)
 
 
 def _precision(cfg: Config) -> str:
@@ -260,7 +260,8 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                 shown = f" acc {last['rewards/accuracies']:.2f}" if "rewards/accuracies" in last else ""
                 bar.update(description=f"train loss {last['loss']:.4f}{shown}")
             if t.save_steps > 0 and state["step"] % t.save_steps == 0 and state["step"] < total_steps:
-                save_checkpoint(accelerator, ckpt, state)
+                needed = state_bytes(policy.state_dict(), optimizer.state_dict())
+                save_checkpoint(accelerator, ckpt, state, needed=needed)
     if metrics_file:
         metrics_file.close()
     if t.report_to:

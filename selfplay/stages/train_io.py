@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from selfplay.config import Config, to_dict
-from selfplay.io import write_json
+from selfplay.io import fsync_tree, atomic_dir, fsync_dir, write_json, writing
 
 
 @dataclass
@@ -46,19 +46,43 @@ def batch_order(lengths: list[int], batch_size: int, epochs: float, seed: int) -
     return order[:total]
 
 
-def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int]) -> None:
-    """accelerate state + our counters, swapped in atomically so a kill never leaves half a checkpoint."""
+def state_bytes(*trees: Any) -> int:
+    """Bytes of the tensors in (nested) state dicts: what saving them needs on disk, about."""
+    total = 0
+    for tree in trees:
+        if isinstance(tree, torch.Tensor):
+            total += tree.numel() * tree.element_size()
+        elif isinstance(tree, dict):
+            total += state_bytes(*tree.values())
+        elif isinstance(tree, (list, tuple)):
+            total += state_bytes(*tree)
+    return total
+
+
+def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int], needed: int | None = None) -> None:
+    """accelerate state + our counters, fsynced and swapped in atomically so neither a kill nor a full disk
+    leaves half a checkpoint (a full disk: :class:`~selfplay.errors.DiskFullError` naming it, ``needed`` bytes,
+    the partial copy removed and the previous checkpoint kept)."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        with writing(ckpt, needed):
+            accelerator.save_state(str(tmp))
+            if accelerator.is_main_process:
+                write_json(tmp / "trainer_state.json", state)  # last: marks the copy complete
+                fsync_tree(tmp)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", state)
         old = ckpt.with_name(ckpt.name + ".old")
         if ckpt.exists():
             ckpt.rename(old)
         tmp.rename(ckpt)
+        fsync_dir(ckpt.parent)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -113,18 +137,21 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     # Every process takes part: ZeRO-3 and FSDP gather the full weights collectively.
     state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(scorer).items()}
     if accelerator.is_main_process:
-        for d in (model_dir, out_dir / "merged"):
-            shutil.rmtree(d, ignore_errors=True)
-        unwrapped.save_pretrained(model_dir, state_dict=state_dict, safe_serialization=True)
-        tok.save_pretrained(model_dir)
+        # Into a temporary directory, swapped in when complete: a full disk leaves no half-written model.
         meta = model_meta(cfg, parent=parent, parent_dir=parent_dir, data=data, examples=n_examples,
                           steps=state["step"])
-        write_model_meta(model_dir, meta, adapter=cfg.model.lora.enabled)
+        with atomic_dir(model_dir, needed=state_bytes(state_dict)) as tmp:
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            write_model_meta(tmp, meta, adapter=cfg.model.lora.enabled)
         if merged:
             full = unwrapped.merge_and_unload()
-            full.save_pretrained(out_dir / "merged", safe_serialization=True)
-            tok.save_pretrained(out_dir / "merged")
-            write_model_meta(out_dir / "merged", meta)
+            with atomic_dir(out_dir / "merged", needed=state_bytes(full.state_dict())) as tmp:
+                full.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
+                write_model_meta(tmp, meta)
+        else:
+            shutil.rmtree(out_dir / "merged", ignore_errors=True)  # an earlier run's, with other settings
     next_model = out_dir / "merged" if merged else model_dir
     summary = {"model_path": str(next_model), "steps": state["step"], "metrics": last,
                "examples": n_examples, "truncated": n_cut, "planned_steps": total_steps,

@@ -9,10 +9,11 @@ from the CLI so stages never depend on it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from selfplay.errors import UserError
+from selfplay.errors import UserError, disk_full_error
 
 
 def _shards(text: str) -> list[int]:
@@ -73,10 +74,34 @@ def main(argv: list[str] | None = None) -> int:
 
             rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
                            num_shards=args.num_shards, skip_invalid=args.skip_invalid)
-    except UserError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return e.exit_code
+    except Exception as e:  # as the CLI: a user error or a full disk is one line, anything else a traceback
+        error = e if isinstance(e, UserError) else disk_full_error(e)
+        if error is None and _lost_a_peer(e):
+            # Another training process died and took the collective with it: it is the one to report (the
+            # launcher names it); this one only says why it stops too.
+            said = next((text for text in _PEER_GONE if text in str(e)), type(e).__name__)
+            print(f"training process rank {os.environ.get('RANK', '?')}: stopping, another process of the run is "
+                  f"gone ({said})", file=sys.stderr)
+            return 1
+        if error is None:
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
+
+
+# What a collective says when a peer process is gone (gloo over TCP, NCCL, the c10d store).
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+              "DistNetworkError", "Socket Timeout", "recvValue failed", "Connection refused")
+
+
+def _lost_a_peer(e: BaseException) -> bool:
+    """Whether ``e`` in a launched training process is a collective failing because another process died."""
+    if "LOCAL_RANK" not in os.environ:
+        return False
+    import torch.distributed as dist
+
+    return isinstance(e, getattr(dist, "DistError", ())) or any(text in str(e) for text in _PEER_GONE)
 
 
 if __name__ == "__main__":
