@@ -143,7 +143,7 @@ class EvalConfig:
 class RiseConfig:
     """RISE (arXiv 2407.18219): multi-turn self-correction rollouts, conversion, multi-turn evaluation."""
 
-    # gsm8k | math | arith (selfplay.envs.answer_envs); auto = the data's task.
+    # gsm8k | math | arith (the tasks with a RISE rule, selfplay.envs.answer_envs.ENVS); auto = the data's task.
     env: str = "auto"
     # Collection: turns per episode (an episode stops at a correct answer) and candidates per turn
     # (n_1 ... n_T, the last repeats): the best by reward (first on ties) becomes the turn's answer.
@@ -169,7 +169,7 @@ class RiseConfig:
 class AgentConfig:
     """Tool-using agents (SPIN for agents, FireAct): ReAct rollouts with tools, evaluation."""
 
-    # hotpotqa | bamboogle | strategyqa | mmlu (selfplay.envs.react.TASKS): how answers are scored.
+    # A task of selfplay.envs.tasks.TASKS (hotpotqa, bamboogle, strategyqa, mmlu, ...): how answers are scored.
     task: str = "hotpotqa"
     # Search backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
     search: str = "replay"

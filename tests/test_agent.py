@@ -17,17 +17,17 @@ import pytest
 
 from selfplay.envs.react import (
     FAILED_STEP,
-    TASKS,
     is_react_trajectory,
     parse_trajectory,
     render_steps,
     response_part,
     split_thought_action,
-    trajectory_segments,
 )
+from selfplay.envs.tasks import TASKS
 from selfplay.envs.verifiers import exact_match, f1_score, normalize_answer
 from selfplay.errors import DataError, UserError
 from selfplay.io import read_jsonl, write_jsonl
+from selfplay.methods.agent import trajectory_segments
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_scripted_policy_retries_step_cap_and_finish(shared_data: Path) -> None:
     cfg = _agent_cfg(shared_data, retries=5, max_steps=11)
     sampler = ScriptedAgent(script)
     done = {}
-    play_agent_episodes(__import__("selfplay.envs.react", fromlist=["TASKS"]).TASKS["hotpotqa"],
+    play_agent_episodes(TASKS["hotpotqa"],
                         ReplaySearch(cfg.agent.search_sources), sampler,
                         new_episodes(records, None, cfg, ""), cfg, lambda ep: done.setdefault(ep.record["id"], ep), 0.0)
     ok, retry, fail, loop = (done[q] for q in ("q-ok", "q-retry", "q-fail", "q-loop"))

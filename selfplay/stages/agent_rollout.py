@@ -28,14 +28,14 @@ from selfplay.envs.react import (
     FAILED_STEP,
     FINISHED,
     OBSERVATION_STOP,
-    AgentTask,
     Step,
-    gold_answer,
     parse_action,
     render_steps,
     split_thought_action,
 )
 from selfplay.envs.search import SearchFn
+from selfplay.envs.tasks import Task as AgentTask
+from selfplay.envs.tasks import gold_answer
 from selfplay.errors import UserError
 from selfplay.io import JsonlAppender
 
@@ -173,7 +173,7 @@ def agent_info(cfg: Config, model: str) -> dict[str, Any]:
 
 def load_tools(cfg: Config) -> tuple[AgentTask, SearchFn, str]:
     """The task, the search backend and the few-shot text, all checked before any model is loaded."""
-    from selfplay.envs.react import get_task
+    from selfplay.envs.tasks import get_task
     from selfplay.envs.search import make_search
 
     fewshot = ""
