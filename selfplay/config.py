@@ -171,7 +171,10 @@ class AgentConfig:
 
     # A task of selfplay.envs.tasks.TASKS (hotpotqa, bamboogle, strategyqa, mmlu, ...): how answers are scored.
     task: str = "hotpotqa"
-    # Search backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
+    # The agent's tools (selfplay.envs.tools.TOOLS: search, finish, calculator); empty: the task's own
+    # (Task.tools: search and finish for the QA tasks, calculator and finish for arith/gsm8k/math).
+    tools: list[str] = field(default_factory=list)
+    # The search tool's backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
     search: str = "replay"
     # Replay sources: FireAct trajectory files and query -> result caches (JSON/JSONL).
     search_sources: list[str] = field(default_factory=list)

@@ -239,6 +239,8 @@ def agent(
     model: ModelOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
     task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    tools: Annotated[Optional[str], typer.Option(
+        help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
     search_sources: Annotated[Optional[str], typer.Option(
         help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
@@ -255,7 +257,7 @@ def agent(
     set_: SetOpt = None,
 ) -> None:
     """A tool-using agent on a QA task: EM, F1, steps per episode, share finished, tool errors (greedy)."""
-    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__search=search,
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__tools=cli_list(tools), agent__search=search,
                   agent__search_sources=cli_list(search_sources), agent__max_steps=max_steps,
                   generate__prompt_format=prompt_format, generate__max_new_tokens=max_new_tokens,
                   eval__batch_size=batch_size)

@@ -106,6 +106,8 @@ def agent(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Questions: prepared data directory or SFT JSONL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory of trajectory shards.")] = None,
     task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    tools: Annotated[Optional[str], typer.Option(
+        help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
     search_sources: Annotated[Optional[str], typer.Option(
         help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
@@ -120,7 +122,7 @@ def agent(
 ) -> None:
     """Play ReAct trajectories with tools for every question of DATA into OUT/shard-K-of-F.jsonl (FireAct fields)."""
     cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, data__source=data,
-                  data__split=split, agent__task=task, agent__search=search,
+                  data__split=split, agent__task=task, agent__tools=_list(tools, str), agent__search=search,
                   agent__search_sources=_list(search_sources, str), agent__max_steps=max_steps,
                   agent__samples=samples, generate__prompt_format=prompt_format, generate__data_frac=data_frac,
                   generate__num_fracs=num_fracs)

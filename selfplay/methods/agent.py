@@ -94,18 +94,12 @@ def _mean_reward(rows: list[dict[str, Any]]) -> float | None:
 
 def _check(cfg: Any) -> None:
     from selfplay.envs.tasks import TASKS
-    from selfplay.envs.search import SEARCH_BACKENDS
+    from selfplay.envs.tools import check_tools
 
     a = cfg.agent
     if a.task not in TASKS:
         raise ConfigError(f"agent.task '{a.task}' is not one of {', '.join(TASKS)}")
-    if a.search not in SEARCH_BACKENDS:
-        raise ConfigError(f"agent.search '{a.search}' is not one of {', '.join(SEARCH_BACKENDS)}")
-    # (serpapi's key is checked when the backend is built, first thing in a rollout: a config can be shown
-    # and checked on a machine without the key.)
-    if a.search == "replay" and not a.search_sources:
-        raise ConfigError("agent.search=replay needs agent.search_sources: FireAct trajectory files and/or a "
-                          "query -> result cache (e.g. ../shared/data/agent/search_cache.json)")
+    check_tools(a, TASKS[a.task])  # names, one that ends episodes, each tool's settings (search: its backend)
     if a.max_steps < 1 or a.retries < 0 or a.samples < 1:
         raise ConfigError("agent.max_steps must be >= 1, agent.retries >= 0 and agent.samples >= 1")
 

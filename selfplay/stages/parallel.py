@@ -164,9 +164,10 @@ def rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, s
 
 def agent_rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
     """Agent trajectories under ``cfg.launch``: shards of questions in ``out_dir`` (joined by ``merge_shards``)."""
-    from selfplay.stages.agent_rollout import agent_rollout_shards, load_tools
+    from selfplay.envs.agent_episodes import load_agent
+    from selfplay.stages.agent_rollout import agent_rollout_shards
 
-    load_tools(cfg)  # a missing search key or source fails here, before any model is looked at
+    load_agent(cfg.agent)  # a missing search key or source fails here, before any model is looked at
 
     def here(shards: list[int], count: int) -> None:
         agent_rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
