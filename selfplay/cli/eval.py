@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
+from selfplay.cli.common import ConfigOpt, SetOpt, comma_list, console, resolve
 from selfplay.errors import UserError
 
 app = typer.Typer(help="Evaluate a model: mt-bench, leaderboard, winrate, task.", no_args_is_help=True)
@@ -216,7 +216,7 @@ def multiturn(
     import dataclasses
 
     from selfplay.data.records import load_sft
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
     from selfplay.evals.multiturn import print_multiturn
     from selfplay.stages.evaluate import multiturn_evaluation
 
@@ -228,7 +228,7 @@ def multiturn(
     cfg = dataclasses.replace(cfg, rise=rise)
     out_dir = _out_dir(out, cfg.model.name_or_path, "multiturn")
     _save(cfg, out_dir, cfg.model.name_or_path)
-    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    sampler = make_sampler("hf", cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = multiturn_evaluation(cfg, sampler, records, out_dir)["multiturn"]
     print_multiturn(metrics)
     console.print(f"results: {out_dir / 'multiturn.json'}, plot: {out_dir / 'multiturn.png'}")
@@ -257,8 +257,9 @@ def agent(
     set_: SetOpt = None,
 ) -> None:
     """A tool-using agent on a QA task: EM, F1, steps per episode, share finished, tool errors (greedy)."""
-    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__tools=cli_list(tools), agent__search=search,
-                  agent__search_sources=cli_list(search_sources), agent__max_steps=max_steps,
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task,
+                  agent__tools=comma_list(tools), agent__search=search,
+                  agent__search_sources=comma_list(search_sources), agent__max_steps=max_steps,
                   generate__prompt_format=prompt_format, generate__max_new_tokens=max_new_tokens,
                   eval__batch_size=batch_size)
     if data is None:
@@ -266,7 +267,7 @@ def agent(
     from selfplay.data.records import convert_rows, is_prepared_dir, load_sft
     from selfplay.data.sources import read_rows
     from selfplay.evals.agent_eval import evaluate_agent, print_agent_metrics
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
 
     if is_prepared_dir(data):
         records = load_sft(data, split if (Path(data) / f"{split}.jsonl").is_file() else "train")
@@ -283,15 +284,10 @@ def agent(
     records = records[:limit] if limit else records
     out_dir = _out_dir(out, cfg.model.name_or_path, f"agent-{cfg.agent.task}")
     _save(cfg, out_dir)
-    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    sampler = make_sampler("hf", cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = evaluate_agent(cfg, sampler, records, out_dir)
     print_agent_metrics(metrics)
     console.print(f"results: {out_dir / 'agent.json'}, trajectories: {out_dir / 'agent.jsonl'}")
-
-
-def cli_list(value: Optional[str]) -> Optional[list[str]]:
-    """ "a,b" -> ["a", "b"]; None stays None (not given)."""
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 # `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).

@@ -34,11 +34,11 @@ def rank(
     from selfplay.core.launchers import several_processes
 
     if several_processes(cfg.launch) and data_frac is None:
-        from selfplay.stages.parallel import rank_stage
+        from selfplay.stages.parallel import ShardJob, produce
 
         # Data-parallel judges: shards in OUT.shards/, merged into OUT by the main machine.
         dest = out / "rank.jsonl" if out.is_dir() else out
-        rank_stage(cfg, data, Path(f"{dest}.shards"), dest)
+        produce("rank", cfg, ShardJob(data, Path(f"{dest}.shards")), dest)
         return
     from selfplay.stages.rank import run_rank
 

@@ -94,9 +94,9 @@ def make_judge(spec: str, *, judge_model: str = "default", api_key_env: str = "O
         from selfplay.judges.http import ChatClient
 
         return HttpJudge(ChatClient(spec, judge_model, api_key_env=api_key_env), parallel=parallel)
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
 
-    return LocalJudge(load_sampler(spec, batch_size=batch_size), name=spec)
+    return LocalJudge(make_sampler("hf", spec, batch_size=batch_size), name=spec)
 
 
 def judge_conversation(system_prompt: str, user_prompt: str) -> Messages:

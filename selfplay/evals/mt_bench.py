@@ -234,7 +234,8 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
     ``out_dir`` and prints the per-category table. Returns the summary (or only the answers' path when
     no judge is given).
     """
-    from selfplay.evals.generation import is_answer_file, load_sampler, model_identity, model_label
+    from selfplay.core.samplers import make_sampler
+    from selfplay.evals.generation import is_answer_file, model_identity, model_label
     from selfplay.evals.judging import make_judge
     from selfplay.evals.mt_bench_data import attach_references, load_judge_prompts, load_questions
     from selfplay.evals.report import print_mt_bench_table, radar_plot
@@ -256,7 +257,7 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
         answers_for(qs, answers, model)
         answers_path = Path(model)
     else:
-        sampler = load_sampler(model, batch_size=batch_size, model_cfg=model_cfg)
+        sampler = make_sampler("hf", model, batch_size=batch_size, model_cfg=model_cfg)
         answers_path = out / ANSWERS_FILE
         answers = generate_answers(qs, sampler, answers_path, model_identity(model),
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)

@@ -77,9 +77,9 @@ def _as_sampler(sampler_or_model: Any, batch_size: int, model_cfg: ModelConfig |
 
         return HFSampler.from_loaded(*sampler_or_model, batch_size=batch_size)
     if isinstance(sampler_or_model, (str, Path)):
-        from selfplay.evals.generation import load_sampler
+        from selfplay.core.samplers import make_sampler
 
-        return load_sampler(str(sampler_or_model), batch_size=batch_size, model_cfg=model_cfg)
+        return make_sampler("hf", str(sampler_or_model), batch_size=batch_size, model_cfg=model_cfg)
     raise TypeError(f"expected a Sampler, a (model, tokenizer) pair or a model path, got {type(sampler_or_model)}")
 
 

@@ -120,7 +120,8 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
                 model_cfg: ModelConfig | None = None, seed: int = 0) -> dict[str, str]:
     """Answers of ``spec`` to every prompt: read from an answer file, or generated greedily into ``path``
     (resumable; answers of another model found there are an error, not reused)."""
-    from selfplay.evals.generation import generate_chat, is_answer_file, load_sampler, model_identity, model_label
+    from selfplay.core.samplers import make_sampler
+    from selfplay.evals.generation import generate_chat, is_answer_file, model_identity, model_label
 
     if is_answer_file(spec):
         return _match(prompts, load_answers(spec), spec)
@@ -133,7 +134,7 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
         done[row["id"]] = row["output"]
     todo = [p for p in prompts if p["id"] not in done]
     if todo:
-        sampler = load_sampler(spec, batch_size=batch_size, model_cfg=model_cfg)
+        sampler = make_sampler("hf", spec, batch_size=batch_size, model_cfg=model_cfg)
         with progress_bar(f"answers of {model_label(spec)}", total=len(prompts),
                           completed=len(prompts) - len(todo)) as bar, JsonlAppender(path) as out:
             for start in range(0, len(todo), batch_size):

@@ -29,13 +29,13 @@ from selfplay.envs.agent_episodes import (
 from selfplay.io import JsonlAppender
 
 if TYPE_CHECKING:
-    from selfplay.stages.generate import ShardPlan
+    from selfplay.stages.shards import ShardPlan
 
 
 def run_agent_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
                       shard: tuple[int, int] | None = None, sampler: Any | None = None) -> Path:
     """Play ``agent.samples`` trajectories per question of one shard of ``data`` into ``out_dir``."""
-    from selfplay.stages.generate import open_shard
+    from selfplay.stages.shards import open_shard
 
     agent = load_agent(cfg.agent)
     info = agent_info(cfg, model, agent)
@@ -51,7 +51,7 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
     """Play the shard's remaining questions, appending each question's row when its trajectories end."""
     from selfplay.core.samplers import format_prompt
     from selfplay.progress import console
-    from selfplay.stages.generate import load_sampler
+    from selfplay.stages.shards import load_sampler
     from selfplay.stages.progress import progress_bar
 
     sampler = sampler or load_sampler(cfg, model, plan.label)
@@ -84,7 +84,7 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
 def agent_rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
                          num_shards: int) -> None:
     """Play shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
-    from selfplay.stages.generate import with_one_sampler
+    from selfplay.stages.shards import with_one_sampler
 
     with_one_sampler(cfg, model, "agent rollout", shards, num_shards, lambda shard, sampler: run_agent_rollout(
         cfg, model, data, out_dir, split=split, shard=shard, sampler=sampler))

@@ -23,7 +23,7 @@ from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
 from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
-from selfplay.stages.generate import SHARD_PATTERN
+from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse
 
 
 def load_sample_sets(path: Path) -> list[dict[str, Any]]:
@@ -132,7 +132,7 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
 
     samples_path, out_path = Path(samples_path), Path(out_path)
     if samples_path.is_dir():
-        from selfplay.stages.generate import merge_shards
+        from selfplay.stages.shards import merge_shards
 
         samples_path = merge_shards(samples_path)
     judge_spec = cfg.rank.judge
@@ -173,8 +173,6 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
 
 def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: list[int], num_shards: int) -> None:
     """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
-    from selfplay.stages.parallel import OnFirstUse
-
     judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device))
     for k in shards:
         run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))

@@ -26,7 +26,7 @@ from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
 
 if TYPE_CHECKING:
-    from selfplay.stages.generate import ShardPlan
+    from selfplay.stages.shards import ShardPlan
 
 Messages = list[dict[str, str]]
 RESAMPLE_TRIES = 3
@@ -98,7 +98,7 @@ class TurnModels:
         return models[min(turn, len(models) - 1)].strip()
 
     def __getitem__(self, turn: int) -> TurnModel:
-        from selfplay.stages.generate import load_sampler
+        from selfplay.stages.shards import load_sampler
 
         spec = self.spec(turn)
         if spec not in self.loaded:
@@ -244,7 +244,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
     """
     from selfplay.data.records import load_sft
     from selfplay.progress import console
-    from selfplay.stages.generate import open_shard
+    from selfplay.stages.shards import open_shard
 
     records = load_sft(data, split)
     env = env_for_records(cfg.rise.env, records)
