@@ -25,7 +25,7 @@ from selfplay.evals.mt_bench_data import (Question, fill_pairwise, fill_single, 
                                           load_answer_file)
 from selfplay.evals.mt_bench_prompts import JudgePrompt
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.stages.progress import progress_bar
+from selfplay.progress import progress_bar
 
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig

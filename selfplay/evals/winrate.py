@@ -16,7 +16,7 @@ from selfplay.errors import DataError, UserError
 from selfplay.evals.judging import Judge, combine_orders, judge_conversation, parse_verdict, preference
 from selfplay.evals.mt_bench_prompts import JUDGE_PROMPTS
 from selfplay.io import JsonlAppender, iter_jsonl, write_json
-from selfplay.stages.progress import progress_bar
+from selfplay.progress import progress_bar
 
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig

@@ -50,9 +50,8 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
                model: str) -> None:
     """Play the shard's remaining questions, appending each question's row when its trajectories end."""
     from selfplay.core.samplers import format_prompt
-    from selfplay.progress import console
+    from selfplay.progress import console, progress_bar
     from selfplay.stages.shards import load_sampler
-    from selfplay.stages.progress import progress_bar
 
     sampler = sampler or load_sampler(cfg, model, plan.label)
     respond = sampler_steps(sampler, cfg.generate)

@@ -94,7 +94,7 @@ def _training_records(method: Method, it: Iteration, collected_path: Path, colle
 def _eval_judge(cfg: Config, method: Method) -> str | None:
     """The judge whose mean score the evaluation reports: ``eval.judge``, else the rank judge of a method that
     ranks samples (unless it is a verifier: accuracy reports that already)."""
-    from selfplay.judges.base import checks_reference
+    from selfplay.judges import checks_reference
 
     if cfg.eval.judge:
         return cfg.eval.judge

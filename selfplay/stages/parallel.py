@@ -147,7 +147,7 @@ def _sampling_workers(cfg: Config) -> Workers:
 def _rank_workers(cfg: Config) -> Workers:
     """Judges that run a model locally rank data-parallel; verifiers and HTTP judges gain nothing from more
     processes and rank on the main machine alone."""
-    from selfplay.judges.base import runs_local_model
+    from selfplay.judges import runs_local_model
 
     return sampling_workers(cfg, parallel=runs_local_model(cfg.rank.judge))
 

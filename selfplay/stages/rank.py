@@ -22,7 +22,7 @@ from selfplay.core.preference import symmetrize, win_prob_from_scores
 from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.judges.base import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
+from selfplay.judges import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
 from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse
 
 
@@ -127,8 +127,7 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     ``shard=(index, count)`` ranks only that contiguous slice of prompts and writes
     ``out_path/shard-0000i-of-0000n.jsonl``. Returns the JSONL written; rerunning resumes it.
     """
-    from selfplay.progress import console
-    from selfplay.stages.progress import progress_bar
+    from selfplay.progress import console, progress_bar
 
     samples_path, out_path = Path(samples_path), Path(out_path)
     if samples_path.is_dir():

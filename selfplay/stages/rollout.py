@@ -263,8 +263,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
 
 def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: TurnModels, cfg: Config) -> None:
     """Play the shard's remaining problems, appending each episode as it ends."""
-    from selfplay.progress import console
-    from selfplay.stages.progress import progress_bar
+    from selfplay.progress import console, progress_bar
 
     chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0

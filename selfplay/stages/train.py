@@ -35,7 +35,7 @@ from selfplay.core.packing import sequence_tokens
 from selfplay.hardware import fast_bf16
 from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
-from selfplay.progress import console
+from selfplay.progress import console, progress_bar
 from selfplay.runs import fingerprint, output_lock
 from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
                                       tracker_config)
@@ -64,8 +64,6 @@ def precompute_reference(accelerator: Any, scorer: torch.nn.Module, policy: torc
     meta_path = out_path.with_suffix(".meta.json")
     if out_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fp:
         return {r["id"]: [r[f] for f in fields] for r in read_jsonl(out_path)}
-    from selfplay.stages.progress import progress_bar
-
     k = len(fields)
     batches = [list(range(i, min(i + batch_size, len(examples)))) for i in range(0, len(examples), batch_size)]
     loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(torch.arange(len(batches)), batch_size=1))
@@ -142,8 +140,6 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     from transformers import get_scheduler
 
     from selfplay.models import load_model, resolve_model
-    from selfplay.stages.progress import progress_bar
-
     t, out_dir = cfg.train, Path(out_dir)
     if (out_dir / "summary.json").exists():
         s = read_json(out_dir / "summary.json")
