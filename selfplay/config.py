@@ -111,8 +111,7 @@ class TrainConfig:
     # and the anchor's conversion script, or the raw reward ("reward").
     rwr_weighting: Literal["exp", "reward"] = "exp"
     rwr_temperature: float = 0.4
-    # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...),
-    # besides metrics.jsonl; they write under the training output directory where they keep files.
+    # An alias of the top-level report_to (where trackers were named before the loop logged to them too).
     report_to: list[str] = field(default_factory=list)
 
 
@@ -222,6 +221,10 @@ class Config:
     # selfplay.methods.load_config.
     method: str = "spin"
     seed: int = 0
+    # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...) that
+    # get training steps and the loop's per-iteration evaluation rows, besides their JSONL files
+    # (selfplay.trackers); trackers that keep files write them under the run's trackers/ directories.
+    report_to: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -401,6 +404,9 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
     check_ranges(cfg)
     _check_schedule(cfg)
     check_launch(cfg.launch)
+    if cfg.report_to and cfg.train.report_to and cfg.report_to != cfg.train.report_to:
+        raise ConfigError(f"config keys 'report_to' {cfg.report_to} and its alias 'train.report_to' "
+                          f"{cfg.train.report_to} name different trackers; set report_to only.")
     return cfg
 
 

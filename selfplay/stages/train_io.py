@@ -1,4 +1,4 @@
-"""What the train stage writes besides the loop: batch order, checkpoints, trackers, the final model.
+"""What the train stage writes besides the loop: batch order, checkpoints, the final model.
 
 Kept apart from :mod:`selfplay.stages.train` so the training loop reads in one sitting.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from selfplay.config import Config, to_dict
+from selfplay.config import Config
 from selfplay.io import write_json
 
 
@@ -76,21 +76,6 @@ def recover_checkpoint(ckpt: Path) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
             candidate.rename(ckpt)
             return
-
-
-def tracker_config(cfg: Config) -> dict[str, Any]:
-    """The resolved config flattened to ``a.b.c`` keys with scalar values (what trackers accept)."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            flat[prefix.rstrip(".")] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
-
-    walk(to_dict(cfg), "")
-    return flat
 
 
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
