@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from selfplay.cli import eval_compare
 from selfplay.cli.common import ConfigOpt, SetOpt, comma_list, console, resolve
 from selfplay.errors import UserError
 
@@ -290,10 +291,5 @@ def agent(
     console.print(f"results: {out_dir / 'agent.json'}, trajectories: {out_dir / 'agent.jsonl'}")
 
 
-# `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).
-try:
-    from selfplay.cli import eval_compare
-
-    eval_compare.register(app)
-except ImportError:
-    pass
+# `selfplay eval compare RUN_DIR` lives with the loop's report (selfplay/cli/eval_compare.py).
+eval_compare.register(app)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfplay.errors import DataError, UserError
 from selfplay.evals.generation import fingerprint
-from selfplay.evals.judging import Judge, combine_orders, judge_conversation, parse_rating, parse_verdict
+from selfplay.evals.judging import ChatJudge, combine_orders, judge_conversation, parse_rating, parse_verdict
 from selfplay.evals.mt_bench_data import (Question, fill_pairwise, fill_single, judge_prompt_name,
                                           load_answer_file)
 from selfplay.evals.mt_bench_prompts import JudgePrompt
@@ -99,7 +99,7 @@ def _judge_items(questions: list[Question], done: set[tuple[str, int]]) -> list[
             if (str(q.question_id), turn) not in done]
 
 
-def _run_judgments(questions: list[Question], path: Path, judge: Judge, description: str, *, batch_size: int,
+def _run_judgments(questions: list[Question], path: Path, judge: ChatJudge, description: str, *, batch_size: int,
                    answer_texts: Callable[[Question], list[str]],
                    make_rows: Callable[[list[tuple[Question, int]]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Judge every (question, turn) that ``path`` holds no judgment for, by this judge of these answers.
@@ -122,7 +122,7 @@ def _run_judgments(questions: list[Question], path: Path, judge: Judge, descript
     return [rows[(str(q.question_id), turn)] for q in questions for turn in range(1, len(q.turns) + 1)]
 
 
-def judge_single(questions: list[Question], answers: dict[str, list[str]], judge: Judge,
+def judge_single(questions: list[Question], answers: dict[str, list[str]], judge: ChatJudge,
                  prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
                  batch_size: int = 8) -> list[dict[str, Any]]:
     """Grade each turn 1-10 (resumable); rows hold the judgment text and ``score`` (None = unparsable)."""
@@ -145,7 +145,7 @@ def judge_single(questions: list[Question], answers: dict[str, list[str]], judge
 
 
 def judge_pairwise(questions: list[Question], answers: dict[str, list[str]], baseline: dict[str, list[str]],
-                   judge: Judge, prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
+                   judge: ChatJudge, prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
                    batch_size: int = 8) -> list[dict[str, Any]]:
     """Compare each turn with the baseline's, in both orders (resumable); ``outcome`` is
     model/baseline/tie/error (see :func:`selfplay.evals.judging.combine_orders`)."""
@@ -236,7 +236,7 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
     """
     from selfplay.core.samplers import make_sampler
     from selfplay.evals.generation import is_answer_file, model_identity, model_label
-    from selfplay.evals.judging import make_judge
+    from selfplay.evals.judging import make_chat_judge
     from selfplay.evals.mt_bench_data import attach_references, load_judge_prompts, load_questions
     from selfplay.evals.report import print_mt_bench_table, radar_plot
     from selfplay.io import write_json
@@ -264,7 +264,7 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
         del sampler  # free the model before a local judge is loaded
     if judge is None:
         return {"answers": str(answers_path), "questions": len(qs)}
-    the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
+    the_judge = make_chat_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
                            batch_size=judge_batch_size)
     path = out / JUDGMENTS_FILE[mode]
     kw = {"max_tokens": judge_max_tokens, "batch_size": judge_batch_size}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfplay.errors import DataError, UserError
-from selfplay.evals.judging import Judge, combine_orders, judge_conversation, parse_verdict, preference
+from selfplay.evals.judging import ChatJudge, combine_orders, judge_conversation, parse_verdict, preference
 from selfplay.evals.mt_bench_prompts import JUDGE_PROMPTS
 from selfplay.io import JsonlAppender, iter_jsonl, write_json
 from selfplay.progress import progress_bar
@@ -150,7 +150,7 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
 
 
 def judge_both_orders(prompts: list[Prompt], model_answers: dict[str, str], baseline_answers: dict[str, str],
-                      judge: Judge, path: Path, *, max_tokens: int = 1024, batch_size: int = 8) -> list[dict[str, Any]]:
+                      judge: ChatJudge, path: Path, *, max_tokens: int = 1024, batch_size: int = 8) -> list[dict[str, Any]]:
     """Judge every prompt in both orders; returns one row per prompt, in order.
 
     Resumable: a judgment in ``path`` is reused when it is by the same judge of the same two answers.
@@ -193,7 +193,7 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
                 bootstrap: int = 500, model_cfg: ModelConfig | None = None, seed: int = 0) -> dict[str, Any]:
     """Answers, judgments in both orders, raw and length-controlled win rates; writes ``winrate.json``."""
     from selfplay.evals.generation import model_label
-    from selfplay.evals.judging import make_judge
+    from selfplay.evals.judging import make_chat_judge
     from selfplay.evals.report import print_table
     from selfplay.evals.winrate_stats import summarize_preferences
 
@@ -203,7 +203,7 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
     kw = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "model_cfg": model_cfg, "seed": seed}
     mine = get_answers(model, prompts, out / "answers_model.jsonl", **kw)
     theirs = get_answers(baseline, prompts, out / "answers_baseline.jsonl", **kw)
-    the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
+    the_judge = make_chat_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
                            batch_size=judge_batch_size)
     rows = judge_both_orders(prompts, mine, theirs, the_judge, out / JUDGMENTS_FILE, max_tokens=judge_max_tokens,
                              batch_size=judge_batch_size)
