@@ -159,7 +159,8 @@ def task(
     model: ModelOpt = None,
     task_name: Annotated[Optional[str], typer.Option(
         "--task", "-t",
-        help="arith | gsm8k | math | hotpotqa (default: config eval.task, 'auto' = from --data).")] = None,
+        help="A task of selfplay.envs.tasks: arith | gsm8k | math | hotpotqa | bamboogle | strategyqa | mmlu "
+             "(default: config eval.task, 'auto' = from --data).")] = None,
     data: Annotated[Optional[str], typer.Option(
         help="Prepared data dir, records .jsonl, or a raw GSM8K/MATH/HotpotQA file or hub id.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split of --data (default: test, else train).")] = None,
@@ -239,7 +240,7 @@ def multiturn(
 def agent(
     model: ModelOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
     tools: Annotated[Optional[str], typer.Option(
         help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,

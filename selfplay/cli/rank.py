@@ -18,7 +18,8 @@ def rank(
     data: Annotated[Path, typer.Option("--data", "-d", help="Sample-set JSONL, or a generate directory of shards.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Scored JSONL (a directory when sharded).")],
     judge: Annotated[Optional[str], typer.Option(
-        help="pairrm[:PATH] | gpm:PATH | reward-model:PATH | verifier:arith|gsm8k|math|em|f1 | llm-judge:URL\\[#MODEL]"
+        help="pairrm[:PATH] | gpm:PATH | reward-model:PATH | verifier:TASK|em|f1 (TASK: arith, gsm8k, math, "
+             "hotpotqa, ...) | llm-judge:URL\\[#MODEL]"
     )] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass (LLM judge: parallel requests).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,

@@ -91,7 +91,7 @@ def agent(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The agent: directory, hub id or alias.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Questions: prepared data directory or SFT JSONL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory of trajectory shards.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
     tools: Annotated[Optional[str], typer.Option(
         help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
