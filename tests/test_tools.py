@@ -102,7 +102,9 @@ def test_episode_dispatches_actions_to_the_tools(tiny_model: Path):
 
     def script(question: str, step: int, observations: list[str]) -> str:
         if question == "sum":  # computes, then answers with the calculator's result
-            return " add them\nAction: calculator[(4 + 3) * 2]" if step == 0 else f" done\nAction: finish[{observations[-1]}]"
+            if step == 0:
+                return " add them\nAction: calculator[(4 + 3) * 2]"
+            return f" done\nAction: finish[{observations[-1]}]"
         if question == "zero":  # a calculator error, then a wrong answer
             return " divide\nAction: calculator[1 / 0]" if step == 0 else " guess\nAction: finish[3]"
         if question == "unknown":  # a tool it does not have, then gives up

@@ -8,7 +8,8 @@ import pytest
 
 from selfplay.data.answers import extract_gsm8k_answer, last_boxed
 from selfplay.envs.tasks import find_verifier, get_verifier, verifier_names
-from selfplay.envs.verifiers import check_gsm8k, check_math, exact_match, extract_finish_answer, f1_score, normalize_answer
+from selfplay.envs.verifiers import (check_gsm8k, check_math, exact_match, extract_finish_answer, f1_score,
+                                     normalize_answer)
 from selfplay.errors import UserError
 from selfplay.io import read_jsonl
 

@@ -240,7 +240,8 @@ def multiturn(
 def agent(
     model: ModelOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
     tools: Annotated[Optional[str], typer.Option(
         help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,

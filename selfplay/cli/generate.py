@@ -52,7 +52,8 @@ def generate(
         raise UserError("--out is required: the directory to write the shard files into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.parallel import ShardJob, run_stage
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
     # Shards over launch's workers; an explicit --data-frac generates that one slice here.
     run_stage("generate", cfg, ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split))

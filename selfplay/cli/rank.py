@@ -35,7 +35,8 @@ def rank(
     from selfplay.core.launchers import several_processes
 
     if several_processes(cfg.launch) and data_frac is None:
-        from selfplay.stages.parallel import ShardJob, produce
+        from selfplay.stages.parallel import produce
+        from selfplay.stages.shards import ShardJob
 
         # Data-parallel judges: shards in OUT.shards/, merged into OUT by the main machine.
         dest = out / "rank.jsonl" if out.is_dir() else out

@@ -47,10 +47,12 @@ def rollout(
         raise UserError("--out is required: the directory to write the episode shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.parallel import ShardJob, run_stage
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
     # Shards over launch's workers; an explicit --data-frac plays that one slice here.
-    run_stage("rollout", cfg, ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split, skip_invalid))
+    job = ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split, skip_invalid)
+    run_stage("rollout", cfg, job)
 
 
 @app.command()
@@ -91,7 +93,8 @@ def agent(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The agent: directory, hub id or alias.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Questions: prepared data directory or SFT JSONL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory of trajectory shards.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
     tools: Annotated[Optional[str], typer.Option(
         help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
@@ -116,7 +119,8 @@ def agent(
         raise UserError("--out is required: the directory to write the trajectory shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.parallel import ShardJob, run_stage
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
     # Shards over launch's workers; an explicit --data-frac plays that one slice here.
     run_stage("agent-rollout", cfg, ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split))

@@ -150,7 +150,8 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
 
 
 def judge_both_orders(prompts: list[Prompt], model_answers: dict[str, str], baseline_answers: dict[str, str],
-                      judge: ChatJudge, path: Path, *, max_tokens: int = 1024, batch_size: int = 8) -> list[dict[str, Any]]:
+                      judge: ChatJudge, path: Path, *, max_tokens: int = 1024,
+                      batch_size: int = 8) -> list[dict[str, Any]]:
     """Judge every prompt in both orders; returns one row per prompt, in order.
 
     Resumable: a judgment in ``path`` is reused when it is by the same judge of the same two answers.

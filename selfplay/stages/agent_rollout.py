@@ -29,7 +29,7 @@ from selfplay.envs.agent_episodes import (
 from selfplay.io import JsonlAppender
 
 if TYPE_CHECKING:
-    from selfplay.stages.shards import ShardPlan
+    from selfplay.stages.shards import ShardJob, ShardPlan
 
 
 def run_agent_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
@@ -80,10 +80,9 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
                   f"-> {plan.path}")
 
 
-def agent_rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
-                         num_shards: int) -> None:
-    """Play shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
+def agent_rollout_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Play shards ``shards`` of ``num_shards`` of ``job`` in this process, with one sampler for all of them."""
     from selfplay.stages.shards import with_one_sampler
 
-    with_one_sampler(cfg, model, "agent rollout", shards, num_shards, lambda shard, sampler: run_agent_rollout(
-        cfg, model, data, out_dir, split=split, shard=shard, sampler=sampler))
+    with_one_sampler(cfg, job.model, "agent rollout", shards, num_shards, lambda shard, sampler: run_agent_rollout(
+        cfg, job.model, job.data, job.out, split=job.split, shard=shard, sampler=sampler))

@@ -18,7 +18,8 @@ from selfplay.config import Config
 from selfplay.core.memory import release_memory
 from selfplay.io import write_jsonl
 from selfplay.runs import RunState, fingerprint
-from selfplay.stages.parallel import ShardJob
+from selfplay.stages.parallel import produce
+from selfplay.stages.shards import ShardJob
 
 
 @dataclass
@@ -58,8 +59,6 @@ def _sharded(it: Iteration, stage: str, unit: str, fp: str, job: ShardJob, dest:
     """The unit ``iter_k/<unit>``: the sharded ``stage`` over the workers of ``launch`` (every machine does its
     shards), merged into ``dest`` by the main machine; memory released before the next stage loads a model.
     A job that reads the iteration's prompts (``job.data`` = :meth:`Iteration.prompts_path`) writes them first."""
-    from selfplay.stages.parallel import produce
-
     def work() -> None:
         if job.data == it.prompts_path:
             it.write_prompts()

@@ -11,7 +11,7 @@ from typing import Any
 
 from selfplay.config import Config
 from selfplay.io import JsonlAppender
-from selfplay.stages.shards import ShardPlan, load_sampler, open_shard, with_one_sampler
+from selfplay.stages.shards import ShardJob, ShardPlan, load_sampler, open_shard, with_one_sampler
 
 
 def run_generate(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
@@ -66,8 +66,7 @@ def generation_info(cfg: Config, model: str) -> dict[str, Any]:
     return info
 
 
-def generate_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
-                    num_shards: int) -> None:
-    """Generate shards ``shards`` of ``num_shards`` in this process, with one sampler for all of them."""
-    with_one_sampler(cfg, model, "generate", shards, num_shards, lambda shard, sampler: run_generate(
-        cfg, model, data, out_dir, split=split, shard=shard, sampler=sampler))
+def generate_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Generate shards ``shards`` of ``num_shards`` of ``job`` in this process, with one sampler for all of them."""
+    with_one_sampler(cfg, job.model, "generate", shards, num_shards, lambda shard, sampler: run_generate(
+        cfg, job.model, job.data, job.out, split=job.split, shard=shard, sampler=sampler))

@@ -24,9 +24,14 @@ from typing import Any
 
 from selfplay.config import Config, save_config
 from selfplay.core.launchers import local_processes, machine_file, run_workers, several_processes
+from selfplay.envs.agent_episodes import load_agent
 from selfplay.errors import UserError
 from selfplay.progress import console
-from selfplay.stages.shards import merge_shards, shard_count, unfinished_shards
+from selfplay.stages.agent_rollout import agent_rollout_shards, run_agent_rollout
+from selfplay.stages.generate import generate_shards, run_generate
+from selfplay.stages.rank import merge_rank_shards, rank_shard_count, rank_shards, unfinished_rank_shards
+from selfplay.stages.rollout import rollout_shards, run_rollout
+from selfplay.stages.shards import ShardJob, merge_shards, shard_count, unfinished_shards
 
 WORKER_MODULE = "selfplay.stages.worker"
 POLL_S = 5.0
@@ -106,22 +111,6 @@ def wait_for_machines(cfg: Config, unfinished: Callable[[], list[str]], what: st
 
 
 @dataclass(frozen=True)
-class ShardJob:
-    """The inputs and output of one sharded stage run; its worker processes get them as arguments."""
-
-    data: Path  # the prompts (generate, rollouts) or the sample sets to judge (rank)
-    out: Path  # the directory of shard files
-    model: str = ""  # the model that samples ("" for rank: its judge is in the config)
-    split: str = "train"
-    skip_invalid: bool = False  # RISE: drop problems without a parsable reference answer
-
-    def worker_args(self) -> list[str]:
-        """The arguments :mod:`selfplay.stages.worker` reads back into this job."""
-        args = ["--data", str(self.data), "--out", str(self.out), "--split", self.split]
-        return args + (["--model", self.model] if self.model else []) + (["--skip-invalid"] if self.skip_invalid else [])
-
-
-@dataclass(frozen=True)
 class ShardedStage:
     """A stage that writes shards: how to run some of them in this process (one model for all), what an
     existing output's shard count is, what is left unfinished, how to merge, and its workers."""
@@ -152,84 +141,24 @@ def _rank_workers(cfg: Config) -> Workers:
     return sampling_workers(cfg, parallel=runs_local_model(cfg.rank.judge))
 
 
-def _generate(cfg: Config, job: ShardJob, shards: list[int], count: int) -> None:
-    from selfplay.stages.generate import generate_shards
-
-    generate_shards(cfg, job.model, job.data, job.out, split=job.split, shards=shards, num_shards=count)
-
-
-def _generate_slice(cfg: Config, job: ShardJob) -> Any:
-    from selfplay.stages.generate import run_generate
-
-    return run_generate(cfg, job.model, job.data, job.out, split=job.split)
-
-
-def _rollout(cfg: Config, job: ShardJob, shards: list[int], count: int) -> None:
-    from selfplay.stages.rollout import rollout_shards
-
-    rollout_shards(cfg, job.model, job.data, job.out, split=job.split, shards=shards, num_shards=count,
-                   skip_invalid=job.skip_invalid)
-
-
-def _rollout_slice(cfg: Config, job: ShardJob) -> Any:
-    from selfplay.stages.rollout import run_rollout
-
-    return run_rollout(cfg, job.model, job.data, job.out, split=job.split, skip_invalid=job.skip_invalid)
-
-
-def _agent_rollout(cfg: Config, job: ShardJob, shards: list[int], count: int) -> None:
-    from selfplay.stages.agent_rollout import agent_rollout_shards
-
-    agent_rollout_shards(cfg, job.model, job.data, job.out, split=job.split, shards=shards, num_shards=count)
-
-
-def _agent_rollout_slice(cfg: Config, job: ShardJob) -> Any:
-    from selfplay.stages.agent_rollout import run_agent_rollout
-
-    return run_agent_rollout(cfg, job.model, job.data, job.out, split=job.split)
-
-
-def _check_agent(cfg: Config) -> Any:
-    from selfplay.envs.agent_episodes import load_agent
-
-    return load_agent(cfg.agent)  # builds the tools: a missing search key or source fails here
-
-
-def _rank(cfg: Config, job: ShardJob, shards: list[int], count: int) -> None:
-    from selfplay.stages.rank import rank_shards
-
-    rank_shards(cfg, job.data, job.out, shards=shards, num_shards=count)
-
-
-def _rank_count(job: ShardJob) -> int | None:
-    from selfplay.stages.rank import rank_shard_count
-
-    return rank_shard_count(job.out)
-
-
-def _rank_unfinished(job: ShardJob, count: int) -> list[str]:
-    from selfplay.stages.rank import unfinished_rank_shards
-
-    return unfinished_rank_shards(job.out, job.data, count)
-
-
-def _rank_merge(job: ShardJob, count: int, dest: Path) -> Path:
-    from selfplay.stages.rank import merge_rank_shards
-
-    return merge_rank_shards(job.out, job.data, count, dest)
-
-
 # The prompt-sharded stages share the manifest bookkeeping of selfplay.stages.shards.
 _MANIFESTED = {"shard_count": lambda job: shard_count(job.out),
                "unfinished": lambda job, count: unfinished_shards(job.out),
                "merge": lambda job, count, dest: merge_shards(job.out, dest), "workers": _sampling_workers}
 
 SHARDED_STAGES: dict[str, ShardedStage] = {s.name: s for s in (
-    ShardedStage("generate", "generation", _generate, one_slice=_generate_slice, **_MANIFESTED),
-    ShardedStage("rollout", "rollout", _rollout, one_slice=_rollout_slice, **_MANIFESTED),
-    ShardedStage("agent-rollout", "agent rollout", _agent_rollout, one_slice=_agent_rollout_slice,
-                 check=_check_agent, **_MANIFESTED),
-    ShardedStage("rank", "rank", _rank, _rank_count, _rank_unfinished, _rank_merge, _rank_workers),
+    ShardedStage("generate", "generation", generate_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_generate(cfg, job.model, job.data, job.out, split=job.split)),
+    ShardedStage("rollout", "rollout", rollout_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_rollout(cfg, job.model, job.data, job.out, split=job.split,
+                                                        skip_invalid=job.skip_invalid)),
+    ShardedStage("agent-rollout", "agent rollout", agent_rollout_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_agent_rollout(cfg, job.model, job.data, job.out, split=job.split),
+                 # builds the tools: a missing search key or source fails before any model is looked at
+                 check=lambda cfg: load_agent(cfg.agent)),
+    ShardedStage("rank", "rank", rank_shards, lambda job: rank_shard_count(job.out),
+                 lambda job, count: unfinished_rank_shards(job.out, job.data, count),
+                 lambda job, count, dest: merge_rank_shards(job.out, job.data, count, dest), _rank_workers),
 )}
 
 

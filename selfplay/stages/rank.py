@@ -23,7 +23,7 @@ from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
 from selfplay.judges import Judge, JudgeItem, JudgeResult, make_judge, parse_judge_spec
-from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse
+from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse, ShardJob
 
 
 def load_sample_sets(path: Path) -> list[dict[str, Any]]:
@@ -170,11 +170,12 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     return dest
 
 
-def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: list[int], num_shards: int) -> None:
-    """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
+def rank_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Rank shards ``shards`` of ``num_shards`` of ``job`` (sample sets ``job.data`` into the shard directory
+    ``job.out``) in this process, with one judge for all."""
     judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device))
     for k in shards:
-        run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))
+        run_rank(cfg, job.data, job.out, judge=judge, shard=(k, num_shards))
 
 
 def rank_shard_count(shard_dir: Path) -> int | None:

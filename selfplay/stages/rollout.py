@@ -26,7 +26,7 @@ from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
 
 if TYPE_CHECKING:
-    from selfplay.stages.shards import ShardPlan
+    from selfplay.stages.shards import ShardJob, ShardPlan
 
 Messages = list[dict[str, str]]
 RESAMPLE_TRIES = 3
@@ -280,10 +280,10 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
     console.print(f"{plan.label}: {len(plan.todo)} episodes, {solved} solved, written to {plan.path}")
 
 
-def rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
-                   num_shards: int, skip_invalid: bool) -> None:
-    """Play shards ``shards`` of ``num_shards`` in this process, loading each turn model once for all of them."""
+def rollout_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Play shards ``shards`` of ``num_shards`` of ``job`` in this process, loading each turn model once for all
+    of them."""
     loaded: dict[str, TurnModel] = {}
     for k in shards:
-        run_rollout(cfg, model, data, out_dir, split=split, shard=(k, num_shards), skip_invalid=skip_invalid,
-                    loaded=loaded)
+        run_rollout(cfg, job.model, job.data, job.out, split=job.split, shard=(k, num_shards),
+                    skip_invalid=job.skip_invalid, loaded=loaded)

@@ -159,6 +159,23 @@ def _done_ids(shard_path: Path, expected: set[str], sampler_info: dict[str, Any]
     return done
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """The inputs and output of one sharded stage run; its worker processes get them as arguments."""
+
+    data: Path  # the prompts (generate, rollouts) or the sample sets to judge (rank)
+    out: Path  # the directory of shard files
+    model: str = ""  # the model that samples ("" for rank: its judge is in the config)
+    split: str = "train"
+    skip_invalid: bool = False  # RISE: drop problems without a parsable reference answer
+
+    def worker_args(self) -> list[str]:
+        """The arguments :mod:`selfplay.stages.worker` reads back into this job."""
+        args = ["--data", str(self.data), "--out", str(self.out), "--split", self.split]
+        args += ["--model", self.model] if self.model else []
+        return args + (["--skip-invalid"] if self.skip_invalid else [])
+
+
 @dataclass
 class ShardPlan:
     """One shard's share of a resumable, shardable stage: what is left to do and where it goes."""

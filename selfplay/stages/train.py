@@ -285,7 +285,8 @@ def _train_loop(run: _Training, state: dict[str, int], logger: MetricLogger | No
         for (b,) in active:
             exs = [run.examples[i] for i in run.order[int(b)]]
             # Packed (each prompt once, no padding) where the model allows it, else left-padded: same log-probs.
-            batch = {k: v.to(accelerator.device) for k, v in training_batch(run.policy, exs, run.tok.pad_token_id).items()}
+            batch = training_batch(run.policy, exs, run.tok.pad_token_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(run.scorer), accelerator.autocast():
                 logps, ntok = run.scorer(**batch)
                 ref_t = torch.tensor([run.ref[e.id] for e in exs], device=logps.device) if run.ref else None

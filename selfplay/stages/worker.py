@@ -15,7 +15,8 @@ from pathlib import Path
 
 from selfplay.config import Config
 from selfplay.errors import UserError
-from selfplay.stages.parallel import SHARDED_STAGES, ShardJob
+from selfplay.stages.parallel import SHARDED_STAGES
+from selfplay.stages.shards import ShardJob
 
 
 def _shards(text: str) -> list[int]:
