@@ -31,6 +31,11 @@ DefaultData = tuple[str, str] | Callable[[int | None], list[Record]]
 Verifier = Callable[[str, str], float]
 
 
+def whole_completion(text: str) -> str:
+    """A completion as the answer: the math tasks score all of it."""
+    return text
+
+
 def gold_answer(record: Record) -> str:
     """A record's gold answer: ``meta.answer`` (the short answer readers store, e.g. HotpotQA's entity),
     else its reference — for a ReAct trajectory the answer of its ``finish[...]`` ("" when it has none)."""
@@ -66,7 +71,7 @@ class Task:
     # The normalized final answer of a completion that majority voting compares (None: no answer).
     extract: Callable[[str], str | None]
     # The part of a whole completion that ``score`` reads: all of it (math tasks), or an agent's finish[...].
-    answer_of: Callable[[str], str] = str
+    answer_of: Callable[[str], str] = whole_completion
     # Keys of ``score``'s info that ``eval task`` averages and reports beside accuracy.
     reports: tuple[str, ...] = ()
     rise: RiseRule | None = None
