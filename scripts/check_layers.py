@@ -35,7 +35,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("envs",),
     ("core",),
     ("data",),
-    ("config", "config_ranges", "errors", "hardware", "io", "models", "progress", "runs", "testing", "trackers",
+    ("config", "config_ranges", "errors", "hardware", "io", "model_meta", "models", "progress", "runs", "testing",
+     "trackers",
      "__init__"),
 )
 

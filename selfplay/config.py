@@ -36,6 +36,8 @@ class LoraConfig:
 class ModelConfig:
     # HF hub id, local directory, or an offline alias such as "smollm2-135m-instruct".
     name_or_path: str = "smollm2-135m-instruct"
+    # A hub commit hash, tag or branch pinning a hub model (local directories and aliases have none);
+    # recorded in the run's config.yaml and in every trained model's selfplay_model.json.
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False

@@ -57,8 +57,10 @@ def resolve_model(name_or_path: str, revision: str | None = None) -> str:
     """Return a local HF model directory for a directory path, an offline alias or a hub id.
 
     Hub ids are looked up in the local HF cache first. When not cached: with the hub reachable the
-    snapshot is downloaded; offline, :data:`SMOLLM2_HUB_ID` falls back to the offline alias and any
-    other id raises :class:`UserError` explaining why (no traceback).
+    snapshot is downloaded; offline, :data:`SMOLLM2_HUB_ID` falls back to the offline alias (unless a
+    ``revision`` pins it) and any other id raises :class:`UserError` explaining why (no traceback).
+    ``revision`` (a commit hash, tag or branch; ``model.revision``) picks the hub snapshot, cached or
+    downloaded; local directories and aliases have none, so it does not apply to them.
     """
     name = name_or_path.strip()
     if not name:
@@ -78,7 +80,7 @@ def resolve_model(name_or_path: str, revision: str | None = None) -> str:
     cached = _from_hf_cache(name, revision)
     if cached is not None:
         return cached
-    if name == SMOLLM2_HUB_ID:
+    if name == SMOLLM2_HUB_ID and revision is None:  # a pinned revision is that snapshot or nothing
         return str(ALIASES[SMOLLM2_ALIAS]())
     if _hub_offline():
         raise UserError(

@@ -272,7 +272,10 @@ def test_eval_agent_cli(cli, tiny_model: Path, shared_data: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "ev" / "agent.json").read_text())
     assert metrics["episodes"] == 3 and 0 <= metrics["em"] <= metrics["f1"] + 1e-9 <= 1 + 1e-9
-    assert 1 <= metrics["steps"] <= 2 and "EM" in res.output
+    assert 1 <= metrics["steps"] <= 2 and "EM" in res.output and "n = 3 episodes" in res.output
+    assert {k: v["method"] for k, v in metrics["stats"].items()} == {
+        "em": "wilson", "f1": "bootstrap", "steps": "bootstrap", "finished": "wilson"}
+    assert metrics["stats"]["em"]["n"] == 3 and "outcomes" not in metrics
     assert len(read_jsonl(tmp_path / "ev" / "agent.jsonl")) == 3
 
 
@@ -295,6 +298,10 @@ def test_spin_agent_loop(cli, tiny_model: Path, shared_data: Path, tmp_path: Pat
     assert isinstance(chosen, list) and any(not s["train"] for s in chosen)  # real observations are context
     assert (run / "iter_0" / "train" / "model" / "adapter_config.json").exists()  # LoRA, as the anchor
     assert "EM" in (run / "eval" / "report.md").read_text()
+    per_prompt = read_jsonl(run / "iter_0" / "eval" / "per_prompt.jsonl")
+    assert len(per_prompt) == 4 and all({"agent_em", "agent_f1", "agent_steps", "agent_finished"} <= set(r)
+                                        for r in per_prompt)
+    assert rows[1]["stats"]["agent_em"]["n"] == 4 and rows[1]["stats"]["agent_steps"]["method"] == "bootstrap"
     with pytest.raises(DataError):
         from selfplay.methods.agent import read_trajectories
 

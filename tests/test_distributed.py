@@ -85,7 +85,9 @@ def test_chunked_logps_inside_ddp_match_the_full_logits(tiny_model, tmp_path, mo
     for r in (r0, r1):
         assert r["processes"] == 2 and r["split_ok"] is True
         assert torch.allclose(torch.tensor(r["chunked"]), torch.tensor(r["full"]), atol=1e-5)
-        assert torch.allclose(torch.tensor(r["chunked_grads"]), torch.tensor(r["full_grads"]), atol=1e-6)
+        # fp32 gradients summed over chunks vs in one pass: the reduction order differs, and CPUs with other
+        # kernels (AVX512 without AMX) differ in the 6th-7th significant digit (seen: 4.1e-6 on a gradient of 3.19).
+        assert torch.allclose(torch.tensor(r["chunked_grads"]), torch.tensor(r["full_grads"]), rtol=1e-4, atol=1e-6)
         assert all(len(shape) == 2 and shape[0] <= 3 for shape in r["chunked_heads"])  # chunks of <= 3 tokens
         assert all(len(shape) == 3 for shape in r["full_heads"])  # the full path: [N, R + 1, H] at once
     # DDP reduced the gradients of the two ranks' different batches: both hold the same average.

@@ -27,6 +27,11 @@ def test_gsm8k_scoring_majority_vote_and_pass_at_n() -> None:
     assert m["majority_accuracy"] == pytest.approx(0.5)
     assert m["pass@3"] == 1.0 and m["n"] == 3 and m["num_examples"] == 2
     assert [e["voted_answer"] for e in m["examples"]] == ["7", "12"]
+    # Intervals over the 2 problems: majority and pass@n are 0/1 per problem (Wilson), the accuracy of
+    # 3 samples per problem is not (bootstrap over problems).
+    assert {k: v["method"] for k, v in m["stats"].items()} == {
+        "accuracy": "bootstrap", "majority_accuracy": "wilson", "pass@3": "wilson"}
+    assert m["stats"]["majority_accuracy"]["n"] == 2 and m["stats"]["pass@3"]["lo"] == pytest.approx(2 / (2 + 1.959964**2), abs=1e-6)
 
 
 def test_math_scoring_uses_math_verify() -> None:
@@ -61,7 +66,8 @@ def test_task_cli_with_tiny_model_on_gsm8k(cli, tiny_model: Path, shared_data: P
     assert metrics["task"] == "gsm8k" and metrics["num_examples"] == 3 and 0.0 <= metrics["accuracy"] <= 1.0
     samples = [json.loads(line) for line in (out / "task_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and all(len(s["samples"]) == 1 for s in samples)
-    assert "accuracy" in result.output
+    assert "accuracy" in result.output and "n = 3 examples" in result.output and "95% interval" in result.output
+    assert metrics["stats"]["accuracy"]["method"] == "wilson" and metrics["stats"]["accuracy"]["n"] == 3
 
 
 def test_evaluate_task_api_samples_n_for_arith(tiny_model: Path) -> None:

@@ -213,9 +213,15 @@ def test_sft_loop_and_compare_with_spin(cli, tiny_model: Path, tmp_path: Path) -
     res = cli(["eval", "compare", tmp_path / "spin", tmp_path / "sft", "--out", tmp_path / "cmp.png"])
     assert res.exit_code == 0, res.output
     assert "real loglik" in res.output and "spin" in res.output and "sft" in res.output
+    assert "sft − spin" in res.output  # paired differences, per iteration
     assert (tmp_path / "cmp.png").stat().st_size > 1000
     res = cli(["eval", "compare", tmp_path / "spin", tmp_path / "sft", "--json"])
-    assert set(json.loads(res.stdout)) == {"spin", "sft"}
+    out = json.loads(res.stdout)
+    assert set(out["runs"]) == {"spin", "sft"}
+    # Both start from the same model on the same held-out prompts: the base rows agree exactly.
+    base = [d for d in out["differences"] if d["iteration"] == "base"]
+    assert base and all(d["delta"] == 0 and d["significant"] is False for d in base)
+    assert any(d["metric"] == "real_loglik" and d["iteration"] == 1 for d in out["differences"])
 
 
 def test_tensorboard_tracker(cli, tiny_model: Path, tmp_path: Path) -> None:

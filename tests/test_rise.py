@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import signal
 import subprocess
@@ -201,6 +202,10 @@ def test_sequential_evaluation_metrics_exactly() -> None:
     # majority over turns <= t (ties: first seen): t1 p0,p3 right; t2 p0 (1 vs 9 tie -> 1), p1 (5 vs 2 -> 5 wrong),
     # p2 (7 only) wrong, p3 (4 vs 8 -> 4) right; t3 p0 9 wins, p1 2 wins, p2 7 vs 3 -> 7, p3 8 wins
     assert seq["majority"] == [0.5, 0.5, 0.25]
+    # Per problem, the iteration-table columns (0/1), from which intervals and paired changes are computed.
+    assert m["outcomes"]["p0"] == {"mt_acc_t1": 1.0, "mt_acc_tlast": 0.0, "mt_oracle": 1.0, "mt_majority": 0.0}
+    assert m["outcomes"]["p2"] == {"mt_acc_t1": 0.0, "mt_acc_tlast": 1.0, "mt_oracle": 1.0, "mt_majority": 0.0}
+    assert [sum(o["mt_acc_tlast"] for o in m["outcomes"].values()) / 4] == seq["acc"][-1:]
     # the context window of 2 keeps only the previous attempt, and the feedback never says "correct"
     third_turn_prompts = policy.seen[8:]
     assert all(len(p) == 5 for p in third_turn_prompts)  # one-shot (2) + question + 1 attempt + feedback
@@ -219,6 +224,8 @@ def test_parallel_evaluation() -> None:
     # a: turn 1 right; parallel draws 1, 2, 3, 1 -> pass, majority "1" wrong. b: wrong; parallel 2, 1, 1, 1 -> no 5
     assert m["sequential"]["acc"] == [0.5]
     assert m["parallel"] == {"pass": 0.5, "majority": 0.0, "samples": 4}
+    assert m["outcomes"]["a"]["mt_pass_parallel"] == 1.0 and m["outcomes"]["a"]["mt_maj_parallel"] == 0.0
+    assert m["outcomes"]["b"]["mt_pass_parallel"] == 0.0
 
 
 def _cfg(**rise):
@@ -336,7 +343,13 @@ def test_rise_loop_end_to_end(cli, tiny_model: Path, tmp_path: Path) -> None:
     metrics = read_jsonl(run / "iter_0" / "train" / "metrics.jsonl")
     assert {"loss", "nll", "weight"} <= set(metrics[-1])
     report = (run / "eval" / "report.md").read_text()
-    assert "acc@t1" in report and "oracle@T" in report
+    assert "acc@t1" in report and "oracle@T" in report and "Δ acc@t1 vs base" in report
+    per_prompt = read_jsonl(run / "iter_0" / "eval" / "per_prompt.jsonl")
+    assert all({"mt_acc_t1", "mt_acc_tlast", "mt_oracle", "mt_majority", "mt_pass_parallel", "mt_maj_parallel"}
+               <= set(r) for r in per_prompt)
+    stats = rows[1]["stats"]
+    assert stats["mt_acc_t1"]["method"] == "wilson" and stats["mt_oracle"]["n"] == rows[1]["mt_problems"]
+    assert isinstance(stats["mt_maj_parallel"]["significant"], bool) and "outcomes" not in rows[1]["multiturn"]
     assert (run / "eval" / "base" / "multiturn.png").stat().st_size > 1000
     res = cli(["eval", "multiturn", "-m", run / "iter_0" / "train" / "model", "--data", run / "data",
                "--env", "arith", "--turns", "2", "--n", "2", "--limit", "3", "--out", tmp_path / "mt",
@@ -344,6 +357,8 @@ def test_rise_loop_end_to_end(cli, tiny_model: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "mt" / "multiturn.json").read_text())
     assert saved["problems"] == 3 and len(saved["sequential"]["acc"]) == 2 and "with oracle" in res.output
+    assert "n = 3 problems" in res.output and re.search(r"0\.\d{3} \[0\.\d\d, [01]\.\d\d\]", res.output)
+    assert all("outcomes" in r for r in read_jsonl(tmp_path / "mt" / "multiturn.jsonl"))
 
 
 def test_rise_rejects_bad_settings() -> None:

@@ -113,7 +113,7 @@ def leaderboard(
                     limit=int(limit) if limit is not None and limit >= 1 else limit,
                     include_path=[str(p) for p in include_path or []], peft=str(peft) if peft else None,
                     batch_size=cfg.eval.batch_size, num_fewshot=num_fewshot, dtype=cfg.model.dtype, device=device,
-                    trust_remote_code=cfg.model.trust_remote_code, seed=cfg.seed)
+                    trust_remote_code=cfg.model.trust_remote_code, seed=cfg.seed, revision=cfg.model.revision)
     console.print(f"results: {out_dir / 'leaderboard.json'}")
 
 

@@ -104,7 +104,7 @@ def _scores_of(results: dict[str, Any], name: str) -> dict[str, Any]:
 def run_leaderboard(model: str, out_dir: str | Path, *, tasks: str = "openllm", limit: float | None = None,
                     include_path: list[str] | None = None, peft: str | None = None, batch_size: int | str = 8,
                     num_fewshot: int | None = None, dtype: str = "auto", device: str = "auto",
-                    trust_remote_code: bool = False, seed: int = 0) -> dict[str, Any]:
+                    trust_remote_code: bool = False, seed: int = 0, revision: str | None = None) -> dict[str, Any]:
     """Run the tasks with lm-eval's HF backend; write ``leaderboard.json``, print a table, return the summary.
 
     The model is loaded once and shared by all tasks; tasks with the same few-shot count run in one
@@ -123,7 +123,7 @@ def run_leaderboard(model: str, out_dir: str | Path, *, tasks: str = "openllm", 
     if peft is not None and not Path(peft).expanduser().is_dir():
         raise UserError(f"--peft {peft} is not a PEFT adapter directory.")
     manager = _task_manager([t.name for t in wanted], include_path)
-    lm = HFLM(pretrained=resolve_model(model), peft=str(Path(peft).expanduser()) if peft else None,
+    lm = HFLM(pretrained=resolve_model(model, revision), peft=str(Path(peft).expanduser()) if peft else None,
               batch_size=batch_size, device=resolve_device(device), dtype=dtype,
               trust_remote_code=trust_remote_code)
     by_shots: dict[int | None, list[LeaderboardTask]] = {}

@@ -69,24 +69,35 @@ def majority_correct(env: AnswerEnv, answers: list[str], gold: str) -> bool:
     return env.reward(text, gold) == 1.0
 
 
+def sequential_outcomes(env: AnswerEnv, record: dict[str, Any], result: dict[str, Any]) -> dict[str, list[float]]:
+    """One problem's sequential episode, per turn t = 1..T (1.0 or 0.0): ``acc`` (turn t correct),
+    ``oracle`` (some turn <= t correct), ``majority`` (the majority answer of turns <= t correct)."""
+    turns = len(result["answers"])
+    return {"acc": [float(result["rewards"][t] == 1.0) for t in range(turns)],
+            "oracle": [float(any(x == 1.0 for x in result["rewards"][:t])) for t in range(1, turns + 1)],
+            "majority": [float(majority_correct(env, result["answers"][:t], env.gold(record)))
+                         for t in range(1, turns + 1)]}
+
+
+def parallel_outcomes(env: AnswerEnv, record: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
+    """One problem's n parallel samples: ``pass`` (any correct) and ``majority`` (the majority answer correct)."""
+    return {"pass": float(any(x == 1.0 for x in result["rewards"])),
+            "majority": float(majority_correct(env, result["answers"], env.gold(record)))}
+
+
 def sequential_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict:
     """Per turn t = 1..T: ``acc``, ``oracle``, ``majority`` over the problems (lists of length T)."""
+    outcomes = [sequential_outcomes(env, rec, r) for r, rec in zip(results, records)]
     turns = len(results[0]["answers"]) if results else 0
     n = max(1, len(results))
-    acc, oracle, majority = [], [], []
-    for t in range(1, turns + 1):
-        acc.append(sum(r["rewards"][t - 1] == 1.0 for r in results) / n)
-        oracle.append(sum(any(x == 1.0 for x in r["rewards"][:t]) for r in results) / n)
-        majority.append(sum(majority_correct(env, r["answers"][:t], env.gold(rec))
-                            for r, rec in zip(results, records)) / n)
-    return {"acc": acc, "oracle": oracle, "majority": majority}
+    return {key: [sum(o[key][t] for o in outcomes) / n for t in range(turns)] for key in ("acc", "oracle", "majority")}
 
 
 def parallel_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict:
     """pass@n and maj@n over the problems."""
+    outcomes = [parallel_outcomes(env, rec, r) for r, rec in zip(results, records)]
     n = max(1, len(results))
-    return {"pass": sum(any(x == 1.0 for x in r["rewards"]) for r in results) / n,
-            "majority": sum(majority_correct(env, r["answers"], env.gold(rec)) for r, rec in zip(results, records)) / n,
+    return {"pass": sum(o["pass"] for o in outcomes) / n, "majority": sum(o["majority"] for o in outcomes) / n,
             "samples": len(results[0]["answers"]) if results else 0}
 
 
@@ -100,17 +111,20 @@ def evaluate_multiturn(env: AnswerEnv, respond: Respond, records: list[dict[str,
     metrics: dict[str, Any] = {"env": env.name, "problems": len(records), "turns": turns,
                                "context_window": context_window,
                                "sequential": sequential_metrics(env, records, sequential)}
-    rows = [{"id": s["id"], "sequential": s} for s in sequential]
+    rows = [{"id": s["id"], "sequential": s, "outcomes": sequential_outcomes(env, rec, s)}
+            for s, rec in zip(sequential, records)]
     if parallel > 0:
         par = run_parallel(env, respond, records, parallel, seed + 1)
         metrics["parallel"] = parallel_metrics(env, records, par)
-        for row, p in zip(rows, par):
+        for row, p, rec in zip(rows, par, records):
             row["parallel"] = p
+            row["outcomes"]["parallel"] = parallel_outcomes(env, rec, p)
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "multiturn.jsonl", rows)
         write_json(Path(out_dir) / "multiturn.json", metrics)
         plot_multiturn(metrics, Path(out_dir) / "multiturn.png")
-    return metrics
+    # Per problem, the table columns' 0/1 values (not saved in multiturn.json: multiturn.jsonl has them).
+    return {**metrics, "outcomes": {row["id"]: table_outcomes(row["outcomes"]) for row in rows}}
 
 
 def table_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -123,24 +137,45 @@ def table_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return row
 
 
+def table_outcomes(outcomes: dict[str, Any]) -> dict[str, float]:
+    """One problem's values of the iteration-table columns (:func:`table_metrics`), from its ``outcomes``."""
+    row = {"mt_acc_t1": outcomes["acc"][0], "mt_acc_tlast": outcomes["acc"][-1], "mt_oracle": outcomes["oracle"][-1],
+           "mt_majority": outcomes["majority"][-1]}
+    if "parallel" in outcomes:
+        row.update(mt_pass_parallel=outcomes["parallel"]["pass"], mt_maj_parallel=outcomes["parallel"]["majority"])
+    return row
+
+
+def _wilson_cell(p: float, n: int) -> str:
+    """``0.312 [0.20, 0.45]``: a proportion over n problems with its Wilson interval (0/1 per problem)."""
+    from selfplay.evals.stats import wilson_interval
+    from selfplay.evals.stats_format import with_interval
+
+    if n <= 0:
+        return f"{p:.3f}"
+    return with_interval(p, wilson_interval(round(p * n), n).as_dict(), "{:.3f}")
+
+
 def print_multiturn(metrics: dict[str, Any], title: str = "multi-turn evaluation") -> None:
     """The per-turn table: turn, accuracy, with oracle, majority (and the parallel line)."""
     from rich.table import Table
 
     from selfplay.progress import console
 
-    seq = metrics["sequential"]
-    table = Table(title=f"{title} ({metrics['env']}, {metrics['problems']} problems, context window "
-                        f"{metrics['context_window']})")
+    seq, n = metrics["sequential"], metrics["problems"]
+    # The title on its own line: as a Table title rich wraps it to the table's width.
+    console.print(f"{title} ({metrics['env']}, n = {n} problems, context window {metrics['context_window']}; "
+                  "95% Wilson intervals)", style="bold", highlight=False)
+    table = Table()
     for name in ("turn", "accuracy", "with oracle", "majority (no oracle)"):
         table.add_column(name, justify="right")
     for t, (a, o, m) in enumerate(zip(seq["acc"], seq["oracle"], seq["majority"]), start=1):
-        table.add_row(str(t), f"{a:.3f}", f"{o:.3f}", f"{m:.3f}")
+        table.add_row(str(t), _wilson_cell(a, n), _wilson_cell(o, n), _wilson_cell(m, n))
     console.print(table)
     if "parallel" in metrics:
         p = metrics["parallel"]
-        console.print(f"parallel, {p['samples']} samples of turn 1: pass@{p['samples']} {p['pass']:.3f}, "
-                      f"maj@{p['samples']} {p['majority']:.3f}")
+        console.print(f"parallel, {p['samples']} samples of turn 1 (n = {n} problems): pass@{p['samples']} "
+                      f"{_wilson_cell(p['pass'], n)}, maj@{p['samples']} {_wilson_cell(p['majority'], n)}")
 
 
 def plot_multiturn(metrics: dict[str, Any], path: Path) -> Path:

@@ -46,6 +46,8 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
     t = get_task(task)
     examples, acc, maj, any_ok = [], 0.0, 0.0, 0.0
     reported = dict.fromkeys(t.reports, 0.0)
+    per_example: dict[str, list[float]] = {"accuracy": [], "majority_accuracy": [], "pass": [],
+                                           **{key: [] for key in t.reports}}
     for record, outs in zip(records, samples, strict=True):
         gold = t.gold(record)
         scored = [t.score(t.answer_of(o), gold) for o in outs]
@@ -56,17 +58,34 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
         any_ok += float(max(scores) >= 1.0)
         row: dict[str, Any] = {"id": record["id"], "gold": gold, "samples": outs, "correct": scores,
                                "voted_answer": t.extract(outs[voted])}
+        per_example["accuracy"].append(sum(scores) / len(scores))
+        per_example["majority_accuracy"].append(scores[voted])
+        per_example["pass"].append(float(max(scores) >= 1.0))
         for key in t.reports:
             row[key] = [info[key] for _, info in scored]
             reported[key] += sum(row[key]) / len(outs)
+            per_example[key].append(sum(row[key]) / len(outs))
         examples.append(row)
     total = max(1, len(records))
     n = len(samples[0]) if samples else 0
     metrics: dict[str, Any] = {"task": task, "num_examples": len(records), "n": n, "accuracy": acc / total,
                                "majority_accuracy": maj / total, f"pass@{n}": any_ok / total}
     metrics.update({key: value / total for key, value in reported.items()})
+    per_example[f"pass@{n}"] = per_example.pop("pass")
+    metrics["stats"] = example_intervals(per_example, averaged=t.reports)
     metrics["examples"] = examples
     return metrics
+
+
+def example_intervals(per_example: dict[str, list[float]],
+                      averaged: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """95% interval of each metric over the examples: Wilson where every example scores 0 or 1 (greedy
+    accuracy, majority vote, pass@n), else (the ``averaged`` keys: a task's reports, such as F1) the
+    bootstrap over examples."""
+    from selfplay.evals.stats import bootstrap_mean, proportion_interval
+
+    return {key: (bootstrap_mean(values) if key in averaged else proportion_interval(values)).as_dict()
+            for key, values in per_example.items() if values}
 
 
 def _as_sampler(sampler_or_model: Any, batch_size: int, model_cfg: ModelConfig | None) -> Any:
@@ -162,7 +181,14 @@ def run_task_eval(model: str, task: str, records: list[dict[str, Any]], out_dir:
     write_jsonl(out / "task_samples.jsonl", examples)
     write_json(out / RESULTS_FILE, result)
     shown = ["accuracy", "f1"] + (["majority_accuracy", f"pass@{n}"] if n > 1 else [])
-    rows = [[key, f"{100 * result[key]:.1f}"] for key in shown if key in result]
-    print_table(f"{task}: {Path(model).name or model} on {len(records)} examples "
-                f"({'greedy' if temperature == 0 else f'T={temperature}, n={n}'})", ["metric", "%"], rows)
+    stats = result.get("stats", {})
+    rows = [[key, f"{100 * result[key]:.1f}", _percent_interval(stats.get(key)), stats.get(key, {}).get("method", "–")]
+            for key in shown if key in result]
+    print_table(f"{task}: {Path(model).name or model} on n = {len(records)} examples "
+                f"({'greedy' if temperature == 0 else f'T={temperature}, n={n} samples each'})",
+                ["metric", "%", "95% interval (%)", "interval"], rows)
     return result
+
+
+def _percent_interval(stats: dict[str, Any] | None) -> str:
+    return f"[{100 * stats['lo']:.1f}, {100 * stats['hi']:.1f}]" if stats else "–"

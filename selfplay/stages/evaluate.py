@@ -28,6 +28,7 @@ from selfplay.config import Config
 from selfplay.core.examples import Segment, tokenize_segments, truncate
 from selfplay.core.logprobs import collate_left_padded, sequence_logps
 from selfplay.core.memory import release_memory
+from selfplay.evals.per_prompt import PER_PROMPT_FILE, write_per_prompt
 from selfplay.hardware import resolve_dtype_name
 from selfplay.io import read_jsonl, write_json, write_jsonl
 from selfplay.progress import console
@@ -85,7 +86,8 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
 
 
 # A method's extra per-iteration evaluations (``Method.evaluations``), by name:
-# (config, sampler over the evaluated model, held-out records, output directory) -> metrics for the table.
+# (config, sampler over the evaluated model, held-out records, output directory) -> metrics for the table,
+# with their per-prompt values under "per_prompt" ({id: {column: value}}, see selfplay.evals.per_prompt).
 Evaluation = Callable[[Config, Any, list[dict[str, Any]], Path], dict[str, Any]]
 
 
@@ -106,7 +108,8 @@ def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]
     metrics = evaluate_multiturn(env, LocalTurnModel(sampler, sampling).respond, usable, turns=r.eval_turns,
                                  context_window=r.context_window, parallel=r.eval_parallel, seed=cfg.seed + 7919,
                                  out_dir=out_dir)
-    return {**table_metrics(metrics), "multiturn": metrics}
+    per_prompt = metrics.pop("outcomes")
+    return {**table_metrics(metrics), "multiturn": metrics, "per_prompt": per_prompt}
 
 
 def agent_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
@@ -115,8 +118,9 @@ def agent_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]], o
 
     console.print(f"eval: agent, {len(records)} questions, search {cfg.agent.search}")
     metrics = evaluate_agent(cfg, sampler, records, out_dir)
+    per_prompt = {key: {f"agent_{k}": v for k, v in o.items()} for key, o in metrics.pop("outcomes").items()}
     return {"agent_em": metrics["em"], "agent_f1": metrics["f1"], "agent_steps": metrics["steps"],
-            "agent_finished": metrics["finished"], "agent": metrics}
+            "agent_finished": metrics["finished"], "agent": metrics, "per_prompt": per_prompt}
 
 
 EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation, "agent": agent_evaluation}
@@ -125,7 +129,8 @@ EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation, "agent"
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, Any]], out_dir: Path,
                    previous: Path | None = None, judge: str | None = None,
                    evaluations: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate one model on held-out records; writes ``out_dir/samples.jsonl`` and ``metrics.json``.
+    """Evaluate one model on held-out records; writes ``out_dir/samples.jsonl``, ``per_prompt.jsonl`` (every
+    metric's value per prompt, :mod:`selfplay.evals.per_prompt`) and ``metrics.json`` (the means).
 
     ``previous``: the previous evaluation's ``samples.jsonl`` (for the SPIN margin), or None for the base.
     ``judge``: a scoring judge spec (reward model, ...) whose mean score of the answers is reported (SPPO).
@@ -135,7 +140,7 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     from selfplay.models import load_model, resolve_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = load_model(resolve_model(str(model_path)), dtype="float32", device=device)
+    model, tok = load_model(resolve_model(str(model_path), cfg.model.revision), dtype="float32", device=device)
     model.eval()
     sample_dtype = resolve_dtype_name(cfg.model.dtype, device)
     console.print(f"eval: log-probs in float32, answers sampled in {sample_dtype}")
@@ -170,13 +175,21 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         metrics["samples_per_prompt"] = cfg.eval.num_samples
         answer_sets.append(("sample_accuracy", "sample_score", samples))
     scorer = _scoring_judge(judge, cfg) if judge else None
+    # Per-prompt values (selfplay.evals.per_prompt): the table's intervals and paired changes come from them.
+    per_prompt: dict[str, dict[str, Any]] = {r["id"]: {"real_logp": s, "real_tokens": n}
+                                             for r, s, n in zip(records, real_sum, real_n)}
     for accuracy_key, score_key, texts in answer_sets:
         if verifier is not None:
             check, gold = verifier
-            hits = [check(t, gold(r)) for ts, r in zip(texts, records) for t in ts]
-            metrics[accuracy_key] = sum(hits) / max(1, len(hits))
+            hits = [[check(t, gold(r)) for t in ts] for ts, r in zip(texts, records)]
+            metrics[accuracy_key] = sum(map(sum, hits)) / max(1, sum(map(len, hits)))
+            for r, h in zip(records, hits):
+                per_prompt[r["id"]][accuracy_key] = sum(h) / len(h)
         if judge:
-            metrics[score_key] = _mean_judge_score(scorer, records, texts)
+            scores = _judge_scores(scorer, records, texts)
+            metrics[score_key] = sum(map(sum, scores)) / max(1, sum(map(len, scores))) if scores else None
+            for r, s in zip(records, scores or []):
+                per_prompt[r["id"]][score_key] = sum(s) / len(s) if s else None
     rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
             for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
     if previous is not None and Path(previous).exists():
@@ -187,9 +200,15 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
         margins = [(real_sum[i] - prev[records[i]["id"]]["real_logp"]) - (ps - prev[records[i]["id"]]["answer_logp"])
                    for i, ps in zip(have, prev_sum)]
         metrics["spin_margin"] = sum(margins) / max(1, len(margins))
+        for i, margin in zip(have, margins):
+            per_prompt[records[i]["id"]]["spin_margin"] = margin
     for name in evaluations:
-        metrics.update(EVALUATIONS[name](cfg, sampler, records, out_dir))
+        extra = EVALUATIONS[name](cfg, sampler, records, out_dir)
+        for key, values in extra.pop("per_prompt", {}).items():
+            per_prompt.setdefault(key, {}).update(values)
+        metrics.update(extra)
     write_jsonl(out_dir / "samples.jsonl", rows)
+    write_per_prompt(out_dir / PER_PROMPT_FILE, per_prompt)
     write_json(out_dir / "metrics.json", metrics)
     del model, gen_model, sampler, scorer
     release_memory()
@@ -204,11 +223,10 @@ def _scoring_judge(spec: str, cfg: Config) -> Any | None:
     return j if j.kind == "scores" else None
 
 
-def _mean_judge_score(scorer: Any | None, records: list[dict[str, Any]], answers: list[list[str]]) -> float | None:
-    """Mean score ``scorer`` gives the answers (a list of samples per record); None without a scorer."""
+def _judge_scores(scorer: Any | None, records: list[dict[str, Any]], answers: list[list[str]]) -> list[list[float]] | None:
+    """The scores ``scorer`` gives each record's answers (a list of samples per record); None without a scorer."""
     if scorer is None:
         return None
     items = [{"id": r["id"], "prompt_messages": r["messages"], "samples": a, "reference": r.get("reference"),
               "meta": r.get("meta", {})} for r, a in zip(records, answers)]
-    scores = [s for res in scorer.score(items) for s in res["scores"]]
-    return sum(scores) / max(1, len(scores))
+    return [list(res["scores"]) for res in scorer.score(items)]

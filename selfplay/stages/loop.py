@@ -163,7 +163,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
     evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
     from selfplay.stages.evaluate import evaluate_model
-    from selfplay.stages.report import print_iteration_table, write_report
+    from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
@@ -186,7 +186,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
         info = run.ensure(unit, fingerprint(fp, *eval_inputs), [out_dir], work)
         return {**read_json(out_dir / "metrics.json"), **info}
 
-    base_dir = run_dir / "eval" / "base"
+    base_dir = iteration_eval_dir(run_dir, "base")
     rows: list[dict[str, Any]] = [{"iteration": "base", **evaluate("eval/base", model, model_fp, base_dir, None, {})}]
     if logger is not None and "eval/base" in fresh:
         logger.log(rows[0], step=0)
@@ -214,7 +214,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
 
         info = run.ensure(f"iter_{k}/train", train_fp, [train_dir], train_work, every_machine=True)
         model, model_fp = info["model"], train_fp
-        eval_dir = it.dir / "eval"
+        eval_dir = iteration_eval_dir(run_dir, k)
         metrics = evaluate(f"iter_{k}/eval", model, model_fp, eval_dir, prev_eval,
                            {"iteration_seconds": time.perf_counter() - t0})
         prev_eval = eval_dir / "samples.jsonl"
@@ -225,8 +225,9 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
         if logger is not None and f"iter_{k}/eval" in fresh:
             logger.log(rows[-1], step=k + 1)
         if main:
+            with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
             print_iteration_table(rows, method.columns)
             write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
     if not cfg.loop.iters and main:
-        write_report(run_dir, rows, method.columns)
+        write_report(run_dir, with_stats(run_dir, rows), method.columns)
     return rows

@@ -137,6 +137,9 @@ class _Training:
     """Everything one training run holds between its parts (:func:`run_train`)."""
 
     cfg: Config
+    model: str  # the model training starts from, as given
+    model_dir: str  # ... resolved to a directory
+    data_path: Path  # the training records
     out_dir: Path
     names: tuple[str, str]  # how metrics name the two responses (the method's)
     objective: Objective
@@ -168,9 +171,9 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     if (out_dir / "summary.json").exists():
         s = read_json(out_dir / "summary.json")
         return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
-    run, model_dir = _set_up(cfg, model, data_path, out_dir)
+    run = _set_up(cfg, model, data_path, out_dir)
     if run.objective.needs_reference:
-        run.ref = _reference_pass(run, model_dir)
+        run.ref = _reference_pass(run)
     run.scorer.train()
     state = _resume(run)
     logger = _metric_logger(run, state) if run.accelerator.is_main_process else None
@@ -182,9 +185,9 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     return _tear_down(run, state, last)
 
 
-def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> tuple[_Training, str]:
+def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> _Training:
     """Records checked, accelerator, seed, policy and tokenized examples, batch order, optimizer and
-    schedule, all prepared by accelerate; returns the run and the resolved model directory."""
+    schedule, all prepared by accelerate."""
     from transformers import get_scheduler
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -229,17 +232,17 @@ def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> tuple[_T
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps) * processes,
                               num_training_steps=total_steps * processes)
     scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
-    run = _Training(cfg, out_dir, method.names, objective, loss_name, fields, accelerator, policy, tok, examples,
-                    n_cut, scorer, optimizer, loader, scheduler, params, order, total_steps)
-    return run, model_dir
+    return _Training(cfg, model, model_dir, data_path, out_dir, method.names, objective, loss_name, fields,
+                     accelerator, policy, tok, examples, n_cut, scorer, optimizer, loader, scheduler, params, order,
+                     total_steps)
 
 
-def _reference_pass(run: _Training, model_dir: str) -> dict[str, list[float]]:
+def _reference_pass(run: _Training) -> dict[str, list[float]]:
     """The reference log-probs, once, before the first step. After prepare: under ZeRO-3 only the engine can
     run the partitioned model. LoRA's B = 0 at the start, so the adapters change nothing: the reference is the
     model training starts from."""
     examples = run.examples
-    ref_fp = fingerprint(model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples],
+    ref_fp = fingerprint(run.model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples],
                          _precision(run.cfg))
     return precompute_reference(run.accelerator, run.scorer, run.policy, examples, run.tok.pad_token_id,
                                 run.cfg.train.batch_size, run.out_dir / "ref_logps.jsonl", ref_fp,
@@ -325,7 +328,8 @@ def _tear_down(run: _Training, state: dict[str, int], last: dict[str, float]) ->
     """Save the model and the summary, then drop every reference to the model and optimizer before the next
     stage loads a model (the accelerator holds them too)."""
     result = finish(run.accelerator, run.cfg, run.scorer, run.tok, run.out_dir, state, last, run.n_cut,
-                    len(run.examples), run.total_steps)
+                    len(run.examples), run.total_steps, parent=run.model, parent_dir=run.model_dir,
+                    data=run.data_path)
     run.accelerator.free_memory(run.scorer, run.optimizer, run.loader, run.scheduler)
     run.policy = run.scorer = run.optimizer = run.loader = run.scheduler = run.accelerator = None
     release_memory()

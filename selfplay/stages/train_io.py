@@ -79,12 +79,18 @@ def recover_checkpoint(ckpt: Path) -> None:
 
 
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
-           last: dict[str, float], n_cut: int, n_examples: int, total_steps: int) -> TrainResult:
-    """Save the model (and the merged LoRA model on request), then ``summary.json`` last: the stage is done.
+           last: dict[str, float], n_cut: int, n_examples: int, total_steps: int, *, parent: str = "",
+           parent_dir: str | Path = "", data: str | Path | None = None) -> TrainResult:
+    """Save the model (and the merged LoRA model on request) with its ``selfplay_model.json``
+    (:mod:`selfplay.model_meta`), then ``summary.json`` last: the stage is done.
 
     ``scorer``: the prepared ``SequenceLogps`` wrapping the policy (its state-dict keys carry a ``model.``
-    prefix, removed here so the checkpoint is the HF model's own).
+    prefix, removed here so the checkpoint is the HF model's own). ``parent``: the model training started
+    from (as named, and ``parent_dir`` where it resolved to); ``data``: the training records.
     """
+    from selfplay.methods import loss_of
+    from selfplay.model_meta import model_meta, write_model_meta
+
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(scorer).model
     model_dir = out_dir / "model"
@@ -96,10 +102,14 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
             shutil.rmtree(d, ignore_errors=True)
         unwrapped.save_pretrained(model_dir, state_dict=state_dict, safe_serialization=True)
         tok.save_pretrained(model_dir)
+        meta = model_meta(cfg, loss=loss_of(cfg), parent=parent, parent_dir=parent_dir, data=data,
+                          examples=n_examples, steps=state["step"])
+        write_model_meta(model_dir, meta, adapter=cfg.model.lora.enabled)
         if merged:
             full = unwrapped.merge_and_unload()
             full.save_pretrained(out_dir / "merged", safe_serialization=True)
             tok.save_pretrained(out_dir / "merged")
+            write_model_meta(out_dir / "merged", meta)
     next_model = out_dir / "merged" if merged else model_dir
     summary = {"model_path": str(next_model), "steps": state["step"], "metrics": last,
                "examples": n_examples, "truncated": n_cut, "planned_steps": total_steps,
