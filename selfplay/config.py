@@ -138,8 +138,7 @@ class TrainConfig:
     gpo_clamp: float | None = 1000.0
     # Judges being trained (method gpm / bt-rm): the head and its loss.
     gpm: GPMConfig = field(default_factory=GPMConfig)
-    # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...),
-    # besides metrics.jsonl; they write under the training output directory where they keep files.
+    # An alias of the top-level report_to (where trackers were named before the loop logged to them too).
     report_to: list[str] = field(default_factory=list)
 
 
@@ -170,7 +169,7 @@ class EvalConfig:
 class RiseConfig:
     """RISE (arXiv 2407.18219): multi-turn self-correction rollouts, conversion, multi-turn evaluation."""
 
-    # gsm8k | math | arith (selfplay.envs.answer_envs); auto = the data's task.
+    # gsm8k | math | arith (the tasks with a RISE rule, selfplay.envs.answer_envs.ENVS); auto = the data's task.
     env: str = "auto"
     # Collection: turns per episode (an episode stops at a correct answer) and candidates per turn
     # (n_1 ... n_T, the last repeats): the best by reward (first on ties) becomes the turn's answer.
@@ -196,9 +195,12 @@ class RiseConfig:
 class AgentConfig:
     """Tool-using agents (SPIN for agents, FireAct): ReAct rollouts with tools, evaluation."""
 
-    # hotpotqa | bamboogle | strategyqa | mmlu (selfplay.envs.react.TASKS): how answers are scored.
+    # A task of selfplay.envs.tasks.TASKS (hotpotqa, bamboogle, strategyqa, mmlu, ...): how answers are scored.
     task: str = "hotpotqa"
-    # Search backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
+    # The agent's tools (selfplay.envs.tools.TOOLS: search, finish, calculator); empty: the task's own
+    # (Task.tools: search and finish for the QA tasks, calculator and finish for arith/gsm8k/math).
+    tools: list[str] = field(default_factory=list)
+    # The search tool's backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
     search: str = "replay"
     # Replay sources: FireAct trajectory files and query -> result caches (JSON/JSONL).
     search_sources: list[str] = field(default_factory=list)
@@ -272,6 +274,10 @@ class Config:
     # selfplay.methods.load_config.
     method: str = "spin"
     seed: int = 0
+    # Experiment trackers accelerate supports (tensorboard, wandb, trackio, mlflow, comet_ml, aim, ...) that
+    # get training steps and the loop's per-iteration evaluation rows, besides their JSONL files
+    # (selfplay.trackers); trackers that keep files write them under the run's trackers/ directories.
+    report_to: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -453,6 +459,9 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
     check_optimizer(cfg.train)
     _check_schedule(cfg)
     check_launch(cfg.launch)
+    if cfg.report_to and cfg.train.report_to and cfg.report_to != cfg.train.report_to:
+        raise ConfigError(f"config keys 'report_to' {cfg.report_to} and its alias 'train.report_to' "
+                          f"{cfg.train.report_to} name different trackers; set report_to only.")
     return cfg
 
 

@@ -58,12 +58,11 @@ def base_of(cfg: Config, parent: str, parent_dir: str | Path) -> dict[str, Any]:
     return {"base_model": parent, "base_revision": revision, "base_commit": hub_commit(parent_dir), "iteration": 0}
 
 
-def model_meta(cfg: Config, *, parent: str, parent_dir: str | Path, data: str | Path | None = None,
+def model_meta(cfg: Config, *, loss: str, parent: str, parent_dir: str | Path, data: str | Path | None = None,
                **facts: Any) -> dict[str, Any]:
-    """The metadata record of a model trained with ``cfg`` from ``parent`` (``facts``: steps, examples, ...)."""
-    from selfplay.methods import loss_of
-
-    return {"format": FORMAT, **base_of(cfg, parent, parent_dir), "method": cfg.method, "loss": loss_of(cfg),
+    """The metadata record of a model trained with ``cfg`` and ``loss`` (the method's when ``train.loss`` is
+    auto: the caller resolves it, this module knows no method) from ``parent`` (``facts``: steps, examples, ...)."""
+    return {"format": FORMAT, **base_of(cfg, parent, parent_dir), "method": cfg.method, "loss": loss,
             "parent": str(parent), "adapter": False, "data": str(data) if data is not None else None, **facts,
             "train": {k: getattr(cfg.train, k) for k in TRAIN_FIELDS}, "run_dir": cfg.run_dir,
             "selfplay_version": _version(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -1,6 +1,8 @@
-"""Progress bars that also show in logs: rich redraws a bar only on a terminal, so when stderr is a file
-or a pipe (nohup, CI, a cluster's job log) a heartbeat prints each unfinished task's line every
-``HEARTBEAT_S`` seconds instead of nothing until the end."""
+"""The one stderr console and the progress bars of every long stage (:func:`progress_bar`).
+
+Progress bars also show in logs: rich redraws a bar only on a terminal, so when stderr is a file or a pipe
+(nohup, CI, a cluster's job log) a heartbeat prints each unfinished task's line every ``HEARTBEAT_S``
+seconds instead of nothing until the end."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Logs capture stderr: give them room for wide tables (RISE's and the agents' have 14 columns) instead of
 # rich's 80-column default.
@@ -39,6 +41,31 @@ def logged_progress(*columns: Any, disable: bool = False, out: Console | None = 
             yield progress
         finally:
             stop.set()
+
+
+class Bar:
+    """A single task on a rich Progress; ``advance`` and ``update`` are no-ops when disabled."""
+
+    def __init__(self, progress: Progress, task: int) -> None:
+        self._p, self._t = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        self._p.advance(self._t, n)
+
+    def update(self, **kw: object) -> None:
+        self._p.update(self._t, **kw)  # type: ignore[arg-type]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, completed: int = 0, disable: bool = False,
+                 extra: str = "") -> Iterator[Bar]:
+    """``with progress_bar("train", total=n) as bar: bar.advance()`` — to stderr, so stdout stays clean."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if extra:
+        columns.append(TextColumn(extra))
+    with logged_progress(*columns, disable=disable) as p:
+        yield Bar(p, p.add_task(description, total=total, completed=completed))
 
 
 # Messages libraries print on every run that tell a user nothing they can act on.

@@ -17,17 +17,17 @@ import pytest
 
 from selfplay.envs.react import (
     FAILED_STEP,
-    TASKS,
     is_react_trajectory,
     parse_trajectory,
     render_steps,
     response_part,
     split_thought_action,
-    trajectory_segments,
 )
+from selfplay.envs.tasks import TASKS
 from selfplay.envs.verifiers import exact_match, f1_score, normalize_answer
 from selfplay.errors import DataError, UserError
 from selfplay.io import read_jsonl, write_jsonl
+from selfplay.methods.agent import trajectory_segments
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,8 @@ def _agent_cfg(shared_data: Path, **agent):
 
 
 def test_scripted_policy_retries_step_cap_and_finish(shared_data: Path) -> None:
-    from selfplay.envs.search import ReplaySearch
-    from selfplay.stages.agent_rollout import new_episodes, play_agent_episodes
+    from selfplay.core.samplers import format_prompt
+    from selfplay.envs.agent_episodes import load_agent, new_episodes, play_agent_episodes, sampler_steps
 
     cache = json.loads((shared_data / "agent" / "search_cache.json").read_text())
     query = next(iter(cache))
@@ -187,9 +187,12 @@ def test_scripted_policy_retries_step_cap_and_finish(shared_data: Path) -> None:
     cfg = _agent_cfg(shared_data, retries=5, max_steps=11)
     sampler = ScriptedAgent(script)
     done = {}
-    play_agent_episodes(__import__("selfplay.envs.react", fromlist=["TASKS"]).TASKS["hotpotqa"],
-                        ReplaySearch(cfg.agent.search_sources), sampler,
-                        new_episodes(records, None, cfg, ""), cfg, lambda ep: done.setdefault(ep.record["id"], ep), 0.0)
+    agent = load_agent(cfg.agent)  # hotpotqa's tools: the replay search and finish
+    assert list(agent.tools) == ["search", "finish"]
+    episodes = new_episodes(records, lambda m: format_prompt(None, m, cfg.generate.prompt_format), fewshot="",
+                            samples=cfg.agent.samples, seed=cfg.generate.seed)
+    play_agent_episodes(agent, sampler_steps(sampler, cfg.generate), episodes, cfg.agent,
+                        lambda ep: done.setdefault(ep.record["id"], ep), 0.0)
     ok, retry, fail, loop = (done[q] for q in ("q-ok", "q-retry", "q-fail", "q-loop"))
     assert ok.finished and ok.reward == 1.0 and len(ok.steps) == 2 and ok.steps[0].observation == cache[query]
     assert ok.steps[1].observation == "Episode finished, reward = True" and ok.retries == 0

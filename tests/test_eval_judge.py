@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from chat_server import RAW_BODY
 
-from selfplay.evals.judging import (HttpJudge, combine_orders, is_url, judge_conversation, make_judge,
+from selfplay.evals.judging import (HttpJudge, combine_orders, is_url, judge_conversation, make_chat_judge,
                                     parse_rating, parse_verdict, preference)
 
 
@@ -50,8 +50,8 @@ def test_http_judge_retries_a_500_keeps_order_and_stops_on_a_malformed_reply(jud
         return 200, f"echo {messages[-1]['content']} [[A]]"
 
     server = judge_server(script)
-    judge = make_judge(server.url, judge_model="judge-x", api_key_env="MY_JUDGE_KEY", parallel=3,
-                       remote=RemoteConfig(max_retries=2, backoff=0.01))
+    judge = make_chat_judge(server.url, judge_model="judge-x", api_key_env="MY_JUDGE_KEY", parallel=3,
+                            remote=RemoteConfig(max_retries=2, backoff=0.01))
     assert isinstance(judge, HttpJudge) and is_url(server.url)
     conversations = [judge_conversation("sys", f"q{i}") for i in range(5)]
     # a 200 reply that is not a chat completion is a transport fault: retried, then an error naming the record

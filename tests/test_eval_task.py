@@ -71,11 +71,11 @@ def test_task_cli_with_tiny_model_on_gsm8k(cli, tiny_model: Path, shared_data: P
 
 
 def test_evaluate_task_api_samples_n_for_arith(tiny_model: Path) -> None:
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
 
     task, records = load_task_records("arith", None, limit=2)
     assert task == "arith" and len(records) == 2
-    m = evaluate_task(load_sampler(str(tiny_model)), records, "arith", n=3, temperature=1.0, max_new_tokens=4,
+    m = evaluate_task(make_sampler("hf", str(tiny_model)), records, "arith", n=3, temperature=1.0, max_new_tokens=4,
                       progress=False)
     assert m["n"] == 3 and set(m) >= {"accuracy", "majority_accuracy", "pass@3", "examples"}
     assert all(len(e["samples"]) == 3 for e in m["examples"])

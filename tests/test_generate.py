@@ -386,7 +386,8 @@ def test_python_api_ids_and_prepared_dir(tiny_model: Path, tmp_path: Path, share
     """The loop's entry points on a prepared directory of real GSM8K rows, restricted to some ids."""
     from selfplay.config import load_config
     from selfplay.data.records import load_sft, prepare_source
-    from selfplay.stages.generate import merge_shards, run_generate
+    from selfplay.stages.generate import run_generate
+    from selfplay.stages.shards import merge_shards
 
     prepared = prepare_source(str(shared_data / "gsm8k" / "test_200.jsonl"), tmp_path / "prep", num=6,
                               show_progress=False)

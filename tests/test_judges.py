@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from selfplay.errors import MissingExtraError, UserError
-from selfplay.judges.base import make_judge, parse_judge_spec
+from selfplay.judges import make_judge, parse_judge_spec
 
 GSM_REFERENCE = "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips altogether.\n#### 72"
 QUESTION = [{"role": "user", "content": "How many clips did Natalia sell altogether in April and May?"}]

@@ -163,3 +163,44 @@ def test_zero_iterations_evaluate_the_base_model_only_and_bad_inputs_leave_no_ru
         res = cli([*loop_args(tiny_model, tmp_path / "never"), *args])
         assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
         assert not (tmp_path / "never").exists(), args
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of every TensorBoard event file under ``directory``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for run_dir in sorted({events.parent for events in directory.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir))  # reads every event file of the directory
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
+def test_per_iteration_rows_reach_tensorboard(cli, tiny_model, tmp_path):
+    """report_to names the trackers of training and of the loop's per-iteration rows: TensorBoard shows the
+    base row at step 0 and iteration k at step k + 1, with the same numbers as iterations.jsonl; a rerun that
+    redoes nothing logs nothing again."""
+    import pytest
+
+    pytest.importorskip("tensorboard", reason="needs the dev extra (tensorboard)")
+    run = tmp_path / "run"
+    args = ["loop", "--method", "spin", "--iters", "1", "--model", str(tiny_model), "--data", "synth:arith",
+            "--run-dir", str(run), *TINY, "--set", "report_to=[tensorboard]"]
+    res = cli(args)
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(run / "eval" / "iterations.jsonl")
+    scalars = _tensorboard_scalars(run / "trackers")
+    assert scalars["real_loglik"] == [(0, pytest.approx(rows[0]["real_loglik"])),
+                                      (1, pytest.approx(rows[1]["real_loglik"]))]
+    assert scalars["accuracy"] == [(0, pytest.approx(rows[0]["accuracy"])), (1, pytest.approx(rows[1]["accuracy"]))]
+    assert [step for step, _ in scalars["train_loss"]] == [1] and "spin_margin" in scalars
+    logged = read_jsonl(run / "eval" / "metrics.jsonl")  # the same rows as JSONL, whatever the trackers
+    assert [r["step"] for r in logged] == [0, 1] and logged[1]["iteration"] == 0
+    # training steps went to their own TensorBoard run under the iteration's train directory
+    assert "loss" in _tensorboard_scalars(run / "iter_0" / "train" / "trackers")
+
+    assert cli(args).exit_code == 0  # everything done: nothing is logged twice
+    assert len(read_jsonl(run / "eval" / "metrics.jsonl")) == 2
+    assert [step for step, _ in _tensorboard_scalars(run / "trackers")["real_loglik"]] == [0, 1]

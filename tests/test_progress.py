@@ -4,7 +4,7 @@ import time
 
 import selfplay.progress as progress_mod
 from selfplay.core.samplers import generation_progress
-from selfplay.stages.progress import progress_bar
+from selfplay.progress import progress_bar
 
 
 def test_heartbeat_prints_running_tasks_when_not_a_terminal(monkeypatch, capsys):

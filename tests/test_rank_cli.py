@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -158,8 +157,6 @@ def test_rank_user_errors(cli, gsm8k_samples: Path, tmp_path: Path) -> None:
 
 def test_rank_merges_a_generate_directory_first(cli, gsm8k_samples: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
     gen_dir = tmp_path / "generate"
     gen_dir.mkdir()
     rows = read_jsonl(gsm8k_samples)
@@ -173,7 +170,9 @@ def test_rank_merges_a_generate_directory_first(cli, gsm8k_samples: Path, tmp_pa
         merged.append(out_dir)
         return dest
 
-    monkeypatch.setitem(sys.modules, "selfplay.stages.generate", types.SimpleNamespace(merge_shards=merge_shards))
+    from selfplay.stages import shards
+
+    monkeypatch.setattr(shards, "merge_shards", merge_shards)
     out = tmp_path / "rank.jsonl"
     result = cli(["rank", "--data", gen_dir, "--judge", "verifier:gsm8k", "--out", out])
     assert result.exit_code == 0, result.output

@@ -47,7 +47,7 @@ def test_gsm8k_rewards_on_real_rows(shared_data: Path) -> None:
 
 def test_math_rewards_on_real_rows(shared_data: Path) -> None:
     pytest.importorskip("math_verify")
-    from selfplay.envs.verifiers import last_boxed
+    from selfplay.data.answers import last_boxed
 
     env = ENVS["math"]
     rows = read_jsonl(shared_data / "math" / "test_200.jsonl")[:15]

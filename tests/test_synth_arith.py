@@ -8,7 +8,8 @@ import pytest
 
 from selfplay.data import synth_arith
 from selfplay.data.synth_arith import make_problems
-from selfplay.envs.verifiers import check_arith, extract_gsm8k_answer
+from selfplay.data.answers import extract_gsm8k_answer
+from selfplay.envs.verifiers import check_arith
 from selfplay.errors import UserError
 from selfplay.io import read_json, read_jsonl
 

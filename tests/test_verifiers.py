@@ -6,9 +6,10 @@ import threading
 
 import pytest
 
-from selfplay.envs.verifiers import (VERIFIERS, check_gsm8k, check_math, exact_match, extract_finish_answer,
-                                     extract_gsm8k_answer, f1_score, get_verifier, last_boxed, normalize_answer,
-                                     verifier_for_task)
+from selfplay.data.answers import extract_gsm8k_answer, last_boxed
+from selfplay.envs.tasks import find_verifier, get_verifier, verifier_names
+from selfplay.envs.verifiers import (check_gsm8k, check_math, exact_match, extract_finish_answer, f1_score,
+                                     normalize_answer)
 from selfplay.errors import UserError
 from selfplay.io import read_jsonl
 
@@ -95,7 +96,8 @@ def test_hotpotqa_exact_match_and_f1_on_known_pairs():
 
 
 def test_verifier_table_and_agent_answers():
-    assert set(VERIFIERS) == {"arith", "gsm8k", "math", "em", "f1"}
+    # every task is a verifier name (verifier:gsm8k), and the task-free em and f1
+    assert {"arith", "gsm8k", "math", "hotpotqa", "em", "f1"} <= set(verifier_names())
     trajectory = "Thought: found it.\nAction: search[x]\nObservation: ...\nAction: finish[Las Vegas Sands]"
     assert extract_finish_answer(trajectory) == "Las Vegas Sands"
     assert get_verifier("em")(trajectory, "Las Vegas Sands") == 1.0
@@ -104,6 +106,10 @@ def test_verifier_table_and_agent_answers():
     assert get_verifier("gsm8k")("#### 4", "2+2\n#### 4") == 1.0
     assert get_verifier("arith")("#### 5", "#### 4") == 0.0
     assert get_verifier("math")("$\\boxed{4}$", "\\boxed{4}") == 1.0
-    assert verifier_for_task("hotpotqa") == "em" and verifier_for_task("chat") is None
+    # HotpotQA's verifier is exact match on the trajectory's finish answer; open-ended tasks have none
+    for completion, gold in ((trajectory, "Las Vegas Sands"), (trajectory, "Las Vegas"), ("Antrim", "antrim")):
+        assert find_verifier("hotpotqa")(completion, gold) == get_verifier("em")(completion, gold)
+    assert find_verifier("hotpotqa")(trajectory, "Las Vegas") == 0.0
+    assert find_verifier("chat") is None
     with pytest.raises(UserError, match="Did you mean 'gsm8k'"):
         get_verifier("gsm8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,6 +18,16 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a config key: --set train.beta=0.2 (repeatable)."),
 ]
+
+
+def comma_list(value: str | None, cast: Callable[[str], Any] = str) -> list[Any] | None:
+    """ "1,16" -> [1, 16] (with ``cast=int``); None stays None (the option was not given)."""
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"expected a comma-separated list, got {value!r}") from None
 
 
 def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config:

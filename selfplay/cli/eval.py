@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from selfplay.cli.common import ConfigOpt, SetOpt, at_least, console, resolve
+from selfplay.cli import eval_compare
+from selfplay.cli.common import ConfigOpt, SetOpt, at_least, comma_list, console, resolve
 from selfplay.errors import UserError
 
 app = typer.Typer(help="Evaluate a model: mt-bench, leaderboard, winrate, task, ...; a judge: preference.",
@@ -162,7 +163,8 @@ def task(
     model: ModelOpt = None,
     task_name: Annotated[Optional[str], typer.Option(
         "--task", "-t",
-        help="arith | gsm8k | math | hotpotqa (default: config eval.task, 'auto' = from --data).")] = None,
+        help="A task of selfplay.envs.tasks: arith | gsm8k | math | hotpotqa | bamboogle | strategyqa | mmlu "
+             "(default: config eval.task, 'auto' = from --data).")] = None,
     data: Annotated[Optional[str], typer.Option(
         help="Prepared data dir, records .jsonl, or a raw GSM8K/MATH/HotpotQA file or hub id.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split of --data (default: test, else train).")] = None,
@@ -221,7 +223,7 @@ def multiturn(
     import dataclasses
 
     from selfplay.data.records import load_sft
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
     from selfplay.evals.multiturn import print_multiturn
     from selfplay.stages.evaluate import multiturn_evaluation
 
@@ -233,7 +235,7 @@ def multiturn(
     cfg = dataclasses.replace(cfg, rise=rise)
     out_dir = _out_dir(out, cfg.model.name_or_path, "multiturn")
     _save(cfg, out_dir, cfg.model.name_or_path)
-    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    sampler = make_sampler("hf", cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = multiturn_evaluation(cfg, sampler, records, out_dir)["multiturn"]
     print_multiturn(metrics)
     console.print(f"results: {out_dir / 'multiturn.json'}, plot: {out_dir / 'multiturn.png'}")
@@ -243,7 +245,10 @@ def multiturn(
 def agent(
     model: ModelOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Questions: prepared data dir, SFT .jsonl, or a HotpotQA/FireAct file.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
+    tools: Annotated[Optional[str], typer.Option(
+        help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
     search_sources: Annotated[Optional[str], typer.Option(
         help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
@@ -260,8 +265,9 @@ def agent(
     set_: SetOpt = None,
 ) -> None:
     """A tool-using agent on a QA task: EM, F1, steps per episode, share finished, tool errors (greedy)."""
-    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task, agent__search=search,
-                  agent__search_sources=cli_list(search_sources), agent__max_steps=max_steps,
+    cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, agent__task=task,
+                  agent__tools=comma_list(tools), agent__search=search,
+                  agent__search_sources=comma_list(search_sources), agent__max_steps=max_steps,
                   generate__prompt_format=prompt_format, generate__max_new_tokens=max_new_tokens,
                   eval__batch_size=batch_size)
     if data is None:
@@ -269,7 +275,7 @@ def agent(
     from selfplay.data.records import convert_rows, is_prepared_dir, load_sft
     from selfplay.data.sources import read_rows
     from selfplay.evals.agent_eval import evaluate_agent, print_agent_metrics
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
 
     if is_prepared_dir(data):
         records = load_sft(data, split if (Path(data) / f"{split}.jsonl").is_file() else "train")
@@ -286,24 +292,14 @@ def agent(
     records = records[:limit] if limit is not None else records
     out_dir = _out_dir(out, cfg.model.name_or_path, f"agent-{cfg.agent.task}")
     _save(cfg, out_dir)
-    sampler = load_sampler(cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
+    sampler = make_sampler("hf", cfg.model.name_or_path, batch_size=cfg.eval.batch_size, model_cfg=cfg.model)
     metrics = evaluate_agent(cfg, sampler, records, out_dir)
     print_agent_metrics(metrics)
     console.print(f"results: {out_dir / 'agent.json'}, trajectories: {out_dir / 'agent.jsonl'}")
 
 
-def cli_list(value: Optional[str]) -> Optional[list[str]]:
-    """ "a,b" -> ["a", "b"]; None stays None (not given)."""
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-# `selfplay eval compare RUN_DIR` lives with the loop (selfplay/cli/eval_compare.py).
-try:
-    from selfplay.cli import eval_compare
-
-    eval_compare.register(app)
-except ImportError:
-    pass
+# `selfplay eval compare RUN_DIR` lives with the loop's report (selfplay/cli/eval_compare.py).
+eval_compare.register(app)
 
 # `selfplay eval preference -m JUDGE --data PAIRS` (selfplay/cli/eval_preference.py).
 from selfplay.cli import eval_preference  # noqa: E402

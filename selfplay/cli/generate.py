@@ -52,9 +52,11 @@ def generate(
         raise UserError("--out is required: the directory to write the shard files into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.parallel import generate_stage
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
-    generate_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+    # Shards over launch's workers; an explicit --data-frac generates that one slice here.
+    run_stage("generate", cfg, ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split))
 
 
 @app.command()
@@ -63,7 +65,7 @@ def merge(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Merged JSONL (default: <GEN_DIR>.jsonl).")] = None,
 ) -> None:
     """Join all shards of GEN_DIR into one JSONL in data order (fails if a shard is missing or incomplete)."""
-    from selfplay.stages.generate import merge_shards
+    from selfplay.stages.shards import merge_shards
 
     dest = merge_shards(gen_dir, out)
     console.print(f"merged {gen_dir} into {dest}")

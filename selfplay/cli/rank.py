@@ -18,7 +18,8 @@ def rank(
     data: Annotated[Path, typer.Option("--data", "-d", help="Sample-set JSONL, or a generate directory of shards.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Scored JSONL (a directory when sharded).")],
     judge: Annotated[Optional[str], typer.Option(
-        help="pairrm[:PATH] | gpm:PATH | reward-model:PATH | verifier:arith|gsm8k|math|em|f1 | llm-judge:URL\\[#MODEL]"
+        help="pairrm[:PATH] | gpm:PATH | reward-model:PATH | verifier:TASK|em|f1 (TASK: arith, gsm8k, math, "
+             "hotpotqa, ...) | llm-judge:URL\\[#MODEL]"
     )] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass (LLM judge: parallel requests).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
@@ -34,11 +35,12 @@ def rank(
     from selfplay.core.launchers import several_processes
 
     if several_processes(cfg.launch) and data_frac is None:
-        from selfplay.stages.parallel import rank_stage
+        from selfplay.stages.parallel import produce
+        from selfplay.stages.shards import ShardJob
 
         # Data-parallel judges: shards in OUT.shards/, merged into OUT by the main machine.
         dest = out / "rank.jsonl" if out.is_dir() else out
-        rank_stage(cfg, data, Path(f"{dest}.shards"), dest)
+        produce("rank", cfg, ShardJob(data, Path(f"{dest}.shards")), dest)
         return
     from selfplay.stages.rank import run_rank
 

@@ -7,21 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from selfplay.cli.common import ConfigOpt, SetOpt, console, resolve
+from selfplay.cli.common import ConfigOpt, SetOpt, comma_list, console, resolve
 from selfplay.errors import UserError
 
 app = typer.Typer(help="Multi-turn episodes in an answer environment (RISE); `rollout convert` builds "
                        "reward-weighted training turns from them.", no_args_is_help=True)
-
-
-def _list(value: Optional[str], cast: type) -> Optional[list]:
-    """ "1,16" -> [1, 16]; None stays None (not given)."""
-    if value is None:
-        return None
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"expected a comma-separated list, got {value!r}") from None
 
 
 @app.callback(invoke_without_command=True)
@@ -49,22 +39,20 @@ def rollout(
     if ctx.invoked_subcommand is not None:
         return
     cfg = resolve(config, set_, method="rise", model__name_or_path=model, data__source=data, data__split=split,
-                  rise__env=env, rise__max_turns=max_turns, rise__num_samples=_list(num_samples, int),
-                  rise__models=_list(models, str), generate__temperature=temperature,
+                  rise__env=env, rise__max_turns=max_turns, rise__num_samples=comma_list(num_samples, int),
+                  rise__models=comma_list(models, str), generate__temperature=temperature,
                   generate__max_new_tokens=max_new_tokens, generate__seed=seed, generate__data_frac=data_frac,
                   generate__num_fracs=num_fracs)
     if out is None:
         raise UserError("--out is required: the directory to write the episode shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    from selfplay.stages.parallel import rollout_stage
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
-    if cfg.generate.data_frac is not None:  # one slice, as the anchors' flags did
-        from selfplay.stages.rollout import run_rollout
-
-        run_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split, skip_invalid=skip_invalid)
-        return
-    rollout_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split, skip_invalid=skip_invalid)
+    # Shards over launch's workers; an explicit --data-frac plays that one slice here.
+    job = ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split, skip_invalid)
+    run_stage("rollout", cfg, job)
 
 
 @app.command()
@@ -86,7 +74,7 @@ def convert(
 
     path = episodes
     if path.is_dir():
-        from selfplay.stages.generate import merge_shards
+        from selfplay.stages.shards import merge_shards
 
         path = merge_shards(path)
     rows = read_episodes(path)
@@ -105,7 +93,10 @@ def agent(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The agent: directory, hub id or alias.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Questions: prepared data directory or SFT JSONL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory of trajectory shards.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="hotpotqa | bamboogle | strategyqa | mmlu")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        help="hotpotqa | bamboogle | strategyqa | mmlu | arith | gsm8k | math")] = None,
+    tools: Annotated[Optional[str], typer.Option(
+        help="The agent's tools, comma-separated: search, finish, calculator (default: the task's).")] = None,
     search: Annotated[Optional[str], typer.Option(help="replay (offline) | serpapi (SERPAPI_API_KEY)")] = None,
     search_sources: Annotated[Optional[str], typer.Option(
         help="Replay sources, comma-separated: FireAct trajectory files, query -> result caches.")] = None,
@@ -120,22 +111,19 @@ def agent(
 ) -> None:
     """Play ReAct trajectories with tools for every question of DATA into OUT/shard-K-of-F.jsonl (FireAct fields)."""
     cfg = resolve(config, set_, method="spin-agent", model__name_or_path=model, data__source=data,
-                  data__split=split, agent__task=task, agent__search=search,
-                  agent__search_sources=_list(search_sources, str), agent__max_steps=max_steps,
+                  data__split=split, agent__task=task, agent__tools=comma_list(tools, str), agent__search=search,
+                  agent__search_sources=comma_list(search_sources, str), agent__max_steps=max_steps,
                   agent__samples=samples, generate__prompt_format=prompt_format, generate__data_frac=data_frac,
                   generate__num_fracs=num_fracs)
     if out is None:
         raise UserError("--out is required: the directory to write the trajectory shards into.")
     if data is None and config is None:
         raise UserError("--data is required: a prepared data directory or a canonical SFT JSONL file.")
-    if cfg.generate.data_frac is not None:  # one slice, as the anchors' flags did
-        from selfplay.stages.agent_rollout import run_agent_rollout
+    from selfplay.stages.parallel import run_stage
+    from selfplay.stages.shards import ShardJob
 
-        run_agent_rollout(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
-        return
-    from selfplay.stages.parallel import agent_rollout_stage
-
-    agent_rollout_stage(cfg, cfg.model.name_or_path, cfg.data.source, out, split=cfg.data.split)
+    # Shards over launch's workers; an explicit --data-frac plays that one slice here.
+    run_stage("agent-rollout", cfg, ShardJob(Path(cfg.data.source), out, cfg.model.name_or_path, cfg.data.split))
 
 
 @app.command("agent-pairs")

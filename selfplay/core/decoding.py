@@ -14,8 +14,6 @@ Tensor shapes: R = rows being decoded, T = cached positions (left-padded), V = v
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
+
+from selfplay.core.kv_cache import GrowingLayer, cache_kwarg, new_cache
 
 # top-p keeps a shortlist of this many most likely tokens before falling back to a full vocabulary sort.
 TOP_P_CANDIDATES = 256
@@ -63,59 +63,6 @@ def use_grouped_attention(model: Any) -> None:
     AttentionInterface.register(GROUPED_ATTENTION, grouped_query_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
     model.set_attn_implementation(GROUPED_ATTENTION)
-
-
-class GrowingLayer(DynamicLayer):
-    """A KV cache layer whose ``keys``/``values`` [B, H, T, D] are views into buffers with spare room along T.
-
-    transformers' DynamicLayer appends with ``torch.cat``, copying the whole cache every step (a fifth of a
-    decode step on CPU at T≈300). Here a step writes in place; the buffers are remade (one copy) only when
-    full or after batch surgery replaced ``keys`` with a new tensor. Keys keep the [B, H, T, D] layout:
-    a step's write is then one contiguous row per head (a transposed layout made it a scattered column
-    write, ~1.4 ms of a 36 ms step), and SDPA reads the views without copying them.
-    """
-
-    spare = 64  # positions of room added whenever a buffer is (re)made
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        old = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-        new = old + key_states.shape[-2]
-        buffers = getattr(self, "_buffers", None)
-        if (buffers is None or buffers[1].shape[0] != key_states.shape[0] or buffers[1].shape[-2] < new
-                or self.keys.data_ptr() != buffers[0].data_ptr() or self.values.data_ptr() != buffers[1].data_ptr()):
-            b, h, _, d = key_states.shape
-            keys = key_states.new_empty((b, h, new + self.spare, d))  # [B, H, room, D]
-            values = value_states.new_empty((b, h, new + self.spare, d))
-            if old:
-                keys[:, :, :old] = self.keys
-                values[:, :, :old] = self.values
-            buffers = self._buffers = (keys, values)
-        buffers[0][:, :, old:new] = key_states
-        buffers[1][:, :, old:new] = value_states
-        self.keys, self.values = buffers[0][:, :, :new], buffers[1][:, :, :new]
-        return self.keys, self.values
-
-
-@functools.lru_cache(maxsize=None)
-def cache_kwarg(model_class: type) -> str:
-    """The forward() keyword that takes the KV cache: ``cache`` (transformers >= 5.24, which deprecates
-    ``past_key_values`` and removes it in 5.40) or ``past_key_values`` (earlier 5.x releases)."""
-    params = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def new_cache(model: Any) -> Any:
-    """A DynamicCache for ``model``, with :class:`GrowingLayer` on CPU when every layer is plain full attention."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    # CPU only: on GPUs the cat is cheap and SDPA kernels prefer contiguous keys.
-    if model.device.type == "cpu" and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [GrowingLayer() for _ in cache.layers]
-    return cache
 
 
 @dataclass

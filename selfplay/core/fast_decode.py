@@ -9,7 +9,7 @@ step computes the same layers with
   layout, the same prepacking ``torch.compile``'s freezing pass and IPEX do for CPU linears);
 * one rotary call on q and k together, one boolean mask per step;
 * attention by PyTorch's fused SDPA kernel (scale, mask and softmax in one pass, grouped heads without
-  copying the KV cache) on :class:`~selfplay.core.decoding.GrowingLayer`'s in-place cache.
+  copying the KV cache) on :class:`~selfplay.core.kv_cache.GrowingLayer`'s in-place cache.
 
 Prefill (many tokens per row, compute bound) stays with the model's forward; both write the same cache.
 It is used only where the architecture is known to be exactly this computation (``SUPPORTED`` and the
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from selfplay.core.decoding import GrowingLayer, cache_kwarg, new_cache
+from selfplay.core.kv_cache import GrowingLayer, cache_kwarg, new_cache
 from selfplay.core.memory import available_bytes
 
 # model_type values whose decoder layer is RMSNorm -> q/k/v (+bias) -> RoPE -> attention -> o -> RMSNorm ->

@@ -12,6 +12,14 @@ Notation shared by the docstrings::
     h    = lr_w - lr_l                                   # log-ratio margin,   [B]
 
 Losses are looked up by name in :data:`LOSSES` (see :func:`get_loss`), never through an if/elif chain.
+
+Why every pairwise loss spells out the same eight parameters (:class:`LossFn`) rather than taking one
+inputs object: each loss stays a pure function of plain tensors that reads like its paper's equation, can
+be called from a test, a notebook or TRL's numbers with nothing to construct first, and a loss that ignores
+an input (``chosen_prob`` for ``sigmoid``) says so in its docstring rather than by omission; the
+repetition is the signature, checked once by :class:`LossFn`. The likelihood losses (:func:`sft_loss`,
+:func:`rwr_loss`) and the table that binds them to the trainer's config live apart
+(:data:`selfplay.core.objectives.LIKELIHOOD_LOSSES`).
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ from selfplay.errors import ConfigError, UserError, suggest
 
 __all__ = [
     "LABEL_SMOOTHING_LOSSES",
-    "LIKELIHOOD_LOSSES",
     "LOSSES",
     "LOSS_FIELDS",
     "LossFn",
@@ -43,6 +50,7 @@ __all__ = [
     "hinge_loss",
     "ipo_loss",
     "rwr_loss",
+    "rwr_weights",
     "sft_loss",
     "sigmoid_loss",
     "sppo_hard_loss",
@@ -379,15 +387,18 @@ def rwr_loss(
     if policy_logps.shape != rewards.shape or policy_logps.dim() != 1:
         raise ValueError(f"policy_logps and rewards must both be [B]; got {tuple(policy_logps.shape)}, "
                          f"{tuple(rewards.shape)}")
-    rewards = rewards.detach().to(policy_logps.dtype)
-    if weighting == "exp":
-        weights = torch.exp(rewards / temperature)
-    elif weighting == "reward":
-        weights = rewards
-    else:
-        raise ValueError(f"unknown RWR weighting '{weighting}' (exp or reward)")
+    weights = rwr_weights(rewards.detach().to(policy_logps.dtype), temperature=temperature, weighting=weighting)
     per_example = policy_logps if num_tokens is None else policy_logps / _token_counts(num_tokens, policy_logps)
     return -(weights * per_example).mean()
+
+
+def rwr_weights(rewards: torch.Tensor, *, temperature: float = 0.4, weighting: str = "exp") -> torch.Tensor:
+    """RWR's per-example weights [B]: ``exp(rewards / temperature)`` ("exp"), or the rewards ("reward")."""
+    if weighting == "exp":
+        return torch.exp(rewards / temperature)
+    if weighting == "reward":
+        return rewards
+    raise ValueError(f"unknown RWR weighting '{weighting}' (exp or reward)")
 
 
 def sft_loss(policy_logps: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
@@ -411,9 +422,6 @@ def _token_counts(num_tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 
-# Likelihood losses (no reference): name -> the per-example value each record must carry ("" = none).
-# SFT weighs every example alike; RWR weighs each by its reward (see :func:`rwr_loss`).
-LIKELIHOOD_LOSSES: dict[str, str] = {"sft": "", "rwr": "reward"}
 
 
 # --------------------------------------------------------------------------- preference models (judges)

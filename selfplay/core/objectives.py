@@ -6,8 +6,9 @@ batch's sequence log-probs become a loss and the metrics the anchors log:
 
 * :class:`PreferenceObjective` — pairwise losses of :data:`selfplay.core.losses.LOSSES` against a
   precomputed reference (SPIN, SPPO, GPO, DPO): ``rewards/{win,lose}``, ``rewards/margins``, ...
-* :class:`LikelihoodObjective` — weighted likelihood without a reference: ``sft`` (continued supervised
-  fine-tuning) and ``rwr`` (RISE's reward-weighted regression): ``nll``, ``weight``, ``logps/response``.
+* :class:`LikelihoodObjective` — weighted likelihood without a reference, the losses of
+  :data:`LIKELIHOOD_LOSSES`: ``sft`` (continued supervised fine-tuning) and ``rwr`` (RISE's reward-weighted
+  regression): ``nll``, ``weight``, ``logps/response``.
 * :class:`ScorerObjective` — a judge being trained (GPM, Bradley-Terry reward model): pairs scored by a head
   on the decoder, no log-probs and no reference: ``accuracy``, ``prob``, ``score``.
 
@@ -23,6 +24,7 @@ each value in ``values`` [B].
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +134,43 @@ class PreferenceObjective(Objective):
                        f"logps/{win}": pc.detach().mean(), f"logps/{lose}": pr.detach().mean()}
 
 
+@dataclass(frozen=True)
+class LikelihoodLoss:
+    """A likelihood loss: ``compute(logps [B], num_tokens [B], values, train) -> (scalar loss, weights [B])``,
+    the per-record value it reads (``field``, "" for none) and its own config checks."""
+
+    compute: Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], TrainConfig],
+                      tuple[torch.Tensor, torch.Tensor]]
+    field: str = ""
+    check: Callable[[TrainConfig], None] | None = None
+
+
+def _sft(logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
+         train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    return L.sft_loss(logps, num_tokens), torch.ones_like(logps)
+
+
+def _rwr(logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
+         train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards = values["reward"].to(logps.dtype)
+    value = L.rwr_loss(logps, rewards, temperature=train.rwr_temperature, num_tokens=num_tokens,
+                       weighting=train.rwr_weighting)
+    return value, L.rwr_weights(rewards, temperature=train.rwr_temperature, weighting=train.rwr_weighting)
+
+
+def _check_rwr(train: TrainConfig) -> None:
+    if train.rwr_weighting == "exp" and train.rwr_temperature <= 0:
+        raise ConfigError(f"train.rwr_temperature must be positive, got {train.rwr_temperature}")
+
+
+# Likelihood losses (no reference), by name: SFT weighs every example alike; RWR (RISE) weighs each by its
+# reward (see selfplay.core.losses.rwr_loss).
+LIKELIHOOD_LOSSES: dict[str, LikelihoodLoss] = {
+    "sft": LikelihoodLoss(_sft),
+    "rwr": LikelihoodLoss(_rwr, field="reward", check=_check_rwr),
+}
+
+
 class LikelihoodObjective(Objective):
     """Weighted negative log-likelihood of the trained response tokens; no reference model."""
 
@@ -139,29 +178,22 @@ class LikelihoodObjective(Objective):
         super().__init__("likelihood", "single", needs_reference=False)
 
     def loss_names(self) -> list[str]:
-        return sorted(L.LIKELIHOOD_LOSSES)
+        return sorted(LIKELIHOOD_LOSSES)
 
     def required_fields(self, loss: str) -> tuple[str, ...]:
-        field = L.LIKELIHOOD_LOSSES.get(loss, "")
+        field = LIKELIHOOD_LOSSES[loss].field if loss in LIKELIHOOD_LOSSES else ""
         return (field,) if field else ()
 
     def check(self, loss: str, train: TrainConfig) -> None:
         super().check(loss, train)
         if train.label_smoothing:
             raise ConfigError(f"train.label_smoothing applies to preference losses, not '{loss}'; set it to 0.")
-        if loss == "rwr" and train.rwr_weighting == "exp" and train.rwr_temperature <= 0:
-            raise ConfigError(f"train.rwr_temperature must be positive, got {train.rwr_temperature}")
+        if LIKELIHOOD_LOSSES[loss].check is not None:
+            LIKELIHOOD_LOSSES[loss].check(train)
 
     def compute(self, loss: str, logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
                 ref: torch.Tensor | None, train: TrainConfig, names: tuple[str, str]) -> tuple[torch.Tensor, Metrics]:
-        if loss == "rwr":
-            rewards = values["reward"].to(logps.dtype)
-            value = L.rwr_loss(logps, rewards, temperature=train.rwr_temperature, num_tokens=num_tokens,
-                               weighting=train.rwr_weighting)
-            weights = torch.exp(rewards / train.rwr_temperature) if train.rwr_weighting == "exp" else rewards
-        else:
-            value = L.sft_loss(logps, num_tokens)
-            weights = torch.ones_like(logps)
+        value, weights = LIKELIHOOD_LOSSES[loss].compute(logps, num_tokens, values, train)
         nll = -(logps.detach() / num_tokens.clamp(min=1)).mean()
         return value, {"loss": value.detach().float(), "nll": nll, "weight": weights.detach().mean(),
                        f"logps/{names[0]}": logps.detach().mean()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfplay.data.schema import RowRef, check_messages, get_list, get_text, validate_sft_record
-from selfplay.envs.verifiers import extract_gsm8k_answer, last_boxed
+from selfplay.data.answers import extract_gsm8k_answer, last_boxed
 from selfplay.errors import UserError, suggest
 
 TURN_CHOICES = ("first", "last", "all")

@@ -1,25 +1,16 @@
-"""ReAct trajectories (FireAct / SPIN-for-agents): parsing, training segments, and the agent tasks.
+"""ReAct trajectories (FireAct / SPIN-for-agents): parsing and rendering.
 
 A trajectory is text of steps ``Thought: ...\\nAction: search[q]\\nObservation: ...`` ending with
 ``Action: finish[answer]`` and ``Observation: Episode finished, reward = ...``. The model writes the
-Thought/Action lines; observations come from tools, so in training they are context (never scored):
-:func:`trajectory_segments` splits a trajectory into trained and context segments.
-
-Tasks (ReinholdM/SPIN ``spin/tasks``) say how an answer is scored: ``hotpotqa`` and ``bamboogle`` by exact
-match after the official normalisation (F1 recorded too), ``strategyqa`` by yes/no, ``mmlu`` by the answer
-letter.
+Thought/Action lines; observations come from tools (:mod:`selfplay.envs.tools`), so in training they are
+context, never scored (``selfplay.methods.agent.trajectory_segments``). How answers are scored is the
+task's (:mod:`selfplay.envs.tasks`); the episode loop is :mod:`selfplay.envs.agent_episodes`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from selfplay.core.examples import Segment
-from selfplay.envs.verifiers import exact_match, extract_finish_answer, f1_score, normalize_answer
-from selfplay.errors import UserError, suggest
 
 OBSERVATION_STOP = "\nObservation:"
 FINISHED = "Episode finished, reward = {reward}"
@@ -105,16 +96,6 @@ def render_steps(steps: list[Step]) -> str:
     return "".join(out)
 
 
-def trajectory_segments(steps: list[Step]) -> list[Segment]:
-    """Training segments: each step's ``Thought/Action`` trained, its ``Observation`` line context."""
-    segments = []
-    for s in steps:
-        segments.append(Segment(f"Thought: {s.thought}\nAction: {s.action}", True))
-        if s.observation is not None:
-            segments.append(Segment(f"\nObservation: {s.observation}\n", False))
-    return segments
-
-
 def is_react_trajectory(text: str) -> bool:
     """Whether a reference answer is a ReAct trajectory (has Action lines and observations)."""
     return bool(re.search(r"^Action:", text, re.M)) and bool(re.search(r"^Observation:", text, re.M))
@@ -124,58 +105,3 @@ def response_part(trajectory: str) -> str:
     """The response of a full anchor ``traj`` (after ``### Response:``), else the text itself."""
     marker = re.search(r"### Response:[ \t]*\n?", trajectory)
     return trajectory[marker.end():] if marker else trajectory
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-@dataclass(frozen=True)
-class AgentTask:
-    """How a task's answers are scored: ``score(pred, gold) -> (reward, info)``."""
-
-    name: str
-    score: Callable[[str, str], tuple[float, dict[str, Any]]]
-
-
-def _qa_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    em = exact_match(pred, gold)
-    return em, {"em": em, "f1": f1_score(pred, gold), "pred": normalize_answer(pred), "gt": normalize_answer(gold)}
-
-
-def _yes_no(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    def yn(text: str) -> str:
-        words = normalize_answer(text).split()
-        return words[0] if words and words[0] in ("yes", "no") else normalize_answer(text)
-
-    em = float(yn(pred) == yn(gold))
-    return em, {"em": em, "f1": em, "pred": yn(pred), "gt": yn(gold)}
-
-
-def _letter(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    def letter(text: str) -> str:
-        match = re.search(r"\b([A-D])\b", text.strip().upper())
-        return match[1] if match else text.strip().upper()[:1]
-
-    em = float(letter(pred) == letter(gold))
-    return em, {"em": em, "f1": em, "pred": letter(pred), "gt": letter(gold)}
-
-
-TASKS: dict[str, AgentTask] = {t.name: t for t in (
-    AgentTask("hotpotqa", _qa_score), AgentTask("bamboogle", _qa_score),
-    AgentTask("strategyqa", _yes_no), AgentTask("mmlu", _letter),
-)}
-
-
-def get_task(name: str) -> AgentTask:
-    if name not in TASKS:
-        raise UserError(f"unknown agent task '{name}'.{suggest(name, TASKS)} Available: {', '.join(TASKS)}.")
-    return TASKS[name]
-
-
-def gold_answer(record: dict[str, Any]) -> str | None:
-    """A record's gold answer: ``meta.answer``, else the ``finish[...]`` of its real (successful) trajectory."""
-    answer = record.get("meta", {}).get("answer")
-    if isinstance(answer, str) and answer.strip():
-        return answer
-    reference = record.get("reference") or ""
-    return extract_finish_answer(reference) if is_react_trajectory(reference) else (reference.strip() or None)

@@ -1,4 +1,4 @@
-"""The agent's tools: ``search`` backends behind one interface, and ``finish`` (handled by the episode).
+"""The ``search`` tool's backends behind one interface (the tools themselves: :mod:`selfplay.envs.tools`).
 
 * ``replay`` (default, offline): answers from what earlier runs recorded — the ``Action: search[q]`` /
   ``Observation: ...`` pairs inside FireAct trajectory files (anchor JSON, our JSONL, Alpaca SFT files) and
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfplay.errors import DataError, UserError, suggest
+from selfplay.errors import ConfigError, DataError, UserError, suggest
 from selfplay.remote import RETRYABLE_STATUS, Backoff, bounded_get, parse_retry_after, redact
 
 if TYPE_CHECKING:
@@ -226,3 +226,13 @@ def make_search(name: str, sources: list[str], cache: str | None = None,
         raise UserError(f"unknown search backend '{name}'.{suggest(name, SEARCH_BACKENDS)} "
                         f"Available: {', '.join(SEARCH_BACKENDS)}.")
     return SEARCH_BACKENDS[name](sources, cache, remote)
+
+
+def check_search_config(agent: Any) -> None:
+    """``agent.search`` names a backend, and the replay backend has sources (when the config is loaded;
+    serpapi's key is checked when the backend is built, so a config can be shown on a machine without it)."""
+    if agent.search not in SEARCH_BACKENDS:
+        raise ConfigError(f"agent.search '{agent.search}' is not one of {', '.join(SEARCH_BACKENDS)}")
+    if agent.search == "replay" and not agent.search_sources:
+        raise ConfigError("agent.search=replay needs agent.search_sources: FireAct trajectory files and/or a "
+                          "query -> result cache (e.g. ../shared/data/agent/search_cache.json)")

@@ -1,8 +1,10 @@
-"""Answer checkers for verifiable tasks: GSM8K-style numbers, the embedded arithmetic task, MATH
-(through math-verify) and HotpotQA exact match / F1.
+"""Answer checkers: the rules that say whether an answer is right, one small function each.
 
-Used by ranking (``verifier:<name>`` judges), RISE rewards and task-accuracy evaluation. Every
-verifier in :data:`VERIFIERS` takes ``(completion, reference)`` and returns a float in [0, 1].
+GSM8K-style numbers and the embedded arithmetic task (:func:`check_gsm8k`), MATH through math-verify
+(:func:`check_math`), RISE's stricter boxed-answer forms (:func:`boxed_number`, :func:`math_answer`),
+HotpotQA's normalized exact match and F1, StrategyQA's yes/no and MMLU's letter. The task registry
+(:mod:`selfplay.envs.tasks`) puts them together per task; :data:`ANSWER_VERIFIERS` are the two task-free
+verifiers ``verifier:em`` and ``verifier:f1``.
 """
 
 from __future__ import annotations
@@ -12,46 +14,15 @@ import string
 import threading
 from collections import Counter
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from typing import Any
 
-from selfplay.errors import MissingExtraError, UserError, suggest
+from selfplay.data.answers import boxed_answers, canonical_number, extract_gsm8k_answer, last_boxed
+from selfplay.errors import MissingExtraError
 
-# A number not glued to a preceding digit or dot, so "5-3" yields 5 and 3 rather than 5 and -3.
-_NUMBER = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _PUNCTUATION = frozenset(string.punctuation)
-
-
-def canonical_number(text: str) -> str | None:
-    """'12.00' -> '12', '3.50' -> '3.5', '-0' -> '0'; None when not a number."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def _numbers(text: str) -> list[str]:
-    cleaned = _THOUSANDS.sub("", text).replace("$", "")
-    return _NUMBER.findall(cleaned)
-
-
-def extract_gsm8k_answer(text: str) -> str | None:
-    """The final numeric answer: the number after the last ``####``, else the last number in the text.
-
-    Commas, ``$`` and a trailing period are dropped and the number is put in canonical form
-    (``"$1,234.00."`` -> ``"1234"``). None when the text holds no number.
-    """
-    if not isinstance(text, str):
-        return None
-    if "####" in text:
-        after = _numbers(text.rsplit("####", 1)[1])
-        if after:
-            return canonical_number(after[0])
-    found = _numbers(text)
-    return canonical_number(found[-1]) if found else None
+# (answer, gold) -> (reward, info): how a task scores an answer (see selfplay.envs.tasks.Task.score).
+Score = Callable[[str, str], tuple[float, dict[str, Any]]]
 
 
 def check_gsm8k(completion: str, reference: str) -> bool:
@@ -64,72 +35,6 @@ def check_gsm8k(completion: str, reference: str) -> bool:
 def check_arith(completion: str, reference: str) -> bool:
     """The embedded arithmetic task ends solutions with ``#### n`` like GSM8K, so it checks the same way."""
     return check_gsm8k(completion, reference)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with nested braces, else None.
-
-    Hand-written because a regex cannot match nested braces, and the dataset layer needs the
-    answer string even where the optional math-verify package is not installed.
-    """
-    start, command = max((text.rfind(cmd), cmd) for cmd in ("\\boxed", "\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start + len(command):]
-    if rest.startswith(" ") and not rest.lstrip().startswith("{"):  # "\boxed 5" form
-        match = re.match(r"\s+([^\s$]+)", rest)
-        return match.group(1) if match else None
-    brace = rest.find("{")
-    if brace < 0:
-        return None
-    depth = 0
-    for i in range(brace, len(rest)):
-        if rest[i] == "{":
-            depth += 1
-        elif rest[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return rest[brace + 1:i]
-    return None
-
-
-# What may stand between the boxes of one set-valued final answer ("\\boxed{5}, \\boxed{11} and \\boxed{-3}").
-_BOX_SEPARATOR = re.compile(r"^(?:\s|,|;|\$|\\quad|\\qquad|\\text\{\s*(?:and|or)\s*\}|and|or)*$")
-
-
-def boxed_answers(text: str) -> list[str]:
-    """The final answer's boxes: the last ``\\boxed{}`` and the boxes directly before it, separated only by
-    commas, "and"/"or" or spacing — one set-valued answer (MATH writes "the possible values are \\boxed{5},
-    \\boxed{11}"). A box earlier in the text (an intermediate result, a repeated answer) is not part of it."""
-    spans = []
-    for match in re.finditer(r"\\(?:boxed|fbox)", text):
-        content = last_boxed(text[:_box_end(text, match.start())])
-        if content is not None:
-            spans.append((match.start(), _box_end(text, match.start()), content))
-    if not spans:
-        return []
-    answers = [spans[-1][2]]
-    for (start, end, content), (next_start, _, _) in zip(reversed(spans[:-1]), reversed(spans[1:])):
-        if not _BOX_SEPARATOR.match(text[end:next_start]):
-            break
-        answers.insert(0, content)
-    return list(dict.fromkeys(answers))
-
-
-def _box_end(text: str, start: int) -> int:
-    """Index just past the box starting at ``start``: its closing brace, or the end of the token of the
-    ``\\boxed 5`` form (len(text) when unclosed)."""
-    rest = re.match(r"\\(?:boxed|fbox)\s*", text[start:])
-    i = start + (rest.end() if rest else 0)
-    if i >= len(text) or text[i] != "{":
-        token = re.match(r"[^\s$]*", text[i:])
-        return i + (token.end() if token else 0)
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return j + 1
-    return len(text)
 
 
 def check_math(completion: str, reference: str) -> bool:
@@ -195,32 +100,94 @@ def extract_finish_answer(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def _predicted_answer(completion: str) -> str:
-    # An agent trajectory answers through finish[...]; a plain completion is its own answer.
+def predicted_answer(completion: str) -> str:
+    """The answer a completion gives: its last ``finish[...]`` argument (an agent trajectory), else the
+    whole completion, stripped."""
     answer = extract_finish_answer(completion)
     return answer if answer is not None else completion.strip()
 
 
-VERIFIERS: dict[str, Callable[[str, str], float]] = {
-    "arith": lambda completion, reference: float(check_arith(completion, reference)),
-    "gsm8k": lambda completion, reference: float(check_gsm8k(completion, reference)),
-    "math": lambda completion, reference: float(check_math(completion, reference)),
-    "em": lambda completion, reference: exact_match(_predicted_answer(completion), reference),
-    "f1": lambda completion, reference: f1_score(_predicted_answer(completion), reference),
+# --------------------------------------------------------------------------- RISE's answer forms
+
+
+_NUMBER_ONLY = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def boxed_number(text: str) -> str | None:
+    """The anchor's GSM8K answer: the last ``\\boxed{}`` holding a number (commas dropped), else None."""
+    content = last_boxed(text)
+    if content is None:
+        return None
+    cleaned = content.replace(",", "").strip().strip("$").strip()
+    return canonical_number(cleaned) if _NUMBER_ONLY.fullmatch(cleaned) else None
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Decimal(a) == Decimal(b)
+
+
+def arith_answer(text: str) -> str | None:
+    """The embedded task's answer: a boxed number, else the last number (small models rarely box)."""
+    return boxed_number(text) or extract_gsm8k_answer(text)
+
+
+def math_answer(text: str) -> str | None:
+    """The final boxed answer (adjacent boxes joined as one set-valued answer), spaces removed; else None."""
+    boxes = boxed_answers(text)
+    return re.sub(r"\s+", "", ", ".join(boxes)) if boxes else None
+
+
+def math_gold(reference: str) -> str | None:
+    """A MATH reference's answer: its boxed answer, else the bare reference (spaces and $ removed)."""
+    return math_answer(reference) or (re.sub(r"\s+", "", reference.strip().strip("$")) or None)
+
+
+def math_vote_key(text: str) -> str | None:
+    """The boxed answer (spaces removed) else the last number: equal strings vote together; equivalent
+    forms written differently split the vote, which only makes majority voting conservative."""
+    answer = last_boxed(text)
+    return "".join(answer.split()) if answer is not None else extract_gsm8k_answer(text)
+
+
+# --------------------------------------------------------------------------- scores: (answer, gold) -> (reward, info)
+
+
+def check_score(check: Callable[[str, str], bool], extract: Callable[[str], str | None]) -> Score:
+    """A checker as a score: reward 1.0 or 0.0, and the agents' info fields (em, the extracted answer)."""
+    def score(answer: str, gold: str) -> tuple[float, dict[str, Any]]:
+        reward = float(check(answer, gold))
+        return reward, {"em": reward, "pred": extract(answer) or "", "gt": gold}
+    return score
+
+
+def qa_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
+    """HotpotQA/Bamboogle: normalized exact match is the reward; F1 and the normalized answers recorded."""
+    em = exact_match(pred, gold)
+    return em, {"em": em, "f1": f1_score(pred, gold), "pred": normalize_answer(pred), "gt": normalize_answer(gold)}
+
+
+def yes_no_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
+    """StrategyQA: the first normalized word when it is yes/no (else the whole normalized answer)."""
+    def yn(text: str) -> str:
+        words = normalize_answer(text).split()
+        return words[0] if words and words[0] in ("yes", "no") else normalize_answer(text)
+
+    em = float(yn(pred) == yn(gold))
+    return em, {"em": em, "f1": em, "pred": yn(pred), "gt": yn(gold)}
+
+
+def letter_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
+    """MMLU: the first standalone letter A-D (else the first character), upper-cased."""
+    def letter(text: str) -> str:
+        match = re.search(r"\b([A-D])\b", text.strip().upper())
+        return match[1] if match else text.strip().upper()[:1]
+
+    em = float(letter(pred) == letter(gold))
+    return em, {"em": em, "f1": em, "pred": letter(pred), "gt": letter(gold)}
+
+
+# The task-free verifiers: (completion, reference) -> score in [0, 1] on the completion's answer.
+ANSWER_VERIFIERS: dict[str, Callable[[str, str], float]] = {
+    "em": lambda completion, reference: exact_match(predicted_answer(completion), reference),
+    "f1": lambda completion, reference: f1_score(predicted_answer(completion), reference),
 }
-
-# meta["task"] of a prepared record -> the verifier that scores answers to it.
-TASK_VERIFIERS: dict[str, str] = {"arith": "arith", "gsm8k": "gsm8k", "math": "math", "hotpotqa": "em"}
-
-
-def get_verifier(name: str) -> Callable[[str, str], float]:
-    """The verifier called ``name`` (one of :data:`VERIFIERS`); an unknown name is a UserError."""
-    if name not in VERIFIERS:
-        raise UserError(f"unknown verifier '{name}'; choose one of {', '.join(VERIFIERS)}."
-                        f"{suggest(name, VERIFIERS)}")
-    return VERIFIERS[name]
-
-
-def verifier_for_task(task: str | None) -> str | None:
-    """The verifier name for a record's ``meta["task"]`` (None for open-ended tasks such as chat)."""
-    return TASK_VERIFIERS.get(task or "")

@@ -16,19 +16,22 @@ from selfplay.config import Config
 
 def evaluate_agent(cfg: Config, sampler: Any, records: list[dict[str, Any]], out_dir: Path | None = None) -> dict:
     """Greedy (temperature 0) episodes for ``records``; metrics, and ``out_dir/agent.jsonl`` when given."""
+    from selfplay.core.samplers import format_prompt
+    from selfplay.envs.agent_episodes import (agent_info, load_agent, new_episodes, play_agent_episodes, sampler_steps,
+                                              trajectory_row)
     from selfplay.io import write_json, write_jsonl
-    from selfplay.stages.agent_rollout import agent_info, load_tools, new_episodes, play_agent_episodes, trajectory_row
 
-    task, search, fewshot = load_tools(cfg)
+    agent = load_agent(cfg.agent, cfg.remote)
     one = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, samples=1))
     done: list[Any] = []
-    play_agent_episodes(task, search, sampler, new_episodes(records, sampler.tokenizer, one, fewshot), one,
-                        done.append, temperature=0.0)
+    episodes = new_episodes(records, lambda m: format_prompt(sampler.tokenizer, m, cfg.generate.prompt_format),
+                            fewshot=agent.fewshot, samples=1, seed=cfg.generate.seed)
+    play_agent_episodes(agent, sampler_steps(sampler, cfg.generate), episodes, one.agent, done.append, temperature=0.0)
     n = max(1, len(done))
     # Per episode (one per question): what the metrics average, kept for intervals and paired changes.
     outcomes = {ep.record["id"]: {"em": float(ep.info.get("em", 0.0)), "f1": float(ep.info.get("f1", 0.0)),
                                   "steps": float(len(ep.steps)), "finished": float(ep.finished)} for ep in done}
-    metrics = {"task": task.name, "search": cfg.agent.search, "episodes": len(done),
+    metrics = {"task": agent.task.name, "search": cfg.agent.search, "episodes": len(done),
                "em": sum(ep.info.get("em", 0.0) for ep in done) / n,
                "f1": sum(ep.info.get("f1", 0.0) for ep in done) / n,
                "steps": sum(len(ep.steps) for ep in done) / n,
@@ -37,7 +40,7 @@ def evaluate_agent(cfg: Config, sampler: Any, records: list[dict[str, Any]], out
                "invalid_actions": sum(ep.invalid_actions for ep in done) / n,
                "stats": outcome_intervals(list(outcomes.values()))}
     if out_dir is not None:
-        info = agent_info(one, "evaluated")
+        info = agent_info(one, "evaluated", agent)
         write_jsonl(Path(out_dir) / "agent.jsonl", [trajectory_row(ep.record, [ep], info) for ep in done])
         write_json(Path(out_dir) / "agent.json", metrics)
     return {**metrics, "outcomes": outcomes}

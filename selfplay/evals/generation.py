@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from selfplay.config import ModelConfig
+from typing import Any
 
 Messages = list[dict[str, str]]
 
@@ -18,17 +15,6 @@ def is_answer_file(spec: str) -> bool:
     """True when ``--model``/``--baseline`` names a file of answers instead of a model to generate with."""
     path = Path(spec).expanduser()
     return path.is_file() and path.suffix in ANSWER_SUFFIXES
-
-
-def load_sampler(name_or_path: str, *, batch_size: int = 16, model_cfg: ModelConfig | None = None,
-                 backend: str = "hf") -> Any:
-    """A sampler (with ``.tokenizer``) for a local directory, hub id or offline alias; on a GPU when visible.
-
-    ``model_cfg`` supplies dtype, revision and trust_remote_code (its ``name_or_path`` is not used).
-    """
-    from selfplay.core.samplers import make_sampler
-
-    return make_sampler(backend, name_or_path, model_cfg=model_cfg, batch_size=batch_size)
 
 
 def generate_chat(sampler: Any, conversations: list[Messages], *, max_new_tokens: int, temperature: float = 0.0,

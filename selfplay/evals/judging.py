@@ -24,8 +24,12 @@ _FIRST_ORDER = {"A": "model", "B": "baseline", "tie": "tie"}  # A = model's answ
 _SECOND_ORDER = {"A": "baseline", "B": "model", "tie": "tie"}  # A = baseline's answer
 
 
-class Judge(Protocol):
-    """Anything that answers a batch of chat conversations greedily (temperature 0)."""
+class ChatJudge(Protocol):
+    """Anything that answers a batch of judge conversations greedily (temperature 0): a benchmark's grader.
+
+    Not a :class:`selfplay.judges.Judge`, which scores the K samples of a prompt for ranking: a benchmark
+    sends its own judge prompts (FastChat's templates) and parses the replies itself (:func:`parse_rating`,
+    :func:`parse_verdict`), counting unparsable ones as errors instead of ties."""
 
     name: str
 
@@ -77,8 +81,8 @@ def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
-def make_judge(spec: str, *, judge_model: str = "default", api_key_env: str = "OPENAI_API_KEY",
-               parallel: int = 4, batch_size: int = 8, remote: RemoteConfig | None = None) -> Judge:
+def make_chat_judge(spec: str, *, judge_model: str = "default", api_key_env: str = "OPENAI_API_KEY",
+                    parallel: int = 4, batch_size: int = 8, remote: RemoteConfig | None = None) -> ChatJudge:
     """Build a judge from ``--judge``: an ``http(s)://`` API root, or a local model path/alias.
 
     ``llm-judge:URL`` (the ``rank.judge`` spelling) is accepted too; ``remote`` holds the timeout and retries.
@@ -89,9 +93,9 @@ def make_judge(spec: str, *, judge_model: str = "default", api_key_env: str = "O
 
         return HttpJudge(ChatClient.for_remote(spec, judge_model, remote, api_key_env=api_key_env,
                                                concurrency=parallel))
-    from selfplay.evals.generation import load_sampler
+    from selfplay.core.samplers import make_sampler
 
-    return LocalJudge(load_sampler(spec, batch_size=batch_size), name=spec)
+    return LocalJudge(make_sampler("hf", spec, batch_size=batch_size), name=spec)
 
 
 def judge_conversation(system_prompt: str, user_prompt: str) -> Messages:

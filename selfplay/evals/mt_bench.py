@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from selfplay.errors import DataError, UserError
 from selfplay.evals.generation import fingerprint
-from selfplay.evals.judging import Judge, combine_orders, judge_conversation, parse_rating, parse_verdict
+from selfplay.evals.judging import ChatJudge, combine_orders, judge_conversation, parse_rating, parse_verdict
 from selfplay.evals.mt_bench_data import (Question, fill_pairwise, fill_single, judge_prompt_name,
                                           load_answer_file)
 from selfplay.evals.mt_bench_prompts import JudgePrompt
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.stages.progress import progress_bar
+from selfplay.progress import progress_bar
 
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig, RemoteConfig
@@ -99,7 +99,7 @@ def _judge_items(questions: list[Question], done: set[tuple[str, int]]) -> list[
             if (str(q.question_id), turn) not in done]
 
 
-def _run_judgments(questions: list[Question], path: Path, judge: Judge, description: str, *, batch_size: int,
+def _run_judgments(questions: list[Question], path: Path, judge: ChatJudge, description: str, *, batch_size: int,
                    answer_texts: Callable[[Question], list[str]],
                    make_rows: Callable[[list[tuple[Question, int]]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Judge every (question, turn) that ``path`` holds no judgment for, by this judge of these answers.
@@ -123,7 +123,7 @@ def _run_judgments(questions: list[Question], path: Path, judge: Judge, descript
     return [rows[(str(q.question_id), turn)] for q in questions for turn in range(1, len(q.turns) + 1)]
 
 
-def judge_single(questions: list[Question], answers: dict[str, list[str]], judge: Judge,
+def judge_single(questions: list[Question], answers: dict[str, list[str]], judge: ChatJudge,
                  prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
                  batch_size: int = 8) -> list[dict[str, Any]]:
     """Grade each turn 1-10 (resumable); rows hold the judgment text and ``score`` (None = unparsable)."""
@@ -147,7 +147,7 @@ def judge_single(questions: list[Question], answers: dict[str, list[str]], judge
 
 
 def judge_pairwise(questions: list[Question], answers: dict[str, list[str]], baseline: dict[str, list[str]],
-                   judge: Judge, prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
+                   judge: ChatJudge, prompts: dict[str, JudgePrompt], path: Path, *, max_tokens: int = 2048,
                    batch_size: int = 8) -> list[dict[str, Any]]:
     """Compare each turn with the baseline's, in both orders (resumable); ``outcome`` is
     model/baseline/tie/error (see :func:`selfplay.evals.judging.combine_orders`)."""
@@ -238,8 +238,9 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
     ``out_dir`` and prints the per-category table. Returns the summary (or only the answers' path when
     no judge is given).
     """
-    from selfplay.evals.generation import is_answer_file, load_sampler, model_identity, model_label
-    from selfplay.evals.judging import make_judge
+    from selfplay.core.samplers import make_sampler
+    from selfplay.evals.generation import is_answer_file, model_identity, model_label
+    from selfplay.evals.judging import make_chat_judge
     from selfplay.evals.mt_bench_data import attach_references, load_judge_prompts, load_questions
     from selfplay.evals.report import print_mt_bench_table, radar_plot
     from selfplay.io import write_json
@@ -260,15 +261,15 @@ def run_mt_bench(model: str, out_dir: str | Path, *, questions: str, judge: str 
         answers_for(qs, answers, model)
         answers_path = Path(model)
     else:
-        sampler = load_sampler(model, batch_size=batch_size, model_cfg=model_cfg)
+        sampler = make_sampler("hf", model, batch_size=batch_size, model_cfg=model_cfg)
         answers_path = out / ANSWERS_FILE
         answers = generate_answers(qs, sampler, answers_path, model_identity(model),
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
         del sampler  # free the model before a local judge is loaded
     if judge is None:
         return {"answers": str(answers_path), "questions": len(qs)}
-    the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
-                           batch_size=judge_batch_size, remote=remote)
+    the_judge = make_chat_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
+                                batch_size=judge_batch_size, remote=remote)
     path = out / JUDGMENTS_FILE[mode]
     kw = {"max_tokens": judge_max_tokens, "batch_size": judge_batch_size}
     if baseline is not None:

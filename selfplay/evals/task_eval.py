@@ -1,7 +1,8 @@
-"""Task accuracy on verifiable tasks: the embedded arithmetic task, GSM8K, MATH and HotpotQA.
+"""Task accuracy on verifiable tasks: the embedded arithmetic task, GSM8K, MATH, HotpotQA, ... — every task
+of the registry (:mod:`selfplay.envs.tasks`).
 
-Answers are checked by :mod:`selfplay.envs.verifiers` (GSM8K ``####``/last number, MATH by math-verify,
-HotpotQA normalized exact match and F1). With ``n`` samples per prompt the result also reports the
+Answers are checked by the task's verifier (GSM8K ``####``/last number, MATH by math-verify, HotpotQA
+normalized exact match, with F1 reported too). With ``n`` samples per prompt the result also reports the
 majority vote (maj@n: the most common extracted final answer) and pass@n (any sample correct).
 """
 
@@ -12,53 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfplay.errors import UserError, suggest
+from selfplay.envs.tasks import TASKS, get_task
+from selfplay.errors import UserError
 
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig
 
-TASKS = ("arith", "gsm8k", "math", "hotpotqa")
-# Where each task's test questions come from when --data is not given (hub ids need the network).
-DEFAULT_DATA = {"gsm8k": ("openai/gsm8k:main", "test"), "math": ("HuggingFaceH4/MATH-500", "test"),
-                "hotpotqa": ("hotpotqa/hotpot_qa:distractor", "validation")}
-# The arithmetic task is generated; a seed away from `synth:arith`'s default keeps it apart from training data.
-ARITH_EVAL_SEED = 12345
-ARITH_EVAL_NUM = 200
 RESULTS_FILE = "task_eval.json"
-
-
-def final_answer_key(task: str) -> Callable[[str], str | None]:
-    """The function that extracts a completion's final answer for majority voting (None: no answer)."""
-    from selfplay.envs.verifiers import extract_finish_answer, extract_gsm8k_answer, last_boxed, normalize_answer
-
-    if task in ("arith", "gsm8k"):
-        return extract_gsm8k_answer
-    if task == "math":
-        # The boxed answer (spaces removed) else the last number: equal strings vote together; equivalent
-        # forms written differently split the vote, which only makes majority voting conservative.
-        def boxed(text: str) -> str | None:
-            answer = last_boxed(text)
-            return "".join(answer.split()) if answer is not None else extract_gsm8k_answer(text)
-        return boxed
-
-    def hotpot(text: str) -> str | None:
-        answer = extract_finish_answer(text)
-        return normalize_answer(answer if answer is not None else text) or None
-    return hotpot
-
-
-def _verifier(task: str) -> Callable[[str, str], float]:
-    from selfplay.envs.verifiers import get_verifier
-
-    return get_verifier("em" if task == "hotpotqa" else task)
-
-
-def _gold(record: dict[str, Any], task: str) -> str:
-    """The answer to check against: ``meta.answer`` for HotpotQA (the bare answer), else the reference."""
-    meta = record.get("meta") or {}
-    if task == "hotpotqa":
-        return str(meta.get("answer", record.get("reference", "")))
-    return record.get("reference") or str(meta.get("answer", ""))
 
 
 def majority_vote(samples: list[str], key: Callable[[str], str | None]) -> int:
@@ -79,51 +40,51 @@ def score_samples(records: list[dict[str, Any]], samples: list[list[str]], task:
 
     ``accuracy``: mean correctness over all samples (greedy accuracy when n = 1, else a pass@1 estimate);
     ``majority_accuracy``: the majority-vote answer's correctness; ``pass@n``: any sample correct.
-    HotpotQA adds ``f1`` (mean token F1 over samples); its ``accuracy`` is normalized exact match.
+    A task's ``reports`` join them (HotpotQA's ``f1``: mean token F1 over samples; its ``accuracy`` is
+    normalized exact match).
     """
-    from selfplay.envs.verifiers import get_verifier
-
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}.{suggest(task, TASKS)}")
-    check, key = _verifier(task), final_answer_key(task)
-    f1 = get_verifier("f1") if task == "hotpotqa" else None
-    examples, acc, maj, any_ok, f1s = [], 0.0, 0.0, 0.0, 0.0
-    per_example: dict[str, list[float]] = {"accuracy": [], "majority_accuracy": [], "pass": [], "f1": []}
+    t = get_task(task)
+    examples, acc, maj, any_ok = [], 0.0, 0.0, 0.0
+    reported = dict.fromkeys(t.reports, 0.0)
+    per_example: dict[str, list[float]] = {"accuracy": [], "majority_accuracy": [], "pass": [],
+                                           **{key: [] for key in t.reports}}
     for record, outs in zip(records, samples, strict=True):
-        gold = _gold(record, task)
-        scores = [check(o, gold) for o in outs]
-        voted = majority_vote(outs, key)
+        gold = t.gold(record)
+        scored = [t.score(t.answer_of(o), gold) for o in outs]
+        scores = [reward for reward, _ in scored]
+        voted = majority_vote(outs, t.extract)
         acc += sum(scores) / len(scores)
         maj += scores[voted]
         any_ok += float(max(scores) >= 1.0)
         row: dict[str, Any] = {"id": record["id"], "gold": gold, "samples": outs, "correct": scores,
-                               "voted_answer": key(outs[voted])}
+                               "voted_answer": t.extract(outs[voted])}
         per_example["accuracy"].append(sum(scores) / len(scores))
         per_example["majority_accuracy"].append(scores[voted])
         per_example["pass"].append(float(max(scores) >= 1.0))
-        if f1 is not None:
-            row["f1"] = [f1(o, gold) for o in outs]
-            f1s += sum(row["f1"]) / len(outs)
-            per_example["f1"].append(sum(row["f1"]) / len(outs))
+        for key in t.reports:
+            row[key] = [info[key] for _, info in scored]
+            reported[key] += sum(row[key]) / len(outs)
+            per_example[key].append(sum(row[key]) / len(outs))
         examples.append(row)
     total = max(1, len(records))
     n = len(samples[0]) if samples else 0
     metrics: dict[str, Any] = {"task": task, "num_examples": len(records), "n": n, "accuracy": acc / total,
                                "majority_accuracy": maj / total, f"pass@{n}": any_ok / total}
-    if f1 is not None:
-        metrics["f1"] = f1s / total
+    metrics.update({key: value / total for key, value in reported.items()})
     per_example[f"pass@{n}"] = per_example.pop("pass")
-    metrics["stats"] = example_intervals(per_example)
+    metrics["stats"] = example_intervals(per_example, averaged=t.reports)
     metrics["examples"] = examples
     return metrics
 
 
-def example_intervals(per_example: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+def example_intervals(per_example: dict[str, list[float]],
+                      averaged: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """95% interval of each metric over the examples: Wilson where every example scores 0 or 1 (greedy
-    accuracy, majority vote, pass@n), else the bootstrap over examples (n samples' mean, F1)."""
+    accuracy, majority vote, pass@n), else (the ``averaged`` keys: a task's reports, such as F1) the
+    bootstrap over examples."""
     from selfplay.evals.stats import bootstrap_mean, proportion_interval
 
-    return {key: (bootstrap_mean(values) if key == "f1" else proportion_interval(values)).as_dict()
+    return {key: (bootstrap_mean(values) if key in averaged else proportion_interval(values)).as_dict()
             for key, values in per_example.items() if values}
 
 
@@ -135,9 +96,9 @@ def _as_sampler(sampler_or_model: Any, batch_size: int, model_cfg: ModelConfig |
 
         return HFSampler.from_loaded(*sampler_or_model, batch_size=batch_size)
     if isinstance(sampler_or_model, (str, Path)):
-        from selfplay.evals.generation import load_sampler
+        from selfplay.core.samplers import make_sampler
 
-        return load_sampler(str(sampler_or_model), batch_size=batch_size, model_cfg=model_cfg)
+        return make_sampler("hf", str(sampler_or_model), batch_size=batch_size, model_cfg=model_cfg)
     raise TypeError(f"expected a Sampler, a (model, tokenizer) pair or a model path, got {type(sampler_or_model)}")
 
 
@@ -152,8 +113,7 @@ def evaluate_task(sampler_or_model: Any, records: list[dict[str, Any]], task: st
     """
     from selfplay.core.samplers import format_prompt
 
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}.{suggest(task, TASKS)}")
+    get_task(task)
     if n > 1 and temperature == 0:
         raise UserError(f"--n {n} samples need --temperature > 0: greedy decoding gives {n} identical answers.")
     if not records:
@@ -176,16 +136,16 @@ def load_task_records(task: str, data: str | None, *, limit: int | None = None,
     """
     from selfplay.data.records import convert_rows, is_prepared_dir, load_sft
     from selfplay.data.sources import read_rows
-    from selfplay.data.synth_arith import make_problems
 
-    if task not in (*TASKS, "auto"):
-        raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}.{suggest(task, TASKS)}")
     if data is None and task == "auto":
         raise UserError(f"--task is needed without --data: one of {', '.join(TASKS)}.")
-    if data is None and task == "arith":
-        return task, make_problems(limit or ARITH_EVAL_NUM, ARITH_EVAL_SEED)
+    default = get_task(task).default_data if task != "auto" else None
     if data is None:
-        data, split = DEFAULT_DATA[task][0], split or DEFAULT_DATA[task][1]
+        if default is None:
+            raise UserError(f"task '{task}' has no default test data: pass --data.")
+        if callable(default):  # generated questions
+            return task, default(limit)
+        data, split = default[0], split or default[1]
     if is_prepared_dir(data):
         chosen = split or ("test" if (Path(data) / "test.jsonl").is_file() else "train")
         records = load_sft(data, chosen)

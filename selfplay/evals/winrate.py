@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfplay.errors import DataError, UserError
-from selfplay.evals.judging import Judge, combine_orders, judge_conversation, parse_verdict, preference
+from selfplay.evals.judging import ChatJudge, combine_orders, judge_conversation, parse_verdict, preference
 from selfplay.evals.mt_bench_prompts import JUDGE_PROMPTS
 from selfplay.io import JsonlAppender, iter_jsonl, write_json
-from selfplay.stages.progress import progress_bar
+from selfplay.progress import progress_bar
 
 if TYPE_CHECKING:
     from selfplay.config import ModelConfig, RemoteConfig
@@ -120,7 +120,8 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
                 model_cfg: ModelConfig | None = None, seed: int = 0) -> dict[str, str]:
     """Answers of ``spec`` to every prompt: read from an answer file, or generated greedily into ``path``
     (resumable; answers of another model found there are an error, not reused)."""
-    from selfplay.evals.generation import generate_chat, is_answer_file, load_sampler, model_identity, model_label
+    from selfplay.core.samplers import make_sampler
+    from selfplay.evals.generation import generate_chat, is_answer_file, model_identity, model_label
 
     if is_answer_file(spec):
         return _match(prompts, load_answers(spec), spec)
@@ -133,7 +134,7 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
         done[row["id"]] = row["output"]
     todo = [p for p in prompts if p["id"] not in done]
     if todo:
-        sampler = load_sampler(spec, batch_size=batch_size, model_cfg=model_cfg)
+        sampler = make_sampler("hf", spec, batch_size=batch_size, model_cfg=model_cfg)
         with progress_bar(f"answers of {model_label(spec)}", total=len(prompts),
                           completed=len(prompts) - len(todo)) as bar, JsonlAppender(path) as out:
             for start in range(0, len(todo), batch_size):
@@ -149,7 +150,8 @@ def get_answers(spec: str, prompts: list[Prompt], path: Path, *, max_new_tokens:
 
 
 def judge_both_orders(prompts: list[Prompt], model_answers: dict[str, str], baseline_answers: dict[str, str],
-                      judge: Judge, path: Path, *, max_tokens: int = 1024, batch_size: int = 8) -> list[dict[str, Any]]:
+                      judge: ChatJudge, path: Path, *, max_tokens: int = 1024,
+                      batch_size: int = 8) -> list[dict[str, Any]]:
     """Judge every prompt in both orders; returns one row per prompt, in order.
 
     Resumable: a judgment in ``path`` is reused when it is by the same judge of the same two answers.
@@ -194,7 +196,7 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
                 remote: RemoteConfig | None = None) -> dict[str, Any]:
     """Answers, judgments in both orders, raw and length-controlled win rates; writes ``winrate.json``."""
     from selfplay.evals.generation import model_label
-    from selfplay.evals.judging import make_judge
+    from selfplay.evals.judging import make_chat_judge
     from selfplay.evals.report import print_table
     from selfplay.evals.winrate_stats import summarize_preferences
 
@@ -204,8 +206,8 @@ def run_winrate(model: str, baseline: str, prompts_source: str, judge: str, out_
     kw = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "model_cfg": model_cfg, "seed": seed}
     mine = get_answers(model, prompts, out / "answers_model.jsonl", **kw)
     theirs = get_answers(baseline, prompts, out / "answers_baseline.jsonl", **kw)
-    the_judge = make_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
-                           batch_size=judge_batch_size, remote=remote)
+    the_judge = make_chat_judge(judge, judge_model=judge_model, api_key_env=judge_api_key_env,
+                                batch_size=judge_batch_size, remote=remote)
     rows = judge_both_orders(prompts, mine, theirs, the_judge, out / JUDGMENTS_FILE, max_tokens=judge_max_tokens,
                              batch_size=judge_batch_size)
     valid = [r for r in rows if r["outcome"] != "error"]

@@ -11,14 +11,15 @@ from selfplay.judges.base import JudgeItem, JudgeResult
 class VerifierJudge:
     """Scores = ``get_verifier(name)(sample, reference)`` (e.g. 1.0 for a correct GSM8K answer, else 0.0).
 
-    Names come from :func:`selfplay.envs.verifiers.get_verifier`: arith, gsm8k, math, em, f1.
+    Names come from :func:`selfplay.envs.tasks.get_verifier`: a task of the registry (arith, gsm8k, math,
+    hotpotqa, ...: its :meth:`~selfplay.envs.tasks.Task.verify`), or the task-free em and f1.
     """
 
     kind: Literal["scores"] = "scores"
     needs_reference = True
 
     def __init__(self, name: str) -> None:
-        from selfplay.envs.verifiers import get_verifier
+        from selfplay.envs.tasks import get_verifier
 
         self.name = name
         self.verify = get_verifier(name)

@@ -1,6 +1,7 @@
 """Self-play for tool-using agents (ReinholdM/SPIN: SPIN joined with FireAct), and its DPO and SFT variants.
 
-Each iteration plays ReAct trajectories with the current model and the tools (:mod:`selfplay.stages.agent_rollout`).
+Each iteration plays ReAct trajectories with the current model and the tools (:mod:`selfplay.stages.agent_rollout`,
+:mod:`selfplay.envs.agent_episodes`).
 Training records keep the tool observations as context segments (never trained):
 
 * ``spin-agent`` — SPIN pairs: the real (FireAct) trajectory of a question against the model's own;
@@ -15,21 +16,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfplay.core.examples import segments_to_json
-from selfplay.envs.react import Step, parse_trajectory, response_part, trajectory_segments
+from selfplay.core.examples import Segment, segments_to_json
+from selfplay.envs.react import Step, parse_trajectory, response_part
 from selfplay.errors import ConfigError
 from selfplay.methods.base import Method
+
+
+def trajectory_segments(steps: list[Step]) -> list[Segment]:
+    """Training segments: each step's ``Thought/Action`` trained, its ``Observation`` line context."""
+    segments = []
+    for s in steps:
+        segments.append(Segment(f"Thought: {s.thought}\nAction: {s.action}", True))
+        if s.observation is not None:
+            segments.append(Segment(f"\nObservation: {s.observation}\n", False))
+    return segments
 
 
 def _trajectories(row: dict[str, Any]) -> list[dict[str, Any]]:
     return row.get("samples") or [row]
 
 
-def _segments(trajectory: dict[str, Any]) -> list:
+def _segments(trajectory: dict[str, Any]) -> list[Segment]:
     return trajectory_segments([Step(**s) for s in trajectory["steps"]])
 
 
-def real_segments(reference: str) -> list:
+def real_segments(reference: str) -> list[Segment]:
     """The training segments of a real trajectory (an SFT record's reference)."""
     return trajectory_segments(parse_trajectory(response_part(reference)))
 
@@ -82,19 +93,13 @@ def _mean_reward(rows: list[dict[str, Any]]) -> float | None:
 
 
 def _check(cfg: Any) -> None:
-    from selfplay.envs.react import TASKS
-    from selfplay.envs.search import SEARCH_BACKENDS
+    from selfplay.envs.tasks import TASKS
+    from selfplay.envs.tools import check_tools
 
     a = cfg.agent
     if a.task not in TASKS:
         raise ConfigError(f"agent.task '{a.task}' is not one of {', '.join(TASKS)}")
-    if a.search not in SEARCH_BACKENDS:
-        raise ConfigError(f"agent.search '{a.search}' is not one of {', '.join(SEARCH_BACKENDS)}")
-    # (serpapi's key is checked when the backend is built, first thing in a rollout: a config can be shown
-    # and checked on a machine without the key.)
-    if a.search == "replay" and not a.search_sources:
-        raise ConfigError("agent.search=replay needs agent.search_sources: FireAct trajectory files and/or a "
-                          "query -> result cache (e.g. ../shared/data/agent/search_cache.json)")
+    check_tools(a, TASKS[a.task])  # names, one that ends episodes, each tool's settings (search: its backend)
     if a.max_steps < 1 or a.retries < 0 or a.samples < 1:
         raise ConfigError("agent.max_steps must be >= 1, agent.retries >= 0 and agent.samples >= 1")
 

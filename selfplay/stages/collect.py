@@ -18,6 +18,8 @@ from selfplay.config import Config
 from selfplay.core.memory import release_memory
 from selfplay.io import write_jsonl
 from selfplay.runs import RunState, fingerprint
+from selfplay.stages.parallel import produce
+from selfplay.stages.shards import ShardJob
 
 
 @dataclass
@@ -32,10 +34,13 @@ class Iteration:
     model_fp: str
     prompts: list[dict[str, Any]]  # the iteration's SFT records {id, messages, reference, meta}
 
+    @property
+    def prompts_path(self) -> Path:
+        return self.dir / "prompts.jsonl"
+
     def write_prompts(self) -> Path:
-        path = self.dir / "prompts.jsonl"
-        write_jsonl(path, self.prompts)
-        return path
+        write_jsonl(self.prompts_path, self.prompts)
+        return self.prompts_path
 
 
 @dataclass
@@ -51,75 +56,51 @@ def collect_references(it: Iteration) -> Collected:
     return Collected(path, fingerprint([r["id"] for r in it.prompts], it.k))
 
 
-def collect_samples(it: Iteration) -> Collected:
-    """``generate.n`` samples per prompt from the current model: shards produced by the workers of
-    ``launch`` (:mod:`selfplay.stages.parallel`), merged into generate.jsonl by the main machine."""
-    from selfplay.stages.generate import merge_shards
-    from selfplay.stages.parallel import generate_stage, is_main_machine
-
-    gen_dir, samples = it.dir / "generate", it.dir / "generate.jsonl"
-    # No launch setting in the fingerprint: samples do not depend on how many processes drew them.
-    fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), [r["id"] for r in it.prompts], it.k)
-
+def _sharded(it: Iteration, stage: str, unit: str, fp: str, job: ShardJob, dest: Path) -> Collected:
+    """The unit ``iter_k/<unit>``: the sharded ``stage`` over the workers of ``launch`` (every machine does its
+    shards), merged into ``dest`` by the main machine; memory released before the next stage loads a model.
+    A job that reads the iteration's prompts (``job.data`` = :meth:`Iteration.prompts_path`) writes them first."""
     def work() -> None:
-        generate_stage(it.cfg, it.model, it.write_prompts(), gen_dir)
-        if is_main_machine(it.cfg):
-            merge_shards(gen_dir, samples)
+        if job.data == it.prompts_path:
+            it.write_prompts()
+        produce(stage, it.cfg, job, dest)
         release_memory()
 
-    it.run.ensure(f"iter_{it.k}/generate", fp, [gen_dir, samples], work, every_machine=True)
-    return Collected(samples, fp)
+    it.run.ensure(f"iter_{it.k}/{unit}", fp, [job.out, dest], work, every_machine=True)
+    return Collected(dest, fp)
+
+
+def collect_samples(it: Iteration) -> Collected:
+    """``generate.n`` samples per prompt from the current model (generate/ shards, generate.jsonl)."""
+    # No launch setting in the fingerprint: samples do not depend on how many processes drew them.
+    fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), [r["id"] for r in it.prompts], it.k)
+    return _sharded(it, "generate", "generate", fp, ShardJob(it.prompts_path, it.dir / "generate", it.model),
+                    it.dir / "generate.jsonl")
 
 
 def collect_ranked(it: Iteration) -> Collected:
     """Samples as above, then every prompt's K samples judged by ``rank.judge`` (rank/ shards, rank.jsonl)."""
-    from selfplay.stages.parallel import rank_stage
-
     samples = collect_samples(it)
-    rank_dir, rank_path = it.dir / "rank", it.dir / "rank.jsonl"
     fp = fingerprint(samples.fp, dataclasses.asdict(it.cfg.rank))
-    it.run.ensure(f"iter_{it.k}/rank", fp, [rank_dir, rank_path],
-                  lambda: rank_stage(it.cfg, samples.path, rank_dir, rank_path) and None, every_machine=True)
-    release_memory()
-    return Collected(rank_path, fp)
+    return _sharded(it, "rank", "rank", fp, ShardJob(samples.path, it.dir / "rank"), it.dir / "rank.jsonl")
 
 
 def collect_turns(it: Iteration) -> Collected:
-    """RISE episodes: multi-turn self-correction in the data's answer environment (rollout.jsonl)."""
-    from selfplay.stages.generate import merge_shards
-    from selfplay.stages.parallel import is_main_machine, rollout_stage
-
-    out_dir, episodes = it.dir / "rollout", it.dir / "rollout.jsonl"
+    """RISE episodes: multi-turn self-correction in the data's answer environment (rollout/ shards,
+    rollout.jsonl); problems without a parsable reference answer are dropped."""
     fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.rise),
                      [r["id"] for r in it.prompts], it.k)
-
-    def work() -> None:
-        rollout_stage(it.cfg, it.model, it.write_prompts(), out_dir, skip_invalid=True)
-        if is_main_machine(it.cfg):
-            merge_shards(out_dir, episodes)
-        release_memory()
-
-    it.run.ensure(f"iter_{it.k}/rollout", fp, [out_dir, episodes], work, every_machine=True)
-    return Collected(episodes, fp)
+    job = ShardJob(it.prompts_path, it.dir / "rollout", it.model, skip_invalid=True)
+    return _sharded(it, "rollout", "rollout", fp, job, it.dir / "rollout.jsonl")
 
 
 def collect_trajectories(it: Iteration) -> Collected:
-    """Agent trajectories: ReAct episodes with the tools (trajectories.jsonl, FireAct fields)."""
-    from selfplay.stages.generate import merge_shards
-    from selfplay.stages.parallel import agent_rollout_stage, is_main_machine
-
-    out_dir, trajectories = it.dir / "trajectories", it.dir / "trajectories.jsonl"
+    """Agent trajectories: ReAct episodes with the tools (trajectories/ shards, trajectories.jsonl, FireAct
+    fields)."""
     fp = fingerprint(it.model_fp, dataclasses.asdict(it.cfg.generate), dataclasses.asdict(it.cfg.agent),
                      [r["id"] for r in it.prompts], it.k)
-
-    def work() -> None:
-        agent_rollout_stage(it.cfg, it.model, it.write_prompts(), out_dir)
-        if is_main_machine(it.cfg):
-            merge_shards(out_dir, trajectories)
-        release_memory()
-
-    it.run.ensure(f"iter_{it.k}/trajectories", fp, [out_dir, trajectories], work, every_machine=True)
-    return Collected(trajectories, fp)
+    return _sharded(it, "agent-rollout", "trajectories", fp,
+                    ShardJob(it.prompts_path, it.dir / "trajectories", it.model), it.dir / "trajectories.jsonl")
 
 
 COLLECTORS: dict[str, Callable[[Iteration], Collected]] = {

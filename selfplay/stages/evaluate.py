@@ -34,28 +34,25 @@ from selfplay.io import read_jsonl, write_json, write_jsonl
 from selfplay.progress import console
 
 
-def task_verifier(records: list[dict[str, Any]], configured: str) -> str | None:
-    """The verifier that checks answers to these records: ``eval.task`` when set (a task or verifier name),
-    else the one task the records share (``meta.task``, see :data:`selfplay.envs.verifiers.TASK_VERIFIERS`)."""
-    from selfplay.envs.verifiers import VERIFIERS, verifier_for_task
+def task_verifier(records: list[dict[str, Any]],
+                  configured: str) -> tuple[Callable[[str, str], float], Callable[[dict[str, Any]], str]] | None:
+    """(verifier, gold reader) that check answers to these records: ``eval.task`` when set (a task or a
+    verifier name, see :func:`selfplay.envs.tasks.find_verifier`), else the task the records share
+    (``meta.task``); None when there is none (open-ended prompts)."""
+    from selfplay.envs.tasks import TASKS, find_verifier, gold_answer, records_task
 
-    if configured != "auto":
-        return configured if configured in VERIFIERS else verifier_for_task(configured)
-    tasks = {r.get("meta", {}).get("task") for r in records}
-    return verifier_for_task(tasks.pop()) if len(tasks) == 1 else None
-
-
-def gold_answer(record: dict[str, Any]) -> str:
-    """What a verifier compares with: the record's short answer (``meta.answer``, e.g. HotpotQA's entity
-    when the reference is a whole ReAct trajectory), else its reference."""
-    answer = record.get("meta", {}).get("answer")
-    return answer if isinstance(answer, str) and answer.strip() else record["reference"]
+    task = records_task(records) if configured == "auto" else TASKS.get(configured)
+    if task is not None:
+        return task.verify, task.gold
+    verifier = find_verifier(configured)  # the task-free em / f1
+    return (verifier, gold_answer) if verifier is not None else None
 
 
 def reference_segments(text: str) -> list[Segment]:
     """A response as training segments: a ReAct trajectory's tool observations are context (not scored),
     as in training; any other text is scored whole."""
-    from selfplay.envs.react import is_react_trajectory, parse_trajectory, trajectory_segments
+    from selfplay.envs.react import is_react_trajectory, parse_trajectory
+    from selfplay.methods.agent import trajectory_segments
 
     if is_react_trajectory(text):
         segments = trajectory_segments(parse_trajectory(text))
@@ -140,7 +137,6 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     ``evaluations``: names in :data:`EVALUATIONS` whose metrics join the row (e.g. RISE's multi-turn).
     """
     from selfplay.core.samplers import HFSampler, format_prompt
-    from selfplay.envs.verifiers import get_verifier
     from selfplay.models import load_model, resolve_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,14 +174,14 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
                                    seed=cfg.seed + 7919)
         metrics["samples_per_prompt"] = cfg.eval.num_samples
         answer_sets.append(("sample_accuracy", "sample_score", samples))
-    check = get_verifier(verifier) if verifier else None
     scorer = _scoring_judge(judge, cfg) if judge else None
     # Per-prompt values (selfplay.evals.per_prompt): the table's intervals and paired changes come from them.
     per_prompt: dict[str, dict[str, Any]] = {r["id"]: {"real_logp": s, "real_tokens": n}
                                              for r, s, n in zip(records, real_sum, real_n)}
     for accuracy_key, score_key, texts in answer_sets:
-        if check:
-            hits = [[check(t, gold_answer(r)) for t in ts] for ts, r in zip(texts, records)]
+        if verifier is not None:
+            check, gold = verifier
+            hits = [[check(t, gold(r)) for t in ts] for ts, r in zip(texts, records)]
             metrics[accuracy_key] = sum(map(sum, hits)) / max(1, sum(map(len, hits)))
             for r, h in zip(records, hits):
                 per_prompt[r["id"]][accuracy_key] = sum(h) / len(h)

@@ -26,6 +26,7 @@ from selfplay.methods.base import Method
 from selfplay.liveness import heartbeat
 from selfplay.runs import RunState, fingerprint, output_lock
 from selfplay.stages.collect import COLLECTORS, Iteration
+from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
 def _prepare_data(cfg: Config, run: RunState) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
@@ -95,7 +96,7 @@ def _training_records(method: Method, it: Iteration, collected_path: Path, colle
 def _eval_judge(cfg: Config, method: Method) -> str | None:
     """The judge whose mean score the evaluation reports: ``eval.judge``, else the rank judge of a method that
     ranks samples (unless it is a verifier: accuracy reports that already)."""
-    from selfplay.judges.base import checks_reference
+    from selfplay.judges import checks_reference
 
     if cfg.eval.judge:
         return cfg.eval.judge
@@ -143,15 +144,38 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
         return _iterate(cfg, method, run, train, held_out, data_fp, main)
 
 
+def _iteration_logger(cfg: Config, run_dir: Path) -> MetricLogger:
+    """The per-iteration rows' logger: ``eval/metrics.jsonl`` and the ``report_to`` trackers (their files under
+    ``trackers/``). Step 0 is the base model, step k + 1 iteration k."""
+    logger = open_metric_logger(run_dir / "eval" / "metrics.jsonl", report_to(cfg),
+                                project=f"selfplay-{run_dir.name}", logging_dir=run_dir / "trackers")
+    logger.log_config(cfg)
+    return logger
+
+
 def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, Any]], held_out: list[dict[str, Any]],
              data_fp: str, main: bool) -> list[dict[str, Any]]:
-    """The base evaluation and the iterations, each unit skipped when done for its inputs."""
+    """The base evaluation and the iterations (:func:`_iterations`), with the metric logger of the main machine."""
+    logger = _iteration_logger(cfg, run.dir) if main else None
+    try:
+        return _iterations(cfg, method, run, train, held_out, data_fp, main, logger)
+    finally:
+        if logger is not None:
+            logger.close()
+
+
+def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str, Any]],
+                held_out: list[dict[str, Any]], data_fp: str, main: bool,
+                logger: MetricLogger | None) -> list[dict[str, Any]]:
+    """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
+    evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
     from selfplay.model_card import add_evaluation
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
+    fresh: set[str] = set()  # eval units that ran in this call
     model, model_fp = cfg.model.name_or_path, fingerprint(cfg.model.name_or_path, cfg.model.revision, data_fp)
     judge = _eval_judge(cfg, method)
     # Every evaluation samples with the run's base generate settings (not an iteration's schedule), so
@@ -164,6 +188,7 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
             t0 = time.perf_counter()
             evaluate_model(cfg, model_path, held_out, out_dir, previous=previous, judge=judge,
                            evaluations=method.evaluations)
+            fresh.add(unit)
             return {"seconds": time.perf_counter() - t0, **extra}
 
         info = run.ensure(unit, fingerprint(fp, *eval_inputs), [out_dir], work)
@@ -171,6 +196,8 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
 
     base_dir = iteration_eval_dir(run_dir, "base")
     rows: list[dict[str, Any]] = [{"iteration": "base", **evaluate("eval/base", model, model_fp, base_dir, None, {})}]
+    if logger is not None and "eval/base" in fresh:
+        logger.log(rows[0], step=0)
     prev_eval = base_dir / "samples.jsonl"
     by_id = {r["id"]: r for r in train}
 
@@ -203,6 +230,8 @@ def _iterate(cfg: Config, method: Method, run: RunState, train: list[dict[str, A
         rows.append({"iteration": k, **metrics, "train_loss": tm.get("loss"),
                      "train_reward_acc": tm.get("rewards/accuracies"), "train_margin": tm.get("rewards/margins"),
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
+        if logger is not None and f"iter_{k}/eval" in fresh:
+            logger.log(rows[-1], step=k + 1)
         if main:
             with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
             add_evaluation(train_dir, k, rows[-1])  # the iteration's held-out metrics into its model cards

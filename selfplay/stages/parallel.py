@@ -1,4 +1,5 @@
-"""Data-parallel sampling stages: generate, rank and rollouts over ``launch.num_processes`` workers.
+"""Data-parallel sampling stages: generate, rank and rollouts over ``launch.num_processes`` workers, and
+the registry of those stages (:data:`SHARDED_STAGES`) that the worker entry point and the loop read.
 
 Every prompt is independent and every sample is a pure function of (seed, prompt text, sample index), so
 the prompts can be cut into shards, each produced by its own process with its own model replica (or vLLM
@@ -23,24 +24,17 @@ from typing import Any
 
 from selfplay.config import Config, save_config
 from selfplay.core.launchers import local_processes, machine_file, run_workers, several_processes
+from selfplay.envs.agent_episodes import load_agent
 from selfplay.errors import UserError
 from selfplay.progress import console
+from selfplay.stages.agent_rollout import agent_rollout_shards, run_agent_rollout
+from selfplay.stages.generate import generate_shards, run_generate
+from selfplay.stages.rank import merge_rank_shards, rank_shard_count, rank_shards, unfinished_rank_shards
+from selfplay.stages.rollout import rollout_shards, run_rollout
+from selfplay.stages.shards import ShardJob, merge_shards, shard_count, unfinished_shards
 
 WORKER_MODULE = "selfplay.stages.worker"
 POLL_S = 5.0
-
-
-class OnFirstUse:
-    """Stands in for a sampler or judge and loads it on first use, so that a worker given several shards
-    loads its model once and a worker whose shards are all finished loads none."""
-
-    def __init__(self, load: Callable[[], Any]) -> None:
-        self._load, self._loaded = load, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._loaded is None:
-            self._loaded = self._load()
-        return getattr(self._loaded, name)
 
 
 @dataclass(frozen=True)
@@ -121,81 +115,82 @@ def wait_for_machines(cfg: Config, unfinished: Callable[[], list[str]], what: st
             time.sleep(1.0)
 
 
-def _sample_sharded(cfg: Config, stage: str, what: str, out_dir: Path, stage_args: list[str],
-                    here: Callable[[list[int], int], None]) -> None:
-    """A sampling stage's shards over ``cfg.launch`` workers (``here`` runs shards in this process), then the
-    wait for the other machines' shards of ``what``."""
-    from selfplay.stages.generate import shard_count, unfinished_shards
+@dataclass(frozen=True)
+class ShardedStage:
+    """A stage that writes shards: how to run some of them in this process (one model for all), what an
+    existing output's shard count is, what is left unfinished, how to merge, and its workers."""
 
+    name: str  # the worker's subcommand
+    what: str  # for messages: "generation"
+    run_shards: Callable[[Config, ShardJob, list[int], int], None]
+    shard_count: Callable[[ShardJob], int | None]
+    unfinished: Callable[[ShardJob, int], list[str]]
+    merge: Callable[[ShardJob, int, Path], Path]
+    workers: Callable[[Config], Workers]
+    # A slice named by generate.data_frac (the anchors' flags): the one shard run here, no workers.
+    one_slice: Callable[[Config, ShardJob], Any] | None = None
+    # Checked before any model is looked at (e.g. the agent's search key and sources).
+    check: Callable[[Config], Any] | None = None
+
+
+def _sampling_workers(cfg: Config) -> Workers:
     g = cfg.generate
-    workers = sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
-    run_sharded(cfg, stage, out_dir, shard_count(out_dir), stage_args, here, workers)
-    wait_for_machines(cfg, lambda: unfinished_shards(out_dir), f"{what} shards in {out_dir}")
+    return sampling_workers(cfg, g.tensor_parallel_size if g.backend == "vllm" else 1)
 
 
-def _io_args(model: str, data: str | Path, out_dir: Path, split: str) -> list[str]:
-    return ["--model", model, "--data", str(data), "--out", str(out_dir), "--split", split]
+def _rank_workers(cfg: Config) -> Workers:
+    """Judges that run a model locally rank data-parallel; verifiers and HTTP judges gain nothing from more
+    processes and rank on the main machine alone."""
+    from selfplay.judges import runs_local_model
+
+    return sampling_workers(cfg, parallel=runs_local_model(cfg.rank.judge))
 
 
-def generate_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
-    """The generate stage under ``cfg.launch``: shards in ``out_dir`` (join them with ``merge_shards``).
+# The prompt-sharded stages share the manifest bookkeeping of selfplay.stages.shards.
+_MANIFESTED = {"shard_count": lambda job: shard_count(job.out),
+               "unfinished": lambda job, count: unfinished_shards(job.out),
+               "merge": lambda job, count, dest: merge_shards(job.out, dest), "workers": _sampling_workers}
 
-    An explicit ``generate.data_frac`` generates that one slice here, as the anchors' flags did.
-    """
-    from selfplay.stages.generate import generate_shards, run_generate
-
-    if cfg.generate.data_frac is not None:
-        run_generate(cfg, model, data, out_dir, split=split)
-        return
-
-    def here(shards: list[int], count: int) -> None:
-        generate_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
-
-    _sample_sharded(cfg, "generate", "generation", out_dir, _io_args(model, data, out_dir, split), here)
-
-
-def rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train",
-                  skip_invalid: bool = False) -> None:
-    """RISE rollouts under ``cfg.launch``: shards of episodes in ``out_dir`` (joined by ``merge_shards``)."""
-    from selfplay.stages.rollout import rollout_shards
-
-    def here(shards: list[int], count: int) -> None:
-        rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count,
-                       skip_invalid=skip_invalid)
-
-    _sample_sharded(cfg, "rollout", "rollout", out_dir,
-                    _io_args(model, data, out_dir, split) + (["--skip-invalid"] if skip_invalid else []), here)
+SHARDED_STAGES: dict[str, ShardedStage] = {s.name: s for s in (
+    ShardedStage("generate", "generation", generate_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_generate(cfg, job.model, job.data, job.out, split=job.split)),
+    ShardedStage("rollout", "rollout", rollout_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_rollout(cfg, job.model, job.data, job.out, split=job.split,
+                                                        skip_invalid=job.skip_invalid)),
+    ShardedStage("agent-rollout", "agent rollout", agent_rollout_shards, **_MANIFESTED,
+                 one_slice=lambda cfg, job: run_agent_rollout(cfg, job.model, job.data, job.out, split=job.split),
+                 # builds the tools: a missing search key or source fails before any model is looked at
+                 check=lambda cfg: load_agent(cfg.agent, cfg.remote)),
+    ShardedStage("rank", "rank", rank_shards, lambda job: rank_shard_count(job.out),
+                 lambda job, count: unfinished_rank_shards(job.out, job.data, count),
+                 lambda job, count, dest: merge_rank_shards(job.out, job.data, count, dest), _rank_workers),
+)}
 
 
-def agent_rollout_stage(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str = "train") -> None:
-    """Agent trajectories under ``cfg.launch``: shards of questions in ``out_dir`` (joined by ``merge_shards``)."""
-    from selfplay.stages.agent_rollout import agent_rollout_shards, load_tools
-
-    load_tools(cfg)  # a missing search key or source fails here, before any model is looked at
+def run_stage(name: str, cfg: Config, job: ShardJob) -> int | None:
+    """Run the sharded stage ``name`` under ``cfg.launch``: this machine's shards (in this process, or in
+    worker processes), then, on several machines, the wait until every machine's shards are complete.
+    Returns the shard count; None when ``generate.data_frac`` named one slice, which runs here alone."""
+    stage = SHARDED_STAGES[name]
+    if stage.check is not None:
+        stage.check(cfg)
+    if stage.one_slice is not None and cfg.generate.data_frac is not None:
+        stage.one_slice(cfg, job)
+        return None
 
     def here(shards: list[int], count: int) -> None:
-        agent_rollout_shards(cfg, model, data, out_dir, split=split, shards=shards, num_shards=count)
+        stage.run_shards(cfg, job, shards, count)
 
-    _sample_sharded(cfg, "agent-rollout", "agent rollout", out_dir, _io_args(model, data, out_dir, split), here)
+    count = run_sharded(cfg, name, job.out, stage.shard_count(job), job.worker_args(), here, stage.workers(cfg))
+    wait_for_machines(cfg, lambda: stage.unfinished(job, count), f"{stage.what} shards in {job.out}")
+    return count
 
 
-def rank_stage(cfg: Config, samples: Path, shard_dir: Path, dest: Path) -> Path | None:
-    """Judge ``samples`` under ``cfg.launch`` into shards in ``shard_dir``, merged into ``dest`` by the main
-    machine (returned; None on the other machines). Judges that run a model locally rank data-parallel;
-    verifiers and HTTP judges gain nothing from more processes and rank on the main machine alone."""
-    from selfplay.judges.base import runs_local_model
-    from selfplay.stages.rank import merge_rank_shards, rank_shard_count, rank_shards
-
-    workers = sampling_workers(cfg, parallel=runs_local_model(cfg.rank.judge))
-
-    def here(shards: list[int], count: int) -> None:
-        rank_shards(cfg, samples, shard_dir, shards=shards, num_shards=count)
-
-    count = run_sharded(cfg, "rank", shard_dir, rank_shard_count(shard_dir),
-                        ["--data", str(samples), "--out", str(shard_dir)], here, workers)
+def produce(name: str, cfg: Config, job: ShardJob, dest: Path) -> Path | None:
+    """:func:`run_stage`, then the main machine merges the shards into ``dest`` (returned; None elsewhere)."""
+    count = run_stage(name, cfg, job)
     if not is_main_machine(cfg):
         return None
-    from selfplay.stages.rank import unfinished_rank_shards
-
-    wait_for_machines(cfg, lambda: unfinished_rank_shards(shard_dir, samples, count), f"rank shards in {shard_dir}")
-    return merge_rank_shards(shard_dir, samples, count, dest)
+    if count is None:
+        raise UserError(f"{name}: generate.data_frac names one slice; its shards cannot be merged here")
+    return SHARDED_STAGES[name].merge(job, count, dest)

@@ -23,8 +23,8 @@ from selfplay.core.preference import symmetrize, win_prob_from_scores
 from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender, iter_jsonl
-from selfplay.judges.base import Judge, JudgeItem, JudgeResult, checks_reference, make_judge, parse_judge_spec
-from selfplay.stages.generate import SHARD_PATTERN
+from selfplay.judges import Judge, JudgeItem, JudgeResult, checks_reference, make_judge, parse_judge_spec
+from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse, ShardJob, merge_shards
 
 
 def check_sample_sets(path: Path, *, need_reference: bool = False) -> list[str]:
@@ -159,12 +159,10 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     ``shard=(index, count)`` ranks only that contiguous slice of prompts and writes
     ``out_path/shard-0000i-of-0000n.jsonl``. Returns the JSONL written; rerunning resumes it.
     """
-    from selfplay.progress import console
-    from selfplay.stages.progress import progress_bar
+    from selfplay.progress import console, progress_bar
 
     samples_path, out_path = Path(samples_path), Path(out_path)
     if samples_path.is_dir():
-        from selfplay.stages.generate import merge_shards
 
         samples_path = merge_shards(samples_path)
     judge_spec = cfg.rank.judge
@@ -205,14 +203,13 @@ def run_rank(cfg: Config, samples_path: Path, out_path: Path, *, judge: Judge | 
     return dest
 
 
-def rank_shards(cfg: Config, samples_path: Path, shard_dir: Path, *, shards: list[int], num_shards: int) -> None:
-    """Rank shards ``shards`` of ``num_shards`` into ``shard_dir`` in this process, with one judge for all."""
-    from selfplay.stages.parallel import OnFirstUse
-
+def rank_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Rank shards ``shards`` of ``num_shards`` of ``job`` (sample sets ``job.data`` into the shard directory
+    ``job.out``) in this process, with one judge for all."""
     judge = OnFirstUse(lambda: make_judge(cfg.rank.judge, batch_size=cfg.rank.batch_size, device=cfg.rank.device,
                                           remote=cfg.remote))
     for k in shards:
-        run_rank(cfg, samples_path, shard_dir, judge=judge, shard=(k, num_shards))
+        run_rank(cfg, job.data, job.out, judge=judge, shard=(k, num_shards))
 
 
 def rank_shard_count(shard_dir: Path) -> int | None:

@@ -25,7 +25,7 @@ from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
 
 if TYPE_CHECKING:
-    from selfplay.stages.generate import ShardPlan
+    from selfplay.stages.shards import ShardJob, ShardPlan
 
 Messages = list[dict[str, str]]
 RESAMPLE_TRIES = 3
@@ -95,7 +95,7 @@ class TurnModels:
         return models[min(turn, len(models) - 1)].strip()
 
     def __getitem__(self, turn: int) -> TurnModel:
-        from selfplay.stages.generate import load_sampler
+        from selfplay.stages.shards import load_sampler
 
         spec = self.spec(turn)
         if spec not in self.loaded:
@@ -241,7 +241,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
     """
     from selfplay.data.records import load_sft
     from selfplay.progress import console
-    from selfplay.stages.generate import open_shard
+    from selfplay.stages.shards import open_shard
 
     records = load_sft(data, split)
     env = env_for_records(cfg.rise.env, records)
@@ -260,8 +260,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
 
 def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: TurnModels, cfg: Config) -> None:
     """Play the shard's remaining problems, appending each episode as it ends."""
-    from selfplay.progress import console
-    from selfplay.stages.progress import progress_bar
+    from selfplay.progress import console, progress_bar
 
     chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0
@@ -278,10 +277,10 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
     console.print(f"{plan.label}: {len(plan.todo)} episodes, {solved} solved, written to {plan.path}")
 
 
-def rollout_shards(cfg: Config, model: str, data: str | Path, out_dir: Path, *, split: str, shards: list[int],
-                   num_shards: int, skip_invalid: bool) -> None:
-    """Play shards ``shards`` of ``num_shards`` in this process, loading each turn model once for all of them."""
+def rollout_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:
+    """Play shards ``shards`` of ``num_shards`` of ``job`` in this process, loading each turn model once for all
+    of them."""
     loaded: dict[str, TurnModel] = {}
     for k in shards:
-        run_rollout(cfg, model, data, out_dir, split=split, shard=(k, num_shards), skip_invalid=skip_invalid,
-                    loaded=loaded)
+        run_rollout(cfg, job.model, job.data, job.out, split=job.split, shard=(k, num_shards),
+                    skip_invalid=job.skip_invalid, loaded=loaded)

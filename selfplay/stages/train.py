@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from selfplay.core.memory import release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
 from selfplay.core.packing import sequence_tokens
 from selfplay.hardware import fast_bf16
-from selfplay.io import JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
-from selfplay.progress import console
+from selfplay.progress import console, progress_bar
 from selfplay.runs import fingerprint, output_lock
 from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
-                                      state_bytes, tracker_config)
+                                      state_bytes)
+from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
 def _precision(cfg: Config) -> str:
@@ -65,8 +67,6 @@ def precompute_reference(accelerator: Any, scorer: torch.nn.Module, policy: torc
     meta_path = out_path.with_suffix(".meta.json")
     if out_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fp:
         return {r["id"]: [r[f] for f in fields] for r in read_jsonl(out_path)}
-    from selfplay.stages.progress import progress_bar
-
     k = len(fields)
     batches = [list(range(i, min(i + batch_size, len(examples)))) for i in range(0, len(examples), batch_size)]
     loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(torch.arange(len(batches)), batch_size=1))
@@ -106,8 +106,9 @@ def _accelerator(cfg: Config, out_dir: Path) -> Any:
 
         AcceleratorState._reset_state(reset_partial_state=True)
     t = cfg.train
+    # Trackers are the metric logger's (selfplay.trackers), not the accelerator's: the loop logs through it too.
     accelerator = Accelerator(mixed_precision=_precision(cfg), gradient_accumulation_steps=t.grad_accum,
-                              log_with=t.report_to or None, project_dir=str(out_dir / "trackers"))
+                              project_dir=str(out_dir / "trackers"))
     why = f"train.precision={t.precision}" if t.precision != "auto" else fast_bf16(accelerator.device.type).reason
     autocast = "bf16 autocast" if _precision(cfg) == "bf16" else "no autocast"
     accelerator.print(f"train: on {accelerator.device}, float32 weights, {autocast} ({why})")
@@ -133,22 +134,69 @@ def _policy(cfg: Config, policy: Any) -> Any:
     return policy
 
 
+@dataclass
+class _Training:
+    """Everything one training run holds between its parts (:func:`run_train`)."""
+
+    cfg: Config
+    model: str  # the model training starts from, as given
+    model_dir: str  # ... resolved to a directory
+    data_path: Path  # the training records
+    out_dir: Path
+    names: tuple[str, str]  # how metrics name the two responses (the method's)
+    objective: Objective
+    loss_name: str
+    fields: tuple[str, ...]  # the numeric record fields the loss reads
+    accelerator: Any
+    policy: Any  # the model (with LoRA adapters when enabled)
+    tok: Any
+    examples: list[TokenizedExample]
+    n_cut: int  # records truncated to train.max_length
+    scorer: Any  # the prepared SequenceLogps around the policy
+    optimizer: Any
+    loader: Any  # the prepared index loader over ``order``
+    scheduler: Any
+    params: list[torch.nn.Parameter]
+    order: list[list[int]]  # example indices of each batch, in training order
+    total_steps: int
+    ref: dict[str, list[float]] = field(default_factory=dict)  # reference log-probs by record id
+
+
 def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
     """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable.
 
     The trainer itself, in this process: :func:`train_stage` (which checks the inputs and locks ``out_dir``)
-    calls it, and so do the processes it launches.
+    calls it, and so do the processes it launches. Set-up, the reference pass, resuming, the loop and the
+    teardown are the functions below, in that order.
     """
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    from selfplay.models import load_model, resolve_model
-    from selfplay.stages.progress import progress_bar
-
-    t, out_dir = cfg.train, Path(out_dir)
+    out_dir = Path(out_dir)
     if (out_dir / "summary.json").exists():
         s = read_json(out_dir / "summary.json")
         return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
+    run = _set_up(cfg, model, data_path, out_dir)
+    if run.objective.needs_reference:
+        run.ref = _reference_pass(run)
+    run.scorer.train()
+    state = _resume(run)
+    logger = _metric_logger(run, state) if run.accelerator.is_main_process else None
+    try:
+        last = _train_loop(run, state, logger)
+    finally:
+        if logger is not None:
+            logger.close()
+    return _tear_down(run, state, last)
+
+
+def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> _Training:
+    """Records checked, accelerator, seed, policy and tokenized examples, batch order, optimizer and
+    schedule, all prepared by accelerate."""
+    from transformers import get_scheduler
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from accelerate.utils import set_seed
+    from selfplay.models import load_model, resolve_model
+
+    t = cfg.train
     method = get_method(cfg.method)
     objective: Objective = get_objective(method.objective)
     loss_name = loss_of(cfg)
@@ -157,8 +205,6 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     model_dir = resolve_model(model, cfg.model.revision)
     accelerator = _accelerator(cfg, out_dir)
     set_seed(t.seed)
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
     # Under ZeRO-3 the weights are partitioned across the GPUs while they load: moving them would break that.
     device = None if is_deepspeed_zero3_enabled() else str(accelerator.device)
     policy, tok = load_model(model_dir, dtype="float32", device=device, trust_remote_code=cfg.model.trust_remote_code)
@@ -167,7 +213,6 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    pad_id = tok.pad_token_id
     policy = objective.trained_model(_policy(cfg, policy), t, model_dir, device)
     processes = accelerator.num_processes
     # What DDP/FSDP/DeepSpeed wrap: the log-prob computation itself, so the chunked path runs inside them.
@@ -190,18 +235,26 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps) * processes,
                               num_training_steps=total_steps * processes)
     scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
-    ref: dict[str, list[float]] = {}
-    if objective.needs_reference:
-        # After prepare: under ZeRO-3 only the engine can run the partitioned model. LoRA's B = 0 at the start,
-        # so the adapters change nothing: the reference is the model training starts from.
-        ref_fp = fingerprint(model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples], _precision(cfg))
-        ref = precompute_reference(accelerator, scorer, policy, examples, pad_id, t.batch_size, out_dir / "ref_logps.jsonl",
-                                   ref_fp, RESPONSE_FIELDS[objective.record_kind])
-    scorer.train()
-    if t.report_to:
-        accelerator.init_trackers(f"selfplay-{Path(cfg.run_dir).name}", config=tracker_config(cfg))
+    return _Training(cfg, model, model_dir, data_path, out_dir, method.names, objective, loss_name, fields,
+                     accelerator, policy, tok, examples, n_cut, scorer, optimizer, loader, scheduler, params, order,
+                     total_steps)
 
-    ckpt = out_dir / "checkpoint"
+
+def _reference_pass(run: _Training) -> dict[str, list[float]]:
+    """The reference log-probs, once, before the first step. After prepare: under ZeRO-3 only the engine can
+    run the partitioned model. LoRA's B = 0 at the start, so the adapters change nothing: the reference is the
+    model training starts from."""
+    examples = run.examples
+    ref_fp = fingerprint(run.model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples],
+                         _precision(run.cfg))
+    return precompute_reference(run.accelerator, run.scorer, run.policy, examples, run.tok.pad_token_id,
+                                run.cfg.train.batch_size, run.out_dir / "ref_logps.jsonl", ref_fp,
+                                RESPONSE_FIELDS[run.objective.record_kind])
+
+
+def _resume(run: _Training) -> dict[str, int]:
+    """The training state: fresh, or the last checkpoint's (optimizer, scheduler and RNG states restored)."""
+    accelerator, ckpt = run.accelerator, run.out_dir / "checkpoint"
     state = {"batches_done": 0, "step": 0, "tokens": 0}
     if accelerator.is_main_process:
         recover_checkpoint(ckpt)
@@ -210,35 +263,48 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
         accelerator.load_state(str(ckpt))
         state = read_json(ckpt / "trainer_state.json")
         accelerator.print(f"resuming training at step {state['step']} from {ckpt}")
-        if accelerator.is_main_process and (out_dir / "metrics.jsonl").exists():
-            # Steps logged after the checkpoint will be redone: drop them so no step is logged twice.
-            kept = [m for m in read_jsonl(out_dir / "metrics.jsonl", tolerate_torn_tail=True) if m["step"] <= state["step"]]
-            write_jsonl(out_dir / "metrics.jsonl", kept)
+    return state
+
+
+def _metric_logger(run: _Training, state: dict[str, int]) -> MetricLogger:
+    """metrics.jsonl (steps after ``state`` — logged before an interruption, about to be redone — dropped)
+    plus the configured trackers, which keep their files under ``trackers/``."""
+    logger = open_metric_logger(run.out_dir / "metrics.jsonl", report_to(run.cfg),
+                                project=f"selfplay-{Path(run.cfg.run_dir).name}",
+                                logging_dir=run.out_dir / "trackers", keep_through=state["step"])
+    logger.log_config(run.cfg)
+    return logger
+
+
+def _train_loop(run: _Training, state: dict[str, int], logger: MetricLogger | None) -> dict[str, float]:
+    """The optimizer steps from ``state`` on (updated in place); returns the last logged metrics."""
+    cfg, t, accelerator = run.cfg, run.cfg.train, run.accelerator
+    processes, ckpt = accelerator.num_processes, run.out_dir / "checkpoint"
     # batches_done counts the batches of all processes; each process skips its own share of them.
     skip = state["batches_done"] // processes
-    active = accelerator.skip_first_batches(loader, skip) if skip else loader
-    metrics_file = JsonlAppender(out_dir / "metrics.jsonl") if accelerator.is_main_process else None
+    active = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
     window: list[dict[str, float]] = []
     last: dict[str, float] = {}
     t0, tokens0 = time.perf_counter(), state["tokens"]
-    with progress_bar("train", total=total_steps, completed=state["step"],
+    with progress_bar("train", total=run.total_steps, completed=state["step"],
                       disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
-            exs = [examples[i] for i in order[int(b)]]
+            exs = [run.examples[i] for i in run.order[int(b)]]
             # The objective's layout: for log-probs packed (each prompt once) where the model allows it, else
             # left-padded (same log-probs); for a judge's head, whole conversations left-padded.
-            batch = {k: v.to(accelerator.device) for k, v in objective.batch(policy, exs, pad_id).items()}
-            with accelerator.accumulate(scorer), accelerator.autocast():
-                logps, ntok = scorer(**batch)
-                ref_t = torch.tensor([ref[e.id] for e in exs], device=logps.device) if ref else None
-                loss, metrics = objective.compute(loss_name, logps, ntok, batch_values(exs, fields, logps.device),
-                                                  ref_t, t, method.names)
+            batch = run.objective.batch(run.policy, exs, run.tok.pad_token_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(run.scorer), accelerator.autocast():
+                logps, ntok = run.scorer(**batch)
+                ref_t = torch.tensor([run.ref[e.id] for e in exs], device=logps.device) if run.ref else None
+                loss, metrics = run.objective.compute(run.loss_name, logps, ntok,
+                                                      batch_values(exs, run.fields, logps.device), ref_t, t, run.names)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                    accelerator.clip_grad_norm_(run.params, 1.0)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad()
             state["batches_done"] += processes
             # Tokens as separate prompt + response sequences (what TRL counts), whichever layout ran them.
             state["tokens"] += int(accelerator.reduce(torch.tensor(sequence_tokens(exs), device=logps.device), "sum"))
@@ -248,29 +314,29 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
                 continue
             state["step"] += 1
             bar.advance(1)
-            if state["step"] % t.logging_steps == 0 or state["step"] == total_steps:
+            if state["step"] % t.logging_steps == 0 or state["step"] == run.total_steps:
                 last = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                last.update(step=state["step"], lr=scheduler.get_last_lr()[0],
+                last.update(step=state["step"], lr=run.scheduler.get_last_lr()[0],
                             tokens_per_s=(state["tokens"] - tokens0) / (time.perf_counter() - t0))
                 window = []
-                if metrics_file:
-                    metrics_file.write(last)
-                if t.report_to:
-                    accelerator.log({k: v for k, v in last.items() if k != "step"}, step=state["step"])
+                if logger is not None:
+                    logger.log(last, state["step"])
                 shown = f" acc {last['rewards/accuracies']:.2f}" if "rewards/accuracies" in last else ""
                 bar.update(description=f"train loss {last['loss']:.4f}{shown}")
-            if t.save_steps > 0 and state["step"] % t.save_steps == 0 and state["step"] < total_steps:
-                needed = state_bytes(policy.state_dict(), optimizer.state_dict())
+            if t.save_steps > 0 and state["step"] % t.save_steps == 0 and state["step"] < run.total_steps:
+                needed = state_bytes(run.policy.state_dict(), run.optimizer.state_dict())
                 save_checkpoint(accelerator, ckpt, state, needed=needed)
-    if metrics_file:
-        metrics_file.close()
-    if t.report_to:
-        accelerator.end_training()
-    result = finish(accelerator, cfg, scorer, tok, out_dir, state, last, n_cut, len(examples), total_steps,
-                    parent=model, parent_dir=model_dir, data=data_path)
-    # The accelerator holds the model and optimizer; drop every reference before the next stage loads a model.
-    accelerator.free_memory(scorer, optimizer, loader, scheduler)
-    del policy, scorer, optimizer, loader, scheduler, accelerator
+    return last
+
+
+def _tear_down(run: _Training, state: dict[str, int], last: dict[str, float]) -> TrainResult:
+    """Save the model and the summary, then drop every reference to the model and optimizer before the next
+    stage loads a model (the accelerator holds them too)."""
+    result = finish(run.accelerator, run.cfg, run.scorer, run.tok, run.out_dir, state, last, run.n_cut,
+                    len(run.examples), run.total_steps, parent=run.model, parent_dir=run.model_dir,
+                    data=run.data_path)
+    run.accelerator.free_memory(run.scorer, run.optimizer, run.loader, run.scheduler)
+    run.policy = run.scorer = run.optimizer = run.loader = run.scheduler = run.accelerator = None
     release_memory()
     return result
 

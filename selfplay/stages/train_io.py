@@ -1,4 +1,4 @@
-"""What the train stage writes besides the loop: batch order, checkpoints, trackers, the final model.
+"""What the train stage writes besides the loop: batch order, checkpoints, the final model.
 
 Kept apart from :mod:`selfplay.stages.train` so the training loop reads in one sitting.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from selfplay.config import Config, to_dict
-from selfplay.io import fsync_tree, atomic_dir, fsync_dir, write_json, writing
+from selfplay.config import Config
+from selfplay.io import atomic_dir, fsync_dir, fsync_tree, write_json, writing
 
 
 @dataclass
@@ -102,21 +102,6 @@ def recover_checkpoint(ckpt: Path) -> None:
             return
 
 
-def tracker_config(cfg: Config) -> dict[str, Any]:
-    """The resolved config flattened to ``a.b.c`` keys with scalar values (what trackers accept)."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            flat[prefix.rstrip(".")] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
-
-    walk(to_dict(cfg), "")
-    return flat
-
-
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
            last: dict[str, float], n_cut: int, n_examples: int, total_steps: int, *, parent: str = "",
            parent_dir: str | Path = "", data: str | Path | None = None) -> TrainResult:
@@ -128,6 +113,7 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     ``parent``: the model training started from (as named, and ``parent_dir`` where it resolved to); ``data``:
     the training records.
     """
+    from selfplay.methods import loss_of
     from selfplay.model_meta import model_meta, write_model_meta
 
     accelerator.wait_for_everyone()
@@ -138,8 +124,8 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(scorer).items()}
     if accelerator.is_main_process:
         # Into a temporary directory, swapped in when complete: a full disk leaves no half-written model.
-        meta = model_meta(cfg, parent=parent, parent_dir=parent_dir, data=data, examples=n_examples,
-                          steps=state["step"])
+        meta = model_meta(cfg, loss=loss_of(cfg), parent=parent, parent_dir=parent_dir, data=data,
+                          examples=n_examples, steps=state["step"])
         with atomic_dir(model_dir, needed=state_bytes(state_dict)) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tok.save_pretrained(tmp)

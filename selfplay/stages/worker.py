@@ -1,7 +1,8 @@
 """Entry point of a stage run in another process (``python -m selfplay.stages.worker STAGE ...``).
 
 The launchers (:mod:`selfplay.core.launchers`) start this module: under ``accelerate launch`` for
-``train``, as plain data-parallel workers for ``generate``, ``rank``, ``rollout`` and ``agent-rollout`` (each given its
+``train``, as plain data-parallel workers for the sharded stages of
+:data:`selfplay.stages.parallel.SHARDED_STAGES` (generate, rank, rollout, agent-rollout; each given its
 shards). It reads the config file the parent wrote and runs the stage's work in this process. Kept apart
 from the CLI so stages never depend on it.
 """
@@ -13,7 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from selfplay.config import Config
 from selfplay.errors import UserError, disk_full_error
+from selfplay.stages.parallel import SHARDED_STAGES
+from selfplay.stages.shards import ShardJob
 
 
 def _shards(text: str) -> list[int]:
@@ -24,20 +28,30 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfplay.stages.worker")
     sub = parser.add_subparsers(dest="stage", required=True)
     train = sub.add_parser("train", help="run the train stage in this (accelerate-launched) process")
-    for stage in ("generate", "rank", "rollout", "agent-rollout"):
-        p = sub.add_parser(stage, help=f"run shards of the {stage} stage in this process")
+    train.add_argument("--model", required=True)
+    for name in SHARDED_STAGES:  # the arguments of a ShardJob (ShardJob.worker_args)
+        p = sub.add_parser(name, help=f"run shards of the {name} stage in this process")
         p.add_argument("--shards", required=True, type=_shards, help="comma-separated shard indices")
         p.add_argument("--num-shards", required=True, type=int)
-        if stage != "rank":
-            p.add_argument("--model", required=True)
-            p.add_argument("--split", default="train")
+        p.add_argument("--model", default="")
+        p.add_argument("--split", default="train")
+        p.add_argument("--skip-invalid", action="store_true")
     for p in sub.choices.values():
         p.add_argument("--config", required=True, type=Path)
         p.add_argument("--data", required=True, type=Path)
         p.add_argument("--out", required=True, type=Path)
-    train.add_argument("--model", required=True)
-    sub.choices["rollout"].add_argument("--skip-invalid", action="store_true")
     return parser
+
+
+def _run(cfg: Config, args: argparse.Namespace) -> None:
+    """The stage's work in this process: training, or the given shards of a sharded stage."""
+    if args.stage not in SHARDED_STAGES:  # the one other entry: train under accelerate launch
+        from selfplay.stages.train import run_train
+
+        run_train(cfg, args.model, args.data, args.out)
+        return
+    job = ShardJob(args.data, args.out, args.model, args.split, args.skip_invalid)
+    SHARDED_STAGES[args.stage].run_shards(cfg, job, args.shards, args.num_shards)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,30 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_with_parent()  # a killed run must not leave this process appending to the files its rerun resumes
     try:
-        cfg = load_config(args.config)
-        if args.stage == "train":
-            from selfplay.stages.train import run_train
-
-            run_train(cfg, args.model, args.data, args.out)
-        elif args.stage == "generate":
-            from selfplay.stages.generate import generate_shards
-
-            generate_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
-                            num_shards=args.num_shards)
-        elif args.stage == "rank":
-            from selfplay.stages.rank import rank_shards
-
-            rank_shards(cfg, args.data, args.out, shards=args.shards, num_shards=args.num_shards)
-        elif args.stage == "agent-rollout":
-            from selfplay.stages.agent_rollout import agent_rollout_shards
-
-            agent_rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
-                                 num_shards=args.num_shards)
-        else:
-            from selfplay.stages.rollout import rollout_shards
-
-            rollout_shards(cfg, args.model, args.data, args.out, split=args.split, shards=args.shards,
-                           num_shards=args.num_shards, skip_invalid=args.skip_invalid)
+        _run(load_config(args.config), args)
     except Exception as e:  # as the CLI: a user error or a full disk is one line, anything else a traceback
         error = e if isinstance(e, UserError) else disk_full_error(e)
         if error is None and _lost_a_peer(e):

@@ -1,0 +1,226 @@
+"""ReAct episodes with tools, batched across questions (ReinholdM/SPIN ``generation_fireact.py``).
+
+Each step every live episode samples ``Thought: ... Action: ...`` until ``"\\nObservation:"`` (one batched
+sampling call per seed group). A step with no ``Action: `` is sampled again up to ``agent.retries`` times
+and then becomes ``Thought: failed / Action: finish[]``; the action's tool (:mod:`selfplay.envs.tools`)
+gives the observation — the calls of I/O-bound tools (search) of one step run concurrently — and a tool
+that ends the episode (finish) scores it; an episode is cut after ``agent.max_steps`` steps. Model output
+is never executed: an action is only ever parsed as ``tool[argument]`` and handed to a tool that knows it.
+
+Differences from the anchor, on purpose: a retry keeps the ``"\\nObservation:"`` stop (the anchor's retry
+had none and could invent observations inside the action), and greedy evaluation retries at
+``agent.temperature`` (a greedy retry would repeat itself).
+
+The loop samples through a :data:`StepSampler` callable, so the rollout stage and the agent evaluation
+both drive it with their own model (:func:`sampler_steps` wraps a sampler) and neither depends on the other.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selfplay.envs.react import FAILED_STEP, OBSERVATION_STOP, Step, parse_action, render_steps, split_thought_action
+from selfplay.envs.tasks import Task, get_task, gold_answer
+from selfplay.envs.tools import Observation, Tool, make_tools, usage_hint
+from selfplay.errors import UserError
+
+if TYPE_CHECKING:
+    from selfplay.config import AgentConfig, Config, GenerateConfig, RemoteConfig
+
+Messages = list[dict[str, str]]
+# (prompt texts, temperature, seed) -> one step text per prompt: what the model writes after "Thought:",
+# ending before "\nObservation:".
+StepSampler = Callable[[list[str], float, int], list[str]]
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What an episode plays with: the task that scores answers, the tools by name, a few-shot prompt."""
+
+    task: Task
+    tools: dict[str, Tool]
+    fewshot: str = ""
+
+    @property
+    def usage(self) -> str:
+        return usage_hint(self.tools)
+
+
+def load_agent(agent: AgentConfig, remote: RemoteConfig | None = None) -> Agent:
+    """The task, the tools and the few-shot text of ``agent``, all checked before any model is loaded;
+    ``remote``: the timeouts and retries of tools that call a service (the search backends)."""
+    fewshot = ""
+    if agent.fewshot:
+        path = Path(agent.fewshot)
+        if not path.is_file():
+            raise UserError(f"agent.fewshot: file not found: {path}")
+        fewshot = path.read_text(encoding="utf-8")
+    task = get_task(agent.task)
+    return Agent(task, make_tools(agent, task, remote), fewshot)
+
+
+@dataclass
+class AgentEpisode:
+    """One trajectory being played."""
+
+    record: dict[str, Any]
+    prompt: str  # the formatted prompt the trajectory continues
+    messages: Messages  # the prompt as chat turns (the training record's prompt)
+    seed: int
+    steps: list[Step] = field(default_factory=list)
+    finished: bool = False
+    reward: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    tool_errors: int = 0
+    invalid_actions: int = 0
+    retries: int = 0
+
+    def text(self) -> str:
+        return self.prompt + render_steps(self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        traj = self.text()
+        return {"reward": bool(self.reward), "em": self.info.get("em", 0.0), "f1": self.info.get("f1", 0.0),
+                "gt": self.info.get("gt", ""), "pred": self.info.get("pred", ""), "prompt": self.messages,
+                "traj": traj, "traj_by_line": traj.split("\n"), "steps": [vars(s) for s in self.steps],
+                "finished": self.finished, "num_steps": len(self.steps), "tool_errors": self.tool_errors,
+                "invalid_actions": self.invalid_actions, "retries": self.retries}
+
+
+def question_messages(record: dict[str, Any], fewshot: str) -> Messages:
+    """The trajectory's prompt as chat turns: the record's turns, a few-shot prompt before the question."""
+    messages = [dict(m) for m in record["messages"]]
+    if fewshot:
+        messages[-1]["content"] = f"{fewshot.rstrip()}\n\n{messages[-1]['content']}"
+    return messages
+
+
+def new_episodes(records: list[dict[str, Any]], render: Callable[[Messages], str], *, fewshot: str, samples: int,
+                 seed: int) -> list[AgentEpisode]:
+    """``samples`` fresh episodes per record (sample j on ``seed + 104729 j``); ``render`` formats a prompt."""
+    out = []
+    for rec in records:
+        messages = question_messages(rec, fewshot)
+        prompt = render(messages)
+        out += [AgentEpisode(rec, prompt, messages, seed + 104729 * j) for j in range(samples)]
+    return out
+
+
+def sampler_steps(sampler: Any, generate: GenerateConfig) -> StepSampler:
+    """A :data:`StepSampler` over a sampler (:class:`selfplay.core.samplers.Sampler`) with the run's top_p and
+    length limit, stopping each step at ``"\\nObservation:"``."""
+    def respond(prompts: list[str], temperature: float, seed: int) -> list[str]:
+        texts = sampler.generate(prompts, n=1, temperature=temperature, top_p=generate.top_p,
+                                 max_new_tokens=generate.max_new_tokens, seed=seed, stop=[OBSERVATION_STOP],
+                                 progress=False)
+        return [text for (text,) in texts]
+    return respond
+
+
+def _sample_steps(respond: StepSampler, episodes: list[AgentEpisode], temperature: float, attempt: int) -> list[str]:
+    """One step text per episode (what follows ``Thought:``), each episode on its own seed."""
+    out: list[str] = [""] * len(episodes)
+    by_seed: dict[int, list[int]] = {}
+    for i, ep in enumerate(episodes):
+        by_seed.setdefault(ep.seed + 7919 * attempt, []).append(i)
+    for seed, idx in by_seed.items():
+        for i, text in zip(idx, respond([episodes[i].text() + "Thought:" for i in idx], temperature, seed)):
+            out[i] = text
+    return out
+
+
+def _next_steps(respond: StepSampler, episodes: list[AgentEpisode], settings: AgentConfig,
+                temperature: float) -> list[tuple[str, str]]:
+    """(thought, action) per episode, resampling steps without an action up to ``agent.retries`` times."""
+    parsed: list[tuple[str, str] | None] = [None] * len(episodes)
+    todo = list(range(len(episodes)))
+    for attempt in range(settings.retries + 1):
+        temp = temperature if attempt == 0 else max(temperature, settings.temperature)
+        for i, text in zip(todo, _sample_steps(respond, [episodes[i] for i in todo], temp, attempt)):
+            parsed[i] = split_thought_action(text)
+        if attempt:
+            for i in todo:
+                episodes[i].retries += 1
+        todo = [i for i in todo if parsed[i] is None]
+        if not todo:
+            break
+    failed = split_thought_action(FAILED_STEP)
+    return [p if p is not None else failed for p in parsed]  # type: ignore[misc]
+
+
+def _call_tools(agent: Agent, episodes: list[AgentEpisode], steps: list[Step]) -> list[Observation | None]:
+    """Each step's observation from the tool its action names (None: not a call of one of the tools).
+    Calls of concurrent (I/O-bound) tools run together on threads, the others here, in episode order."""
+    calls: list[tuple[int, Tool, str]] = []
+    for i, step in enumerate(steps):
+        action = parse_action(step.action)
+        tool = agent.tools.get(action[0]) if action else None
+        if action and tool is not None:
+            calls.append((i, tool, action[1]))
+    observations: list[Observation | None] = [None] * len(steps)
+    threaded = [call for call in calls if call[1].concurrent]
+    if threaded:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            results = pool.map(lambda call: call[1].run(call[2], episodes[call[0]].record), threaded)
+            for (i, _, _), observation in zip(threaded, results):
+                observations[i] = observation
+    for i, tool, argument in calls:
+        if not tool.concurrent:
+            observations[i] = tool.run(argument, episodes[i].record)
+    return observations
+
+
+def play_agent_episodes(agent: Agent, respond: StepSampler, episodes: list[AgentEpisode], settings: AgentConfig,
+                        on_done: Callable[[AgentEpisode], None], temperature: float) -> None:
+    """Play ``episodes`` step by step, all together; ``on_done(episode)`` fires as each one ends.
+    ``settings`` gives max_steps, retries and the retry temperature; ``temperature`` is the first try's."""
+    live = list(episodes)
+    for _ in range(settings.max_steps):
+        if not live:
+            break
+        steps = [Step(t, a) for t, a in _next_steps(respond, live, settings, temperature)]
+        still = []
+        for ep, step, observation in zip(live, steps, _call_tools(agent, live, steps)):
+            if observation is None:
+                ep.invalid_actions += 1
+                step.observation = f"Invalid action: {step.action[:200]}. Use {agent.usage}."
+            else:
+                step.observation = observation.text
+                ep.tool_errors += observation.error
+                if observation.done:
+                    ep.reward, ep.info, ep.finished = observation.reward, observation.info, True
+            ep.steps.append(step)
+            if ep.finished:
+                on_done(ep)
+            else:
+                still.append(ep)
+        live = still
+    for ep in live:  # out of steps: unfinished, reward 0 (the anchor counts them as failures)
+        ep.info = agent.task.score("", agent.task.gold(ep.record))[1]
+        ep.reward = 0.0
+        on_done(ep)
+
+
+def trajectory_row(record: dict[str, Any], episodes: list[AgentEpisode], info: dict[str, Any]) -> dict[str, Any]:
+    """The output line of one question: its first trajectory's anchor fields, all of them under ``samples``."""
+    row = {"id": record["id"], "question": record["messages"][-1]["content"], "gt": gold_answer(record),
+           "reference": record.get("reference"), **episodes[0].to_json(), "sampler": info}
+    row["gt"] = episodes[0].info.get("gt", row["gt"])
+    if len(episodes) > 1:
+        row["samples"] = [ep.to_json() for ep in episodes]
+    if record.get("meta"):
+        row["meta"] = record["meta"]
+    return row
+
+
+def agent_info(cfg: Config, model: str, agent: Agent) -> dict[str, Any]:
+    """The settings every trajectory of an output must share (checked on resume), saved with each row."""
+    a, g = cfg.agent, cfg.generate
+    return {"kind": "agent", "model": model, "task": a.task, "search": a.search, "tools": list(agent.tools),
+            "max_steps": a.max_steps, "retries": a.retries, "temperature": a.temperature, "samples": a.samples,
+            "fewshot": a.fewshot, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens, "seed": g.seed,
+            "prompt_format": g.prompt_format}
