@@ -108,19 +108,20 @@ def _link(target: Path, out_dir: Path, text: str) -> Html:
 
 
 def _checker(run_cfg: dict[str, Any], metrics: dict[str, Any] | None) -> Checker | None:
-    """The verifier of the run's task (eval.task, else the task its evaluation recorded); None for open tasks."""
-    from selfplay.envs.verifiers import VERIFIERS, verifier_for_task
+    """The verifier of the run's task (eval.task, else the task its evaluation recorded), through the task
+    registry; None for open tasks."""
+    from selfplay.envs.tasks import TASKS, find_verifier, gold_answer
 
     configured = (run_cfg.get("eval") or {}).get("task") or "auto"
-    name = configured if configured in VERIFIERS else verifier_for_task(
-        (metrics or {}).get("task") if configured == "auto" else configured)
-    if name is None:
+    name = (metrics or {}).get("task") if configured == "auto" else configured
+    task = TASKS.get(name or "")
+    check, gold_of = (task.verify, task.gold) if task is not None else (find_verifier(name or ""), gold_answer)
+    if check is None:
         return None
-    check = VERIFIERS[name]
 
     def score(answer: str, held: dict[str, Any]) -> float | None:
-        gold = (held.get("meta") or {}).get("answer") or held.get("reference")
-        return float(check(answer, str(gold))) if gold is not None else None
+        gold = gold_of(held)
+        return float(check(answer, str(gold))) if gold else None
 
     return score
 
