@@ -83,8 +83,9 @@ def test_a_reply_without_text_is_empty_not_an_error(serve) -> None:
 
 
 def test_in_flight_requests_share_one_backoff(serve, caplog: pytest.LogCaptureFixture) -> None:
-    """16 requests in flight hit 32 failures: one "retrying" line per round (2, or 3 when a reply of the
-    first round comes back after that round's sleep on a busy machine), not one per failed request."""
+    """16 requests in flight hit 32 failures: one "retrying" line per round of the shared backoff, not one per
+    failed request (which would print 32). Two rounds on an idle machine; on a loaded one a failure that
+    arrives after its round's sleep opens another round (4 were seen with load average 13)."""
     from selfplay.judges.http import ChatRequest
 
     server = serve(lambda n, body: Reply(503, "{}", headers={}) if n < 32 else
@@ -93,7 +94,8 @@ def test_in_flight_requests_share_one_backoff(serve, caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING):
         replies = client.chat_many([ChatRequest([{"role": "user", "content": f"m{i}"}], f"r{i}") for i in range(16)])
     assert replies == [f"m{i}" for i in range(16)]
-    assert caplog.text.count("retrying in") == client.backoff.rounds_logged in (2, 3)
+    assert caplog.text.count("retrying in") == client.backoff.rounds_logged
+    assert 2 <= client.backoff.rounds_logged <= 6
     assert len(server.requests) == 48
 
 
