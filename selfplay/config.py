@@ -11,15 +11,15 @@ Defaults are the anchors' numbers (DESIGN.md); ``configs/quickstart.yaml`` shrin
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
 from selfplay.config_ranges import check_launch, check_optimizer, check_ranges
+from selfplay import config_tree
+from selfplay.config_tree import all_keys, build, deep_merge, set_dotted
 from selfplay.errors import ConfigError, suggest
 
 
@@ -291,136 +291,12 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a config dataclass, e.g. ``train.beta``."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        keys.append(key)
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys.extend(_all_keys(hint, key + "."))
-    return keys
-
-
-ALL_KEYS = _all_keys(Config)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against type ``hint``; allow int->float and YAML's strings for numbers."""
-    origin = get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arm in get_args(hint):
-            if arm is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key '{key}': expected {_type_name(hint)}, got {value!r}")
-    if origin is Literal:
-        if value not in get_args(hint):
-            choices = ", ".join(repr(a) for a in get_args(hint))
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}.")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        (arm,) = get_args(hint)
-        return [_coerce(v, arm, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        _, varm = get_args(hint)
-        return {str(k): _coerce(v, varm, f"{key}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "5e-7" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-    raise ConfigError(f"config key '{key}': unsupported type {hint}")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, strictly."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        if name not in names:
-            raise ConfigError(f"unknown config key '{key}'.{suggest(key, ALL_KEYS)}")
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key + ".")
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    return cls(**kwargs)
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "schedule":
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config key '{dotted}': '{p}' is not a section.")
-    node[parts[-1]] = value
+ALL_KEYS = all_keys(Config)
 
 
 def parse_set(item: str) -> tuple[str, Any]:
     """Parse one ``--set a.b=c``; the value is read as YAML (numbers, bools, lists)."""
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if key not in ALL_KEYS:
-        raise ConfigError(f"unknown config key '{key}'.{suggest(key, ALL_KEYS)}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    return config_tree.parse_set(item, ALL_KEYS)
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | None = None,
@@ -435,7 +311,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None,
 
 def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, Any] | None,
              preset: dict[str, Any]) -> Config:
-    tree: dict[str, Any] = _deep_merge(dataclasses.asdict(Config()), preset)
+    tree: dict[str, Any] = deep_merge(dataclasses.asdict(Config()), preset)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -446,15 +322,15 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        _build(Config, loaded)  # strict check with the file's own keys, before merging
-        tree = _deep_merge(tree, loaded)
+        build(Config, loaded, ALL_KEYS)  # strict check with the file's own keys, before merging
+        tree = deep_merge(tree, loaded)
     for item in sets or []:
         key, value = parse_set(item)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     for key, value in (flags or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value)
-    cfg = _build(Config, tree)
+            set_dotted(tree, key, value)
+    cfg = build(Config, tree, ALL_KEYS)
     check_ranges(cfg)
     check_optimizer(cfg.train)
     _check_schedule(cfg)
@@ -482,8 +358,8 @@ def for_iteration(cfg: Config, k: int) -> Config:
         return cfg
     tree = dataclasses.asdict(cfg)
     for key, values in cfg.loop.schedule.items():
-        _set_dotted(tree, key, values[min(k, len(values) - 1)])
-    return _build(Config, tree)
+        set_dotted(tree, key, values[min(k, len(values) - 1)])
+    return build(Config, tree, ALL_KEYS)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

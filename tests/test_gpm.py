@@ -82,7 +82,7 @@ def trainer_logits(monkeypatch) -> dict[str, torch.Tensor]:
     """Spy on the trainer: just before it saves, the live model's logits s(w > l) / tau for every training pair,
     computed with the trainer's own hooks (records, tokenization, batch layout, scorer)."""
     import selfplay.stages.train as train_mod
-    from selfplay.core.losses import gpm_score
+    from selfplay.core.judge_losses import gpm_score
     from selfplay.core.objectives import get_objective
 
     captured: dict[str, torch.Tensor] = {}
@@ -377,7 +377,7 @@ def test_gpm_fits_a_four_cycle_that_bradley_terry_cannot(cli, tiny_model, tmp_pa
 def test_gpm_scores_become_sppo_and_gpo_targets_as_the_anchor_computes_them(tiny_model, tmp_path):
     """T[i][j] = s(i > j) / tau with tau from the checkpoint; SPPO: P = sigmoid(T_ij - T_ji), GPO: T_ij - T_ji,
     row means over all K columns (compute_prob_from_raw.py / compute_score_from_raw.py)."""
-    from selfplay.core.losses import gpm_score
+    from selfplay.core.judge_losses import gpm_score
     from selfplay.core.preference_model import embed, load_preference_model
     from selfplay.judges import make_judge
     from selfplay.methods.sppo import build_sppo_pairs

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from selfplay.core import judge_losses as JL
 from selfplay.core import losses as L
 
 
@@ -22,19 +23,19 @@ def test_gpm_score_hand_derived_and_skew_symmetric():
     vi = torch.tensor([1.0, 0.0, 0.6, 0.8])
     vj = torch.tensor([0.0, 1.0, 0.8, -0.6])
     # block 0: 1*1 - 0*0 = 1 ; block 1: 0.6*(-0.6) - 0.8*0.8 = -0.36 - 0.64 = -1
-    assert L.gpm_score(vi, vj).item() == pytest.approx(0.0)
+    assert JL.gpm_score(vi, vj).item() == pytest.approx(0.0)
     gates = torch.tensor([0.75, 0.25])
-    assert L.gpm_score(vi, vj, gates).item() == pytest.approx(0.75 * 1 - 0.25 * 1)
+    assert JL.gpm_score(vi, vj, gates).item() == pytest.approx(0.75 * 1 - 0.25 * 1)
     # width 2 is the GPM repo's GeneralPreferenceLoss: chosen[0] * reject[1] - chosen[1] * reject[0]
     a, b = torch.tensor([[0.3, -0.2]]), torch.tensor([[0.5, 0.7]])
-    assert L.gpm_score(a, b).item() == pytest.approx(0.3 * 0.7 - (-0.2) * 0.5)
+    assert JL.gpm_score(a, b).item() == pytest.approx(0.3 * 0.7 - (-0.2) * 0.5)
     # its HighDimGeneralPreferenceLoss: v_w R^T v_l with R[2k, 2k+1] = -1, R[2k+1, 2k] = 1
     g = torch.Generator().manual_seed(0)
     v = torch.randn(5, 6, generator=g)
     r = torch.zeros(6, 6)
     for k in range(0, 6, 2):
         r[k, k + 1], r[k + 1, k] = -1, 1
-    s = L.gpm_score(v[:, None, :], v[None, :, :])  # [5, 5]
+    s = JL.gpm_score(v[:, None, :], v[None, :, :])  # [5, 5]
     torch.testing.assert_close(s, v @ r.T @ v.T)
     assert torch.equal(s, -s.T) and torch.equal(s.diagonal(), torch.zeros(5))  # exactly, bit for bit
 
@@ -42,30 +43,30 @@ def test_gpm_score_hand_derived_and_skew_symmetric():
 def test_gpm_loss_hand_derived():
     # s = 0.3*0.7 + 0.2*0.5 = 0.31 ; tau 0.1 -> -log sigmoid(3.1) = log(1 + e^-3.1)
     v_w, v_l = torch.tensor([[0.3, -0.2]]), torch.tensor([[0.5, 0.7]])
-    out = L.gpm_loss(v_w, v_l, tau=0.1)
+    out = JL.gpm_loss(v_w, v_l, tau=0.1)
     assert out.losses.item() == pytest.approx(log1pexp(-3.1), rel=1e-6)
     assert out.scores.item() == pytest.approx(0.31)
     # margin 0.11: (0.31 - 0.11) / 0.1 = 2
-    assert L.gpm_loss(v_w, v_l, tau=0.1, margin=torch.tensor([0.11])).losses.item() == pytest.approx(log1pexp(-2.0))
+    assert JL.gpm_loss(v_w, v_l, tau=0.1, margin=torch.tensor([0.11])).losses.item() == pytest.approx(log1pexp(-2.0))
     # swapping the pair flips the score: log(1 + e^3.1)
-    assert L.gpm_loss(v_l, v_w, tau=0.1).losses.item() == pytest.approx(log1pexp(3.1), rel=1e-6)
+    assert JL.gpm_loss(v_l, v_w, tau=0.1).losses.item() == pytest.approx(log1pexp(3.1), rel=1e-6)
     with pytest.raises(ValueError, match="Bradley-Terry"):
-        L.gpm_loss(v_w, v_l, center_rewards_coefficient=0.1)
+        JL.gpm_loss(v_w, v_l, center_rewards_coefficient=0.1)
 
 
 def test_bt_loss_hand_derived_with_tau_margin_and_centring():
     r_w, r_l = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])
-    out = L.bt_loss(r_w[:, None], r_l[:, None], tau=1.0)
+    out = JL.bt_loss(r_w[:, None], r_l[:, None], tau=1.0)
     torch.testing.assert_close(out.losses, torch.tensor([log1pexp(-1.0), log1pexp(1.0)]))
     torch.testing.assert_close(out.scores, torch.tensor([1.0, -1.0]))
     # tau 0.5 doubles the logit; margin 0.5 shifts it first: (1 - 0.5) / 0.5 = 1, (-1 - 0.5) / 0.5 = -3
-    out = L.bt_loss(r_w, r_l, tau=0.5, margin=torch.tensor([0.5, 0.5]))
+    out = JL.bt_loss(r_w, r_l, tau=0.5, margin=torch.tensor([0.5, 0.5]))
     torch.testing.assert_close(out.losses, torch.tensor([log1pexp(-1.0), log1pexp(3.0)]))
     # centring: + 0.01 * (r_w + r_l)^2 = 0.09 and 0.04
-    out = L.bt_loss(r_w, r_l, center_rewards_coefficient=0.01)
+    out = JL.bt_loss(r_w, r_l, center_rewards_coefficient=0.01)
     torch.testing.assert_close(out.losses, torch.tensor([log1pexp(-1.0) + 0.09, log1pexp(1.0) + 0.04]))
     with pytest.raises(ValueError, match="gates"):
-        L.bt_loss(r_w, r_l, gates=torch.ones(2, 1))
+        JL.bt_loss(r_w, r_l, gates=torch.ones(2, 1))
 
 
 def trl_reward_loss(r_w: torch.Tensor, r_l: torch.Tensor, margin: torch.Tensor | None, center: float | None):
@@ -93,7 +94,7 @@ def test_bt_loss_is_trls_reward_loss(margin, center):
     g = torch.Generator().manual_seed(1)
     r_w, r_l = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
     m = None if margin is None else torch.tensor(margin, dtype=torch.float64)
-    ours = L.bt_loss(r_w, r_l, tau=1.0, margin=m, center_rewards_coefficient=center or 0.0).losses.mean()
+    ours = JL.bt_loss(r_w, r_l, tau=1.0, margin=m, center_rewards_coefficient=center or 0.0).losses.mean()
     torch.testing.assert_close(ours, trl_reward_loss(r_w, r_l, m, center), rtol=1e-12, atol=1e-12)
     # and the formula TRL's docs give, written out
     shifted = r_w - r_l - (0 if m is None else m)
@@ -102,8 +103,8 @@ def test_bt_loss_is_trls_reward_loss(margin, center):
 
 
 def test_scorer_loss_table():
-    assert L.SCORER_LOSSES == {"gpm": L.gpm_loss, "bt": L.bt_loss}
-    assert not set(L.SCORER_LOSSES) & set(L.LOSSES)  # not log-prob losses: the preference objective lacks them
+    assert JL.SCORER_LOSSES == {"gpm": JL.gpm_loss, "bt": JL.bt_loss}
+    assert not set(JL.SCORER_LOSSES) & set(L.LOSSES)  # not log-prob losses: the preference objective lacks them
 
 
 def test_gpo_target_is_clamped_at_the_anchors_threshold():

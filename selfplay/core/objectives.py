@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from selfplay.config import TrainConfig
+from selfplay.core import judge_losses as JL
 from selfplay.core import losses as L
 from selfplay.core import preference_model as PM
 from selfplay.core.examples import (RecordKind, Segment, TokenizedExample, TrainRecord, load_examples,
@@ -211,7 +212,7 @@ class ScorerObjective(Objective):
         super().__init__("scorer", "pair", needs_reference=False)
 
     def loss_names(self) -> list[str]:
-        return sorted(L.SCORER_LOSSES)
+        return sorted(JL.SCORER_LOSSES)
 
     def required_fields(self, loss: str) -> tuple[str, ...]:
         return ("margin",)  # 0 where a pair has none (the loader fills it)
@@ -265,7 +266,7 @@ class ScorerObjective(Objective):
         g = train.gpm
         # The anchor gates with the chosen row's prompt state (both rows share the prompt).
         b = gates.chunk(2)[0] if gates.shape[-1] else None
-        out = L.SCORER_LOSSES[loss](v_w, v_l, tau=g.tau, margin=values["margin"], gates=b,
+        out = JL.SCORER_LOSSES[loss](v_w, v_l, tau=g.tau, margin=values["margin"], gates=b,
                                     center_rewards_coefficient=g.center_rewards_coefficient)
         value = out.losses.mean()
         logits = (out.scores - values["margin"]) / g.tau

@@ -45,7 +45,7 @@ FORMATS = ("pairs", "rewardbench")
 def pair_scores(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], *, batch_size: int,
                 max_length: int) -> torch.Tensor:
     """s(chosen > rejected) [n] for canonical pairs: the GPM score with the chosen row's gates, or r_w - r_l."""
-    from selfplay.core.losses import gpm_score
+    from selfplay.core.judge_losses import gpm_score
     from selfplay.core.preference_model import embed
 
     conversations = [(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]

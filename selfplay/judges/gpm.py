@@ -50,7 +50,7 @@ class GPMJudge:
 
     def score(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Embeds all (prompt, sample) pairs ``batch_size`` at a time, then S[i][j] = s(i ≻ j) / τ per prompt."""
-        from selfplay.core.losses import gpm_score
+        from selfplay.core.judge_losses import gpm_score
         from selfplay.core.preference_model import embed
 
         conversations = [(item["prompt_messages"], sample) for item in items for sample in item["samples"]]
