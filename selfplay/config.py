@@ -184,6 +184,8 @@ class RiseConfig:
     criteria: Literal["all", "better", "best", "success"] = "all"
     remove_duplicates: bool = True
     shuffle: bool = True
+    # Keep only episodes that end correct (the anchor's --only_success), before the criteria pick turns.
+    only_success: bool = False
     # Evaluation: sequential turns (one sample each, feedback never reveals correctness), the context
     # window (the most recent k turns kept, the anchor's --context_window), parallel samples of turn 1.
     eval_turns: int = 5

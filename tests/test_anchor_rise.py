@@ -75,3 +75,185 @@ def test_window_1_shows_no_earlier_attempt_where_the_anchor_shows_all() -> None:
     for t, (ours, anchor) in enumerate(window_prompts(1)):
         assert attempts(ours) == []
         assert attempts(anchor) == [f"a{i}" for i in range(t)]
+
+
+# --------------------------------------------------------------------------- a RISE log in the anchor's format
+
+
+def anchor_gsm8k_reward(action: str, solution: str) -> int:
+    """environments/gsm8k.py:47-96 (extract_answers_from_llm, extract_answers, evaluate_response)."""
+    import re
+
+    matches = re.findall(r"boxed{([^}]+)}", action)
+    try:
+        answer = int(matches[-1].replace(",", "")) if matches else None
+    except ValueError:
+        answer = None
+    gold = re.search(r"####\s*([-+]?\d+(?:\.\d+)?)", solution).group(1)
+    if answer is None:
+        return -1
+    return 1 if float(answer) == float(gold) else 0
+
+
+# Per problem, the answers of turns 1..3 (an episode stops at its first correct answer). {g} is the gold
+# number: wrong then right, unparsable then right, a repeated wrong answer and a blank one, never right.
+SCRIPTS = [["\\boxed{{{w}}}", "So \\boxed{{{g}}}."], ["I am not sure.", "\\boxed{{{g}}}"],
+           ["\\boxed{{{w}}}", "\\boxed{{{w}}}", "   "], ["\\boxed{{{g}}}"], ["no idea", "\\boxed{{{w}}}", "\\boxed{{{w}}}"]]
+
+
+def build_anchor_log(rows: list[dict]) -> dict:
+    """What workflow_gen.py:96-164 writes for scripted answers, with the anchor's own rewards and texts."""
+    log = {}
+    for idx, row in enumerate(rows):
+        gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        script = [s.format(g=gold, w=int(float(gold)) + 7) for s in SCRIPTS[idx % len(SCRIPTS)]]
+        history = {"best_actions": [], "actions": {}, "best_observations": [], "observations": {},
+                   "best_rewards": [], "rewards": {}}
+        for turn, action in enumerate(script):
+            reward = anchor_gsm8k_reward(action, row["answer"])
+            observation = ("Great job! You've successfully answered the question." if reward == 1 else
+                           f"The answer is incorrect. Please try again. Here's the question: {row['question']}")
+            history["actions"][turn], history["rewards"][turn] = [action], [reward]
+            history["observations"][turn] = [observation]
+            history["best_actions"].append(action)
+            history["best_rewards"].append(reward)
+            history["best_observations"].append(observation)
+            if reward == 1:
+                break
+        log[idx] = {"task_id": idx, "query": row["question"], "answer": row["answer"],
+                    "max_reward": max(history["best_rewards"]), "turn_history": history, "dialogue": []}
+    return json.loads(json.dumps(log))  # int keys become strings, as json.dump writes them
+
+
+def anchor_convert(log: dict, one_shot: tuple[str, str], *, criteria: str, remove_duplication: bool,
+                   only_success: bool, temperature: float = 0.4) -> list[list[dict]]:
+    """workflow_convert.py:34-156 (init_conversation, skip_dialogue, remove_duplication, convert_to_data,
+    exp_dataset_reward), line for line but for the globals."""
+    def remove_duplication_(actions, observations, rewards):
+        seen = set()
+        for i in range(len(actions)):
+            actions[i] = actions[i].strip()
+            if actions[i] in seen or actions[i] == "":
+                actions[i] = observations[i] = rewards[i] = None
+            else:
+                seen.add(actions[i])
+        return ([a for a in actions if a is not None], [o for o in observations if o is not None],
+                [r for r in rewards if r is not None])
+
+    dataset = []
+    for key in log:
+        entry = log[key]
+        if only_success and entry["max_reward"] != 1.0:
+            continue
+        history = copy.deepcopy(entry["turn_history"])
+        actions, observations, rewards = history["best_actions"], history["best_observations"], history["best_rewards"]
+        if remove_duplication:
+            actions, observations, rewards = remove_duplication_(actions, observations, rewards)
+        conversations = [{"from": "human", "value": one_shot[0], "loss": 0.0},
+                         {"from": "gpt", "value": one_shot[1], "loss": 0.0},
+                         {"from": "human", "value": "Great job! You've successfully answered the question. "
+                                                    f"Now, let's move on to the next one.\n{entry['query']}", "loss": 0.0}]
+        for i in range(len(actions)):
+            conversations.append({"from": "gpt", "value": actions[i], "loss": rewards[i]})
+            if i < 1 and criteria != "success":
+                dataset.append(copy.deepcopy(conversations))
+            else:
+                keep = True
+                if criteria == "best":
+                    keep = not any(rewards[i] < rewards[j] for j in range(i))
+                elif criteria == "better":
+                    keep = rewards[i] > rewards[i - 1]
+                elif criteria == "success":
+                    keep = rewards[i] == 1.0
+                if keep:
+                    dataset.append(copy.deepcopy(conversations))
+            if conversations[-1]["loss"] == 1.0:
+                break
+            conversations[-1]["loss"] = 0.0
+            conversations.append({"from": "human", "value": observations[i], "loss": 0.0})
+    for conversation in dataset:
+        conversation[-1]["loss"] = np.exp(conversation[-1]["loss"] / temperature)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def anchor_log_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    log = build_anchor_log(read_jsonl(shared_data / "gsm8k" / "train_500.jsonl")[:15])
+    path = tmp_path_factory.mktemp("rise_log") / "2_turns.json"
+    path.write_text(json.dumps(log, indent=2))
+    return path, log
+
+
+def strip_one_shot(dataset: list[list[dict]]) -> list[list[dict]]:
+    return [[{**m, "value": m["value"].strip()} if i == 0 else m for i, m in enumerate(c)] for c in dataset]
+
+
+@pytest.mark.parametrize("criteria", ["all", "better", "best", "success"])
+@pytest.mark.parametrize("dedupe", [True, False])
+@pytest.mark.parametrize("only_success", [False, True])
+def test_convert_writes_the_anchors_finetune_json(anchor_log_file, cli, tmp_path: Path, criteria: str,
+                                                  dedupe: bool, only_success: bool) -> None:
+    path, log = anchor_log_file
+    env = ENVS["gsm8k"]
+    rec = {"id": "x", "messages": [{"role": "user", "content": "x"}], "reference": "", "meta": {}}
+    one_shot = (env.reset(rec)[0]["content"], env.reset(rec)[1]["content"])
+    expected = anchor_convert(log, one_shot, criteria=criteria, remove_duplication=dedupe, only_success=only_success)
+    # The anchor trains a blank answer (--keep-duplicates); selfplay drops it at conversion (train refuses it).
+    expected = [c for c in expected if c[-1]["value"].strip()]
+    out = tmp_path / "finetune.json"
+    args = ["rollout", "convert", path, "--out", out, "--env", "gsm8k", "--criteria", criteria, "--format", "rise",
+            "--no-shuffle", "--remove-duplicates" if dedupe else "--keep-duplicates",
+            "--only-success" if only_success else "--all-episodes"]
+    result = cli(args)
+    assert result.exit_code == 0, result.output
+    ours = json.loads(out.read_text())
+    assert [r["id"] for r in ours] == [f"identity_{i}" for i in range(len(ours))]
+    assert strip_one_shot([r["conversations"] for r in ours]) == strip_one_shot(expected)
+    if not dedupe and not only_success:  # the blank answer's episode is never solved
+        assert "3 blank answers not trained" in result.output
+
+
+def test_finetune_json_weights_reach_training(anchor_log_file, cli, tmp_path: Path) -> None:
+    """data prepare reads finetune.json with its per-message weights; train reads them as record weights."""
+    from selfplay.core.examples import load_examples
+    from selfplay.data.records import load_sft
+
+    path, log = anchor_log_file
+    finetune = tmp_path / "finetune.json"
+    assert cli(["rollout", "convert", path, "--out", finetune, "--env", "gsm8k", "--format", "rise",
+                "--no-shuffle"]).exit_code == 0
+    rows = json.loads(finetune.read_text())
+    result = cli(["data", "prepare", finetune, "--out", tmp_path / "prepared"])
+    assert result.exit_code == 0, result.output
+    records = load_sft(tmp_path / "prepared")
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    for rec, row in zip(records, rows):
+        assert rec["meta"]["weight"] == row["conversations"][-1]["loss"]
+        assert rec["reference"] == row["conversations"][-1]["value"]
+        assert [m["content"] for m in rec["messages"]] == [m["value"] for m in row["conversations"][:-1]]
+    weights = sorted({round(r["meta"]["weight"], 6) for r in records})
+    assert weights == [round(math.exp(r / 0.4), 6) for r in (-1, 0, 1)]
+    examples = load_examples(tmp_path / "prepared", "single", ("weight",))
+    assert [e.values["weight"] for e in examples] == [r["meta"]["weight"] for r in records]
+    assert [e.prompt for e in examples] == [r["messages"] for r in records]
+
+
+def test_export_writes_the_anchors_log_and_reads_it_back(anchor_log_file, cli, tmp_path: Path) -> None:
+    from selfplay.methods.rise import read_episodes
+
+    path, log = anchor_log_file
+    episodes = read_episodes(path)
+    jsonl = tmp_path / "episodes.jsonl"
+    jsonl.write_text("".join(json.dumps({**ep, "env": "gsm8k"}) + "\n" for ep in episodes))
+    out = tmp_path / "log.json"
+    assert cli(["rollout", "export", jsonl, "--format", "rise", "--out", out]).exit_code == 0
+    exported = json.loads(out.read_text())
+    assert list(exported) == list(log)
+    for key in log:
+        for field in ("query", "answer", "max_reward", "turn_history"):
+            assert exported[key][field] == log[key][field]
+    # and it converts as the original does
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for src, dst in ((path, a), (out, b)):
+        assert cli(["rollout", "convert", src, "--out", dst, "--env", "gsm8k", "--no-shuffle"]).exit_code == 0
+    assert read_jsonl(a) == read_jsonl(b)

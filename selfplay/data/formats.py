@@ -8,6 +8,7 @@ the first row wins, so more specific formats come first (UltraFeedback rows have
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,11 +91,15 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 
 def _convert_sharegpt(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """ShareGPT conversations. Messages that carry a ``loss`` weight (the RISE anchor's ``finetune.json``,
+    read by its FastChat trainer) make the conversation weighted: only assistant turns with a non-zero
+    weight become records (FastChat masks a message whose loss is 0.0), each with ``meta.weight``."""
     turns = get_list(row, "conversations", ref)
-    messages = []
+    messages, weights = [], []
     system = get_text(row, "system", ref, required=False, allow_empty=True)
     if system:
         messages.append({"role": "system", "content": system})
+        weights.append(None)
     for i, turn in enumerate(turns):
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
@@ -106,8 +111,33 @@ def _convert_sharegpt(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) ->
         if not isinstance(turn.get("value"), str):
             raise ref.error(f"expected a string, got {type(turn.get('value')).__name__}", where + ".value")
         messages.append({"role": _SHAREGPT_ROLES[speaker], "content": turn["value"]})
+        weights.append(_loss_weight(turn, ref, where))
     base = _base_id(row, ref, opts, "id")
-    return _conversation_records(messages, "conversations", base, ref, opts, {"task": "chat"})
+    if all(w is None for w in weights):
+        return _conversation_records(messages, "conversations", base, ref, opts, {"task": "chat"})
+    trained = [i for i, w in enumerate(weights) if messages[i]["role"] == "assistant" and w]
+    if not trained:
+        raise ref.error("no assistant message has a non-zero 'loss' weight: nothing to train", "conversations")
+    numbered = list(enumerate(trained, start=1))
+    picked = {"first": numbered[:1], "last": numbered[-1:], "all": numbered}[opts.turns]
+    records = []
+    for turn, i in picked:
+        if messages[i - 1]["role"] != "user":
+            raise ref.error("a weighted assistant message must answer a user message", f"conversations[{i}]")
+        record_id = f"{base}-t{turn}" if opts.turns == "all" else base
+        records.append(_record(record_id, messages[:i], messages[i]["content"],
+                               {"task": "chat", "weight": weights[i], "turn": turn, "num_turns": len(trained)}))
+    return records
+
+
+def _loss_weight(turn: dict[str, Any], ref: RowRef, where: str) -> float | None:
+    """A message's ``loss`` weight (None when it has none); a non-number or a non-finite one is an error."""
+    if "loss" not in turn:
+        return None
+    value = turn["loss"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ref.error(f"expected a finite number, got {value!r}", where + ".loss")
+    return float(value)
 
 
 def _prompt_messages(row: dict[str, Any], ref: RowRef) -> list[dict[str, str]]:

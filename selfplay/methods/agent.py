@@ -195,3 +195,31 @@ def dpo_pairs_from_files(first: Any, second: Any) -> tuple[list[dict], dict]:
     rows = [{"id": k, "samples": [a[k], b[k]]} for k in a if k in b]
     pairs, stats = build_agent_dpo_pairs(rows, 0, None)
     return pairs, {**stats, "common_questions": len(rows)}
+
+
+def fireact_export(rows: list[dict[str, Any]], sample: int = 0) -> tuple[dict[str, dict[str, Any]], dict]:
+    """Our trajectory rows in FireAct's output form (``generation.py:157-163, 232-233``): one JSON object
+    keyed by question id, finished trajectories only, each ``{reward, em, f1, gt, pred, prompt, traj,
+    traj_by_line}`` with ``reward``/``em`` booleans and ``prompt`` the few-shot text ("" in the Alpaca
+    format, whose ``traj`` holds the whole prompt) — what the anchor's ``convert_alpaca.py`` and
+    ``convert_dpo_data.py`` read. ``sample`` picks one trajectory of a question played several times.
+    Those scripts take ``traj_by_line[3]`` as the question and ``traj_by_line[6:]`` as the response, which
+    holds only for a one-line question in the Alpaca wrapper: the others are counted."""
+    out: dict[str, dict[str, Any]] = {}
+    unfinished = off_layout = 0
+    for row in rows:
+        trajectories = _trajectories(row)
+        if sample >= len(trajectories):
+            raise ConfigError(f"question '{row['id']}' has {len(trajectories)} trajectories; no sample {sample}")
+        t = trajectories[sample]
+        if not t.get("finished", True):
+            unfinished += 1
+            continue
+        lines = t["traj"].split("\n")
+        question = row.get("question") or (t["prompt"][-1]["content"] if isinstance(t.get("prompt"), list) else "")
+        if len(lines) < 7 or lines[3] != question or lines[5] != "### Response:":
+            off_layout += 1
+        out[str(row["id"])] = {"reward": bool(t["reward"]), "em": bool(t.get("em", t["reward"])),
+                               "f1": t.get("f1", float(bool(t["reward"]))), "gt": t.get("gt", ""),
+                               "pred": t.get("pred", ""), "prompt": "", "traj": t["traj"], "traj_by_line": lines}
+    return out, {"exported": len(out), "unfinished_skipped": unfinished, "question_not_on_line_4": off_layout}
