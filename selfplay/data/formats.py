@@ -229,6 +229,54 @@ def _convert_hotpotqa(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) ->
     return [_record(_base_id(row, ref, opts, "_id", "id"), question, answer, meta)]
 
 
+def _convert_bamboogle(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """Bamboogle as FireAct ships it (``data/bamboogle/test.csv``: ``Question``, ``Answer``)."""
+    question = get_text(row, "Question", ref)
+    answer = get_text(row, "Answer", ref)
+    return [_record(_base_id(row, ref, opts, "id"), question, answer, {"task": "bamboogle", "answer": answer})]
+
+
+def _convert_strategyqa(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """StrategyQA (``strategyqa_{train,dev,test}.json``: ``qid``, ``question``, ``answer`` a boolean): the
+    gold is stored as "yes" / "no"."""
+    question = get_text(row, "question", ref)
+    if not isinstance(row.get("answer"), bool):
+        raise ref.error(f"expected true or false, got {row.get('answer')!r}", "answer")
+    answer = "yes" if row["answer"] else "no"
+    meta: dict[str, Any] = {"task": "strategyqa", "answer": answer}
+    for field in ("term", "description", "facts"):
+        if field in row:
+            meta[field] = row[field]
+    return [_record(_base_id(row, ref, opts, "qid", "id"), question, answer, meta)]
+
+
+_LETTERS = ("A", "B", "C", "D")
+
+
+def _convert_mmlu(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """MMLU: the header-less CSVs (question, A, B, C, D, answer letter; FireAct's ``data/mmlu``) or the hub's
+    rows (``question``, ``choices``, ``answer`` an index). The prompt is the anchor's
+    ``"Question: {}\nA. {}\nB. {}\nC. {}\nD. {}"`` (ReinholdM/SPIN ``spin/tasks/mmlu.py:18``); the gold is the letter."""
+    question = get_text(row, "question", ref)
+    if isinstance(row.get("choices"), list):
+        choices, answer = row["choices"], row.get("answer")
+        if len(choices) != 4 or not all(isinstance(c, str) for c in choices):
+            raise ref.error("expected four answer strings", "choices")
+        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < 4:
+            raise ref.error(f"expected the index 0-3 of the right choice, got {answer!r}", "answer")
+        letter = _LETTERS[answer]
+    else:
+        choices = [get_text(row, letter, ref, allow_empty=True) or "" for letter in _LETTERS]
+        letter = (get_text(row, "answer", ref) or "").strip()
+        if letter not in _LETTERS:
+            raise ref.error(f"expected an answer letter A-D, got {letter!r}", "answer")
+    prompt = "Question: {}\nA. {}\nB. {}\nC. {}\nD. {}".format(question, *choices)
+    meta: dict[str, Any] = {"task": "mmlu", "answer": letter, "choices": choices}
+    if isinstance(row.get("subject"), str):
+        meta["subject"] = row["subject"]
+    return [_record(_base_id(row, ref, opts, "id"), prompt, letter, meta)]
+
+
 # The FireAct trajectory text is an Alpaca prompt followed by the ReAct response.
 _ALPACA_TRAJECTORY = re.compile(
     r"### Instruction:\s*\n(?P<prompt>.*?)\n\s*### Response:[ \t]*\n?(?P<response>.*)", re.DOTALL)
@@ -281,7 +329,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _convert_spin, default_turns="last"),
     Format("messages", "chat messages (UltraChat: prompt, prompt_id, messages)",
            lambda r: "messages" in r, _convert_messages),
-    Format("sharegpt", "ShareGPT conversations of {from, value}", lambda r: "conversations" in r,
+    Format("sharegpt", "ShareGPT conversations of {from, value, loss?} (loss: RISE's finetune.json weights)",
+           lambda r: "conversations" in r,
            _convert_sharegpt),
     Format("alpaca", "Alpaca {instruction, input, output}", lambda r: "instruction" in r and "output" in r,
            _convert_alpaca),
@@ -290,6 +339,13 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _convert_gsm8k),
     Format("math", "MATH {problem, solution with \\boxed{}}", lambda r: "problem" in r and "solution" in r,
            _convert_math),
+    Format("strategyqa", "StrategyQA {qid, question, answer: true|false}",
+           lambda r: "question" in r and isinstance(r.get("answer"), bool), _convert_strategyqa),
+    Format("mmlu", "MMLU: header-less CSV (question, A-D, answer letter) or {question, choices, answer index}",
+           lambda r: "question" in r and ({"A", "B", "C", "D"} <= set(r) or isinstance(r.get("choices"), list)),
+           _convert_mmlu),
+    Format("bamboogle", "Bamboogle {Question, Answer} (FireAct's test.csv)", lambda r: "Question" in r and "Answer" in r,
+           _convert_bamboogle),
     Format("hotpotqa", "HotpotQA {question, answer, type}", lambda r: "question" in r and "answer" in r,
            _convert_hotpotqa),
     Format("prompt_response", "plain {prompt, response|completion}",
