@@ -190,11 +190,14 @@ def read_trajectories(path: Any) -> dict[str, dict[str, Any]]:
 
 def dpo_pairs_from_files(first: Any, second: Any) -> tuple[list[dict], dict]:
     """The anchor's ``convert_dpo_data.py``: for each question in both files whose rewards differ, the
-    rewarded trajectory is chosen, the other rejected."""
+    rewarded trajectory is chosen, the other rejected. Only finished trajectories count, as only those are
+    in the anchor's files (``generation.py:155-163``); ours record unfinished ones too (``finished: false``)."""
     a, b = read_trajectories(first), read_trajectories(second)
-    rows = [{"id": k, "samples": [a[k], b[k]]} for k in a if k in b]
+    finished = {name: {k: t for k, t in trajs.items() if t.get("finished", True)} for name, trajs in (("a", a), ("b", b))}
+    rows = [{"id": k, "samples": [finished["a"][k], finished["b"][k]]} for k in finished["a"] if k in finished["b"]]
     pairs, stats = build_agent_dpo_pairs(rows, 0, None)
-    return pairs, {**stats, "common_questions": len(rows)}
+    unfinished = len(a) + len(b) - len(finished["a"]) - len(finished["b"])
+    return pairs, {**stats, "common_questions": len(rows), "unfinished_skipped": unfinished}
 
 
 def fireact_export(rows: list[dict[str, Any]], sample: int = 0) -> tuple[dict[str, dict[str, Any]], dict]:
