@@ -116,6 +116,8 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = 0.1
+    # Warm-up as a step count; > 0 overrides warmup_ratio (HF TrainingArguments' rule; the agent anchors use 100).
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1

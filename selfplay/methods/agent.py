@@ -111,12 +111,27 @@ def _check_dpo(cfg: Any) -> None:
                           f"agent.samples must be at least 2, got {cfg.agent.samples}")
 
 
-# The anchor's settings (ReinholdM/SPIN configs/config.yaml), LoRA as it trains agents, FireAct's prompt.
+# The anchors' training settings. SPIN for agents (ReinholdM/SPIN spin/run_spin.py:263-292, launched by
+# scripts/finetune.sh with configs/config.yaml) and its DPO (spin/run_dpo.py:316-340) hard-code the same
+# TrainingArguments: lr 3e-4, 30 epochs, 100 warm-up steps, 16 accumulation steps, fp16, HF's default AdamW
+# and linear schedule; batch 2 (SPIN) or 1 (DPO); beta 0.1 (config.yaml; TRL's default for DPOTrainer);
+# max length 512 and prompt 512 (config.yaml); LoRA r 16, alpha 32, dropout 0.05 (alignment/configs.py
+# ModelArguments defaults, use_peft True) on PEFT's default Llama modules q_proj, v_proj (lora_target_modules
+# None, alignment/model_utils.py:89-97). Their rollouts decode greedily (models/llama.py do_sample=False):
+# agent.temperature 0 reproduces that, the default 0.7 samples (FireAct's --temperature).
 _PRESET: dict[str, Any] = {
-    "model": {"lora": {"enabled": True}},
+    "model": {"lora": {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}},
     "generate": {"prompt_format": "alpaca", "max_new_tokens": 256},
-    "train": {"beta": 0.1, "lr": 5e-7, "epochs": 3.0, "optimizer": "rmsprop", "max_length": 1024,
-              "max_prompt_length": 512},
+    "train": {"beta": 0.1, "lr": 3e-4, "epochs": 30.0, "optimizer": "adamw", "scheduler": "linear",
+              "warmup_steps": 100, "batch_size": 2, "grad_accum": 16, "max_length": 512, "max_prompt_length": 512},
+}
+# FireAct's LoRA SFT (anchen1011/FireAct finetune/llama_lora/finetune.py:24-46, 193-210 and its README command):
+# lr 3e-4, 30 epochs, micro-batch 16 of a batch of 128 (8 accumulation steps), 100 warm-up steps, cutoff 512,
+# LoRA r 8, alpha 16, dropout 0.05 on q_proj and v_proj.
+_SFT_PRESET: dict[str, Any] = {
+    **_PRESET,
+    "model": {"lora": {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}},
+    "train": {**_PRESET["train"], "batch_size": 16, "grad_accum": 8},
 }
 _COLUMNS = (("agent_em", "EM", "{:.3f}"), ("agent_f1", "F1", "{:.3f}"), ("agent_steps", "steps", "{:.1f}"),
             ("agent_finished", "finished", "{:.2f}"))
@@ -132,13 +147,14 @@ AGENT_DPO = Method(
     name="agent-dpo",
     summary="DPO between the agent's reward-different trajectories of a question",
     collects="trajectories", build=build_agent_dpo_pairs, objective="preference", default_loss="sigmoid",
-    preset={**_PRESET, "agent": {"samples": 2}}, columns=_COLUMNS, evaluations=("agent",), check=_check_dpo,
+    preset={**_PRESET, "train": {**_PRESET["train"], "batch_size": 1}, "agent": {"samples": 2}}, columns=_COLUMNS,
+    evaluations=("agent",), check=_check_dpo,
 )
 AGENT_SFT = Method(
     name="agent-sft",
     summary="SFT on the agent's successful trajectories (FireAct-style)",
     collects="trajectories", build=build_agent_sft, objective="likelihood", default_loss="sft",
-    preset={**_PRESET, "train": {**_PRESET["train"], "lr": 1e-5, "optimizer": "adamw"}},
+    preset=_SFT_PRESET,
     names=("response", "response"), columns=_COLUMNS, evaluations=("agent",), check=_check,
 )
 
