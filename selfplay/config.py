@@ -173,6 +173,10 @@ class RiseConfig:
 
     # gsm8k | math | arith (the tasks with a RISE rule, selfplay.envs.answer_envs.ENVS); auto = the data's task.
     env: str = "auto"
+    # How attempts are checked: selfplay (math-verify for MATH; GSM8K numbers read leniently; -1 without an
+    # answer) | anchor (cmu-mind/RISE's own checkers: MATH's string normalisation with 0 for no box, GSM8K's
+    # int() of the last box). docs/anchor-differences.md lists where they differ.
+    rewards: str = "selfplay"
     # Collection: turns per episode (an episode stops at a correct answer) and candidates per turn
     # (n_1 ... n_T, the last repeats): the best by reward (first on ties) becomes the turn's answer.
     max_turns: int = 2

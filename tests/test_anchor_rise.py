@@ -184,17 +184,15 @@ def anchor_log_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory)
     return path, log
 
 
-def strip_one_shot(dataset: list[list[dict]]) -> list[list[dict]]:
-    return [[{**m, "value": m["value"].strip()} if i == 0 else m for i, m in enumerate(c)] for c in dataset]
-
-
 @pytest.mark.parametrize("criteria", ["all", "better", "best", "success"])
 @pytest.mark.parametrize("dedupe", [True, False])
 @pytest.mark.parametrize("only_success", [False, True])
 def test_convert_writes_the_anchors_finetune_json(anchor_log_file, cli, tmp_path: Path, criteria: str,
                                                   dedupe: bool, only_success: bool) -> None:
+    from selfplay.envs.answer_envs import get_env
+
     path, log = anchor_log_file
-    env = ENVS["gsm8k"]
+    env = get_env("gsm8k", "anchor")  # the anchor's one-shot text, byte for byte
     rec = {"id": "x", "messages": [{"role": "user", "content": "x"}], "reference": "", "meta": {}}
     one_shot = (env.reset(rec)[0]["content"], env.reset(rec)[1]["content"])
     expected = anchor_convert(log, one_shot, criteria=criteria, remove_duplication=dedupe, only_success=only_success)
@@ -203,12 +201,12 @@ def test_convert_writes_the_anchors_finetune_json(anchor_log_file, cli, tmp_path
     out = tmp_path / "finetune.json"
     args = ["rollout", "convert", path, "--out", out, "--env", "gsm8k", "--criteria", criteria, "--format", "rise",
             "--no-shuffle", "--remove-duplicates" if dedupe else "--keep-duplicates",
-            "--only-success" if only_success else "--all-episodes"]
+            "--only-success" if only_success else "--all-episodes", "--set", "rise.rewards=anchor"]
     result = cli(args)
     assert result.exit_code == 0, result.output
     ours = json.loads(out.read_text())
     assert [r["id"] for r in ours] == [f"identity_{i}" for i in range(len(ours))]
-    assert strip_one_shot([r["conversations"] for r in ours]) == strip_one_shot(expected)
+    assert [r["conversations"] for r in ours] == expected
     if not dedupe and not only_success:  # the blank answer's episode is never solved
         assert "3 blank answers not trained" in result.output
 
@@ -257,3 +255,88 @@ def test_export_writes_the_anchors_log_and_reads_it_back(anchor_log_file, cli, t
     for src, dst in ((path, a), (out, b)):
         assert cli(["rollout", "convert", src, "--out", dst, "--env", "gsm8k", "--no-shuffle"]).exit_code == 0
     assert read_jsonl(a) == read_jsonl(b)
+
+
+# --------------------------------------------------------------------------- rewards: GSM8K edge answers, MATH
+
+
+# (attempt, gold solution, selfplay's reward, the anchor's reward): every row where the two rules differ, and
+# some where they agree. docs/anchor-differences.md carries this table.
+GSM8K_EDGES = [
+    ("so \\boxed{18}.", "#### 18", 1, 1),
+    ("\\boxed{1,234}", "#### 1234", 1, 1),
+    ("\\boxed{-3}", "#### -3", 1, 1),
+    ("\\boxed{18.00}", "#### 18", 1, -1),      # int("18.00") fails in the anchor
+    ("\\boxed{$18}", "#### 18", 1, -1),        # int("$18") fails
+    ("\\boxed{\\$18}", "#### 18", 1, -1),
+    ("\\boxed{+18}", "#### 18", 1, 1),         # was -1 here before issue 22
+    ("boxed{18}", "#### 18", 1, 1),            # the backslash dropped: the anchor's regex takes it (was -1)
+    ("\\boxed{18} and then \\boxed{}", "#### 18", 1, 1),  # a trailing empty box (was -1)
+    ("\\boxed {18}", "#### 18", 1, -1),        # a space before the brace: the anchor's regex misses it
+    ("\\boxed{18 apples}", "#### 18", -1, -1),
+    ("The answer is 18.", "#### 18", -1, -1),
+    ("\\boxed{\\frac{36}{2}}", "#### 18", -1, -1),
+    ("\\boxed{17}", "#### 18", 0, 0),
+]
+
+
+@pytest.mark.parametrize("attempt, solution, ours, anchor", GSM8K_EDGES)
+def test_gsm8k_edge_answers_both_rules(attempt: str, solution: str, ours: int, anchor: int) -> None:
+    from selfplay.envs.answer_envs import get_env
+
+    assert anchor_gsm8k_reward(attempt, solution) == anchor  # the anchor's own code (ported above)
+    assert ENVS["gsm8k"].reward(attempt, solution) == ours
+    assert get_env("gsm8k", "anchor").reward(attempt, solution) == anchor
+
+
+def test_gsm8k_gold_with_thousands_separator() -> None:
+    """The anchor's gold regex reads "#### 43,500" as 43; both our rules read 43500 (kept: it is right)."""
+    from selfplay.envs.answer_envs import get_env
+
+    assert anchor_gsm8k_reward("\\boxed{43}", "#### 43,500") == 1
+    for rules in ("selfplay", "anchor"):
+        env = get_env("gsm8k", rules)
+        assert env.reward("\\boxed{43,500}", "#### 43,500") == 1 and env.reward("\\boxed{43}", "#### 43,500") == 0
+
+
+def test_math_rules_on_real_rows(shared_data: Path) -> None:
+    """The anchor's MATH check (math.py:50-66, math_equivalence.py): its string normalisation, and 0 for an
+    answer without a box; ours: math-verify, -1 without a box."""
+    pytest.importorskip("math_verify")
+    from selfplay.data.answers import last_boxed
+    from selfplay.envs.answer_envs import get_env
+
+    anchor, ours = get_env("math", "anchor"), ENVS["math"]
+    rows = read_jsonl(shared_data / "math" / "test_200.jsonl")[:40]
+    for row in rows:
+        gold = last_boxed(row["solution"])
+        right = f"Therefore the answer is $\\boxed{{{gold}}}$."
+        assert anchor.reward(right, gold) == ours.reward(right, gold) == 1.0, gold
+        assert anchor.reward("\\boxed{-987654}", gold) == ours.reward("\\boxed{-987654}", gold) == 0.0
+        assert anchor.reward("I do not know.", gold) == 0.0 and ours.reward("I do not know.", gold) == -1.0
+    # string normalisation: what it equates, and what it does not
+    assert anchor.reward("\\boxed{0.5}", "\\frac{1}{2}") == 1.0
+    assert anchor.reward("\\boxed{\\dfrac12}", "\\frac{1}{2}") == 1.0
+    assert anchor.reward("\\boxed{10\\text{ cm}}", "10") == 1.0
+    assert anchor.reward("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}") == 0.0 and ours.reward("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}") == 1.0
+    assert anchor.reward("\\boxed{x = 3}", "3") == 1.0
+
+
+def test_anchor_rule_prompts_are_the_anchors_template() -> None:
+    """rise.rewards=anchor also takes the anchor's one-shot text byte for byte (utils/template.py wraps the
+    instruction in newlines); the default keeps it stripped."""
+    from selfplay.envs.answer_envs import get_env
+
+    rec = {"id": "q", "messages": [{"role": "user", "content": "Q?"}], "reference": "#### 1", "meta": {}}
+    anchor, ours = get_env("gsm8k", "anchor").reset(rec), ENVS["gsm8k"].reset(rec)
+    assert anchor[0]["content"] == "\n" + ours[0]["content"] + "\n" and anchor[0]["content"].startswith("\nYou are an AI")
+    assert anchor[1:] == ours[1:]
+
+
+def test_rewards_option_is_checked(cli) -> None:
+    result = cli(["config", "show", "--set", "method=rise", "--set", "rise.env=arith", "--set", "rise.rewards=anchor"])
+    assert result.exit_code == 2 and "rise.rewards 'anchor'" in result.output and "selfplay" in result.output
+    result = cli(["config", "show", "--set", "method=rise", "--set", "rise.env=math", "--set", "rise.rewards=anchr"])
+    assert result.exit_code == 2 and "anchor" in result.output
+    assert cli(["config", "show", "--set", "method=rise", "--set", "rise.env=math",
+                "--set", "rise.rewards=anchor"]).exit_code == 0

@@ -110,16 +110,46 @@ def predicted_answer(completion: str) -> str:
 # --------------------------------------------------------------------------- RISE's answer forms
 
 
-_NUMBER_ONLY = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER_ONLY = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# A box: "\\boxed{", "\\fbox{", or "boxed{" whose backslash the model dropped (the anchor's regex takes it).
+_BOX_OPEN = re.compile(r"(?:\\fbox|\\?boxed)\s*\{")
+
+
+def _boxes(text: str) -> list[str]:
+    """The contents of every box in ``text`` (nested braces kept), in order; an unclosed box is left out."""
+    contents = []
+    for match in _BOX_OPEN.finditer(text):
+        depth = 0
+        for i in range(match.end() - 1, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                contents.append(text[match.end():i])
+                break
+    return contents
 
 
 def boxed_number(text: str) -> str | None:
-    """The anchor's GSM8K answer: the last ``\\boxed{}`` holding a number (commas dropped), else None."""
-    content = last_boxed(text)
+    """RISE's GSM8K answer: the last non-empty box (``\\boxed{}``, or ``boxed{}`` without its backslash)
+    when it holds a number — commas, ``$`` and a sign allowed, ``18.00`` equal to ``18`` — else None.
+    Where this differs from the anchor's ``extract_answers_from_llm`` (docs/anchor-differences.md), the
+    anchor's reading is :func:`anchor_gsm8k_answer`."""
+    content = next((c for c in reversed(_boxes(text)) if c.strip()), None)
     if content is None:
         return None
-    cleaned = content.replace(",", "").strip().strip("$").strip()
+    cleaned = content.replace(",", "").replace("\\$", "").strip().strip("$").strip()
     return canonical_number(cleaned) if _NUMBER_ONLY.fullmatch(cleaned) else None
+
+
+def anchor_gsm8k_answer(text: str) -> str | None:
+    """cmu-mind/RISE ``environments/gsm8k.py:47-61``: the last ``boxed{...}`` (no nested braces, non-empty),
+    commas dropped, read by ``int()`` (so ``18.00`` and ``$18`` are no answer, `` +18 `` is 18), else None."""
+    matches = re.findall(r"boxed{([^}]+)}", text)
+    if not matches:
+        return None
+    try:
+        return str(int(matches[-1].replace(",", "")))
+    except ValueError:
+        return None
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:

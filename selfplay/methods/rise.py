@@ -88,7 +88,7 @@ def build_rise_examples(episodes: list[dict[str, Any]], iteration: int, cfg: Any
         if cfg.rise.only_success and ep.get("max_reward") != 1.0:
             continue  # the anchor's --only_success: episodes never solved give no turns
         blank += sum(1 for a in ep["turn_history"]["best_actions"] if not a.strip())
-        start = ep.get("prompt") or get_env(ep.get("env") or cfg.rise.env).reset(
+        start = ep.get("prompt") or get_env(ep.get("env") or cfg.rise.env, cfg.rise.rewards).reset(
             {"messages": [{"role": "user", "content": ep["query"]}], "reference": ep.get("answer", "")})
         for context, action, reward in convert_episode(start, ep, cfg.rise.criteria, cfg.rise.remove_duplicates):
             turn = (len(context) - len(start)) // 2
@@ -161,14 +161,17 @@ def _check_episode(ep: Any, path: Path, key: str) -> dict[str, Any]:
 
 
 def _check(cfg: Any) -> None:
-    from selfplay.envs.answer_envs import ENVS
+    from selfplay.envs.answer_envs import ENVS, RULES
+    from selfplay.errors import suggest
 
     r = cfg.rise
     if r.env != "auto" and r.env not in ENVS:
-        from selfplay.errors import suggest
-
         raise ConfigError(f"rise.env '{r.env}' is not an environment.{suggest(r.env, ENVS)} "
                           f"Choose auto or one of {', '.join(ENVS)}.")
+    rules = ("selfplay", *ENVS[r.env].task.rise_variants) if r.env != "auto" else RULES
+    if r.rewards not in rules:
+        raise ConfigError(f"rise.rewards '{r.rewards}' is not a rule of {'the ' + r.env if r.env != 'auto' else 'any'} "
+                          f"environment.{suggest(r.rewards, rules)} Choose one of {', '.join(rules)}.")
     if r.max_turns < 1 or r.eval_turns < 1:
         raise ConfigError(f"rise.max_turns and rise.eval_turns must be at least 1, got {r.max_turns}, {r.eval_turns}")
     if not r.num_samples or any(n < 1 for n in r.num_samples):
