@@ -340,3 +340,39 @@ def test_rewards_option_is_checked(cli) -> None:
     assert result.exit_code == 2 and "anchor" in result.output
     assert cli(["config", "show", "--set", "method=rise", "--set", "rise.env=math",
                 "--set", "rise.rewards=anchor"]).exit_code == 0
+
+
+def test_weighted_loss_is_fastchats_weighted_mean() -> None:
+    """cmu-mind/RISE FastChat train.py:44-70: each sample's mean token loss times its reward weight, then the
+    batch mean."""
+    import torch
+
+    from selfplay.core.losses import weighted_nll_loss
+
+    logps, ntok = torch.tensor([-12.0, -3.0, -8.0]), torch.tensor([4, 3, 2])
+    weights = torch.tensor([math.exp(1 / 0.4), 1.0, math.exp(-1 / 0.4)])
+    per_sample = [12.0 / 4, 3.0 / 3, 8.0 / 2]
+    expected = sum(w * l for w, l in zip(weights.tolist(), per_sample)) / 3
+    assert weighted_nll_loss(logps, weights, ntok).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_finetune_json_trains_with_its_weights(anchor_log_file, cli, tiny_model: Path, tmp_path: Path) -> None:
+    """finetune.json -> data prepare -> train --loss weighted: every step logs the mean weight of its batch,
+    and the warm-up in steps (the agent anchors' 100) overrides the ratio."""
+    path, _ = anchor_log_file
+    finetune = tmp_path / "finetune.json"
+    assert cli(["rollout", "convert", path, "--out", finetune, "--env", "gsm8k", "--format", "rise"]).exit_code == 0
+    assert cli(["data", "prepare", finetune, "--out", tmp_path / "prepared"]).exit_code == 0
+    weights = [json.loads(line)["meta"]["weight"] for line in (tmp_path / "prepared" / "train.jsonl").open()]
+    out = tmp_path / "out"
+    result = cli(["train", "--model", tiny_model, "--data", tmp_path / "prepared", "--out", out, "--method", "rise",
+                  "--loss", "weighted", "--batch-size", str(len(weights)), "--grad-accum", "1", "--epochs", "2", "--lr", "1e-3",
+                  "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "train.warmup_steps=4",
+                  "--set", "train.max_length=256", "--set", "train.max_prompt_length=200"])
+    assert result.exit_code == 0, result.output
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["weight"] for m in metrics] == pytest.approx([sum(weights) / len(weights)] * 2, rel=1e-5)
+    assert [m["lr"] for m in metrics[:2]] == pytest.approx([1e-3 * 1 / 4, 1e-3 * 2 / 4])  # linear warm-up over 4 steps
+    result = cli(["train", "--model", tiny_model, "--data", tmp_path / "prepared", "--out", tmp_path / "o2",
+                  "--method", "rise", "--loss", "rwr", "--max-steps", "1"])
+    assert result.exit_code == 2 and "reward" in result.output  # prepared records carry weights, not rewards
