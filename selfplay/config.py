@@ -208,6 +208,14 @@ class AgentConfig:
     # The agent's tools (selfplay.envs.tools.TOOLS: search, finish, calculator); empty: the task's own
     # (Task.tools: search and finish for the QA tasks, calculator and finish for arith/gsm8k/math).
     tools: list[str] = field(default_factory=list)
+    # How a step's text becomes a tool call (selfplay.envs.react.ACTION_FORMATS): fireact (the anchor's parser:
+    # everything after "\nAction: ", the argument between the first "[" and the next, minus its last
+    # character) | strict (the first line, exactly name[argument]).
+    actions: str = "fireact"
+    # What the model sees where a call yields nothing usable (selfplay.envs.tools.OBSERVATION_STYLES): fireact
+    # ("None" for an empty search, the anchor's exception text for an unknown tool, an action without "["
+    # dropped) | selfplay ("No results found.", "Invalid action: ...").
+    observations: str = "fireact"
     # The search tool's backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
     search: str = "replay"
     # Replay sources: FireAct trajectory files and query -> result caches (JSON/JSONL).

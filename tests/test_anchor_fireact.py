@@ -124,3 +124,171 @@ def test_anchor_dpo_conversion_of_our_export_gives_our_agent_pairs(two_runs, cli
                  "chosen": response_text([Segment(**s) for s in p["chosen"]]),
                  "rejected": response_text([Segment(**s) for s in p["rejected"]])} for p in pairs]
         assert text == anchor
+
+
+# --------------------------------------------------------------------------- scoring what FireAct recorded
+
+
+def anchor_score_hotpotqa(traj: str, gt: str) -> dict:
+    """What generation.py:105-142 and tasks/hotpotqa.py:59-64 make of a recorded trajectory's last action:
+    the text after the last "\\nAction: " up to its observation, split at "[" (argument minus its last
+    character), scored by normalized exact match and F1."""
+    from selfplay.envs.verifiers import f1_score, normalize_answer
+
+    response = traj.split("### Response:\n", 1)[1]
+    action = response.rsplit("\nAction: ", 1)[1].rsplit("\nObservation: ", 1)[0]
+    action_type, action_args = action.split("[")[:2]
+    assert "finish" in action_type.lower()
+    pred, gold = normalize_answer(action_args[:-1]), normalize_answer(gt)
+    return {"em": pred == gold, "f1": f1_score(pred, gold), "pred": pred, "gt": gold}
+
+
+# One trajectory of FireAct's own 13B run (anchen1011/FireAct trajs/hotpotqa_dev_0_500_llama_models_lora_
+# llama-2-13b-d_1000_0.7_2023-09-18-13-40-08.json, key 5080, MIT): its finish[...] runs on into a second line.
+FIREACT_13B_5080 = {
+    "reward": False, "em": False, "f1": 0.25, "gt": "baby guinness",
+    "pred": "blue hawaii thought i need to search for meaning of baby guinness to confirm",
+    "traj": "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\nWhich cocktail's name describes how the drink looks, Blue Hawaii or "
+            "Baby Guinness?\n\n### Response:\nThought: I need to search for the meaning of the names Blue Hawaii "
+            "and Baby Guinness to find out which one describes how the drink looks.\nAction: search[meaning of "
+            "Blue Hawaii]\nObservation: In conclusion, \u201cBlue Hawaii\u201d encompasses the universal emotions "
+            "of longing, nostalgia, and romance. Elvis Presley's heartfelt rendition of the ...\nThought: The "
+            "meaning of Blue Hawaii is not clear. I need to search again.\nAction: search[what is Blue Hawaii "
+            "cocktail]\nObservation: 3/4 ounce vodka \u00b7 3/4 ounce light rum \u00b7 1/2 ounce blue cura\u00e7ao "
+            "\u00b7 3 ounces pineapple juice \u00b7 1 ounce sweet and sour mix (recipe below) \u00b7 Garnish: "
+            "pineapple wedge.\nThought: The Blue Hawaii cocktail contains vodka, rum, blue cura\u00e7ao, pineapple "
+            "juice, and sweet and sour mix. It seems like the name describes the color of the drink.\nAction: "
+            "finish[Blue Hawaii]\nThought: I need to search for the meaning of Baby Guinness to confirm.\n"
+            "Observation: Episode finished, reward = False\n"}
+
+
+def rescore(entry: dict, actions: str) -> tuple[float, dict] | None:
+    from selfplay.envs.agent_episodes import score_steps
+    from selfplay.envs.react import get_action_format, parse_trajectory, response_part
+    from selfplay.envs.tasks import TASKS
+
+    steps = parse_trajectory(response_part(entry["traj"]))
+    return score_steps(TASKS["hotpotqa"], steps, entry["gt"], get_action_format(actions))
+
+
+def test_scoring_the_150_recorded_trajectories_gives_what_fireact_recorded(shared_data: Path) -> None:
+    trajs = json.loads((shared_data / "fireact" / "trajs_llama2_7b_150.json").read_text())
+    assert len(trajs) == 150
+    for key, entry in {**trajs, "13b-5080": FIREACT_13B_5080}.items():
+        reward, info = rescore(entry, "fireact")
+        recorded = {k: entry[k] for k in ("em", "f1", "pred", "gt")}
+        assert bool(reward) == entry["reward"] and {**info, "em": bool(info["em"])} == recorded, key
+        assert anchor_score_hotpotqa(entry["traj"], entry["gt"]) == recorded, key
+    assert sum(e["reward"] for e in trajs.values()) == 41
+
+
+def test_the_strict_parser_reads_the_13b_row_otherwise() -> None:
+    """finish[Blue Hawaii]\\nThought: ...: FireAct scores the whole remainder (F1 0.25); strict reads "Blue Hawaii"."""
+    reward, info = rescore(FIREACT_13B_5080, "strict")
+    assert info["pred"] == "blue hawaii" and info["f1"] == 0.0 and reward == 0.0
+    assert rescore(FIREACT_13B_5080, "fireact")[1]["f1"] == 0.25
+
+
+@pytest.mark.parametrize("action, fireact, strict", [
+    ("finish[Paris]", ("finish", "Paris"), ("finish", "Paris")),
+    ("finish[Paris] because", ("finish", "Paris] becaus"), None),
+    ("search[a [b] c]", ("search", "a"), ("search", "a [b] c")),
+    ("Finish[x]", ("Finish", "x"), ("finish", "x")),
+    (" reflect[How can I improve?]", (" reflect", "How can I improve?"), ("reflect", "How can I improve?")),
+    ("finish[X]\nThought: more", ("finish", "X]\nThought: mor"), ("finish", "X")),  # strict: the first line
+    ("no call at all", None, None),
+])
+def test_action_formats(action: str, fireact, strict) -> None:
+    from selfplay.envs.react import ACTION_FORMATS
+
+    assert ACTION_FORMATS["fireact"].call(action) == fireact
+    assert ACTION_FORMATS["strict"].call(action) == strict
+    tools = ("search", "finish")
+    if fireact:  # generation.py:112/135: a name with "finish" in it finishes; tools/__init__.py: others exactly
+        assert ACTION_FORMATS["fireact"].tool(fireact[0], tools) == (
+            "finish" if "finish" in fireact[0].lower() else fireact[0] if fireact[0] in tools else None)
+
+
+@pytest.mark.parametrize("text, thought, action", [
+    (" I should search.\nAction: search[Paris]", "I should search.", "search[Paris]"),
+    (" done\nAction: finish[X]\nThought: I need to check.", "done", "finish[X]\nThought: I need to check."),
+    (" a\nAction: finish[X]\nAction: search[y]", "a", "finish[X]"),
+    ("Action: finish[yes]", "", "finish[yes]"),
+    (" Action: finish[yes]", "", " finish[yes]"),  # text[len("Action: "):] of the unstripped text
+    ("Thought: x\nAction: search[q]", "x", "search[q]"),
+    ("just thinking", None, None),
+])
+def test_fireact_split_is_the_anchors(text: str, thought, action) -> None:
+    from selfplay.envs.react import fireact_split
+
+    assert fireact_split(text) == (None if thought is None else (thought, action))
+
+
+def test_recorded_observations_are_reproduced(shared_data: Path) -> None:
+    """The anchor's observations for an unknown tool and an empty search, as recorded in the 150."""
+    from selfplay.envs.react import get_action_format, parse_trajectory, response_part
+    from selfplay.envs.tools import OBSERVATION_STYLES
+
+    trajs = json.loads((shared_data / "fireact" / "trajs_llama2_7b_150.json").read_text())
+    fireact, style = get_action_format("fireact"), OBSERVATION_STYLES["fireact"]
+    unknown = empty = 0
+    for entry in trajs.values():
+        for step in parse_trajectory(response_part(entry["traj"])):
+            call = fireact.call(step.action)
+            if call and fireact.tool(call[0], ("search", "finish")) is None:
+                assert step.observation == style.unknown(step.action, *call, "search[query] or finish[answer]")
+                unknown += 1
+            elif call and call[0] == "search" and step.observation == "None":
+                empty += 1
+    assert unknown == 7 and empty == 7 and style.empty == "None"
+
+
+def test_replay_keeps_recorded_empties_and_counts_fallbacks(shared_data: Path) -> None:
+    """A query FireAct recorded as empty replays empty (it was answered with another question's snippet);
+    only a query never recorded takes the nearest recorded one, flagged and counted."""
+    from selfplay.envs.search import ReplaySearch
+    from selfplay.envs.tools import SearchTool
+
+    search = ReplaySearch([shared_data / "fireact" / "trajs_llama2_7b_150.json",
+                           shared_data / "agent" / "search_cache.json"])
+    empty = search("Benjamin Burnley genre of music")
+    assert empty.empty and not empty.nearest and search.fallbacks == 0
+    assert SearchTool(search, empty="None").run("Benjamin Burnley genre of music", {}).text == "None"
+    assert SearchTool(search, empty="No results found.").run("benjamin  burnley GENRE of music", {}).text == "No results found."
+    near = search("music genre of Benjamin Burnley band Breaking Benjamin")
+    assert near.nearest and search.fallbacks == 1
+    observation = SearchTool(search).run("music genre of Benjamin Burnley band Breaking Benjamin", {})
+    assert observation.approximate and search.fallbacks == 2
+
+
+@pytest.mark.parametrize("style", ["fireact", "selfplay"])
+def test_an_action_without_a_bracket_is_dropped_as_fireact_drops_it(shared_data: Path, style: str) -> None:
+    """generation.py:105-110/127-133: an action that does not split at "[" is skipped — no step, no observation
+    — and the loop samples again; ours (selfplay observations) records it with an "Invalid action" note."""
+    from selfplay.config import AgentConfig
+    from selfplay.envs.agent_episodes import load_agent, new_episodes, play_agent_episodes
+
+    settings = AgentConfig(task="hotpotqa", search_sources=[str(shared_data / "agent" / "search_cache.json")],
+                           max_steps=3, observations=style)
+    agent = load_agent(settings)
+    seeds: list[int] = []
+
+    def respond(prompts: list[str], temperature: float, seed: int) -> list[str]:
+        seeds.append(seed)
+        first = len(seeds) == 1
+        return [" let me think\nAction: I will answer Paris" if first else " so\nAction: finish[Paris]" for _ in prompts]
+
+    record = {"id": "q", "messages": [{"role": "user", "content": "Capital of France?"}], "reference": "",
+              "meta": {"task": "hotpotqa", "answer": "Paris"}}
+    done = []
+    play_agent_episodes(agent, respond, new_episodes([record], lambda m: m[-1]["content"] + "\n", fewshot="",
+                                                     samples=1, seed=0), settings, done.append, 0.0)
+    (ep,) = done
+    assert ep.finished and ep.reward == 1.0 and ep.invalid_actions == 1
+    if style == "fireact":
+        assert ep.dropped_steps == 1 and [s.action for s in ep.steps] == ["finish[Paris]"]
+        assert seeds[0] != seeds[1]  # the same text is sampled again, on another seed
+    else:
+        assert ep.dropped_steps == 0 and len(ep.steps) == 2
+        assert ep.steps[0].observation == "Invalid action: I will answer Paris. Use search[query] or finish[answer]."

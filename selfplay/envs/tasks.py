@@ -84,6 +84,9 @@ class Task:
     tools: tuple[str, ...] = ("finish",)
     default_data: DefaultData | None = None
     gold: Callable[[Record], str] = gold_answer
+    # How finish's observation prints a reward: "True"/"False" (the anchor's HotpotQA em is a bool), "1"/"0"
+    # for the tasks whose anchor scores with integers (StrategyQA, MMLU: generation.py:142 prints it).
+    reward_text: Callable[[float], str] = lambda reward: str(bool(reward))
 
     def verify(self, completion: str, gold: str) -> float:
         """The verifier of this task: a whole completion's reward against ``gold`` (``verifier:NAME``)."""
@@ -183,9 +186,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("hotpotqa", "HotpotQA: normalized exact match (F1 recorded)", **_QA,
          default_data=("hotpotqa/hotpot_qa:distractor", "validation")),
     Task("bamboogle", "Bamboogle: normalized exact match (F1 recorded)", **_QA),
-    Task("strategyqa", "StrategyQA: yes or no", V.yes_no_score, _qa_answer_key, V.predicted_answer,
-         tools=_QA_TOOLS),
-    Task("mmlu", "MMLU: the answer letter", V.letter_score, _qa_answer_key, V.predicted_answer, tools=_QA_TOOLS),
+    Task("strategyqa", "StrategyQA: the answer starts with yes or no (the anchor's rule)", V.yes_no_score,
+         _qa_answer_key, V.yes_no_answer, tools=_QA_TOOLS, reward_text=lambda reward: str(int(reward))),
+    Task("mmlu", "MMLU: the answer starts with the gold letter (the anchor's rule)", V.letter_score, _qa_answer_key,
+         V.letter_answer, tools=_QA_TOOLS, reward_text=lambda reward: str(int(reward))),
 )}
 
 

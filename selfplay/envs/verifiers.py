@@ -197,23 +197,46 @@ def qa_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
 
 
 def yes_no_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    """StrategyQA: the first normalized word when it is yes/no (else the whole normalized answer)."""
-    def yn(text: str) -> str:
-        words = normalize_answer(text).split()
-        return words[0] if words and words[0] in ("yes", "no") else normalize_answer(text)
+    """StrategyQA as the anchor scores it (ReinholdM/SPIN, FireAct ``tasks/strategyqa.py:21-25``): the answer,
+    lower-cased, starts with "yes" and the gold is yes, or with "no" and the gold is no — so "Nope" and "not
+    really" are no, " yes" (a leading space) is neither. ``gt`` is the gold as a boolean, as the anchor's."""
+    answer, truth = pred.lower(), _yes_no_gold(gold)
+    em = int(answer.startswith("yes") and truth is True or answer.startswith("no") and truth is False)
+    return float(em), {"em": em, "f1": float(em), "pred": answer, "gt": truth}
 
-    em = float(yn(pred) == yn(gold))
-    return em, {"em": em, "f1": em, "pred": yn(pred), "gt": yn(gold)}
+
+def _yes_no_gold(gold: str | bool) -> bool | None:
+    """StrategyQA's gold: a boolean, or its text ("yes"/"no", "true"/"false"); None when it is neither."""
+    if isinstance(gold, bool):
+        return gold
+    return {"yes": True, "true": True, "no": False, "false": False}.get(str(gold).strip().lower())
+
+
+def yes_no_answer(completion: str) -> str:
+    """A whole completion's yes/no answer for StrategyQA: its finish[...] argument, else its first word that is
+    yes or no (normalized), else the completion."""
+    answer = extract_finish_answer(completion)
+    if answer is not None:
+        return answer
+    return next((w for w in normalize_answer(completion).split() if w in ("yes", "no")), completion.strip())
 
 
 def letter_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    """MMLU: the first standalone letter A-D (else the first character), upper-cased."""
-    def letter(text: str) -> str:
-        match = re.search(r"\b([A-D])\b", text.strip().upper())
-        return match[1] if match else text.strip().upper()[:1]
+    """MMLU as the anchor scores it (``tasks/mmlu.py:42-46``): the answer, lower-cased, starts with the gold
+    letter — "B. the ring" and "b" score, "(B) the ring" does not."""
+    answer, truth = pred.lower(), gold.strip().lower()
+    em = int(bool(truth) and answer.startswith(truth))
+    return float(em), {"em": em, "f1": float(em), "pred": answer, "gt": truth}
 
-    em = float(letter(pred) == letter(gold))
-    return em, {"em": em, "f1": em, "pred": letter(pred), "gt": letter(gold)}
+
+def letter_answer(completion: str) -> str:
+    """A whole completion's MMLU answer: its finish[...] argument, else its first standalone letter A-D, else
+    the completion."""
+    answer = extract_finish_answer(completion)
+    if answer is not None:
+        return answer
+    match = re.search(r"\b([A-D])\b", completion)
+    return match[1] if match else completion.strip()
 
 
 # The task-free verifiers: (completion, reference) -> score in [0, 1] on the completion's answer.

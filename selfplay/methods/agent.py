@@ -100,6 +100,14 @@ def _check(cfg: Any) -> None:
     if a.task not in TASKS:
         raise ConfigError(f"agent.task '{a.task}' is not one of {', '.join(TASKS)}")
     check_tools(a, TASKS[a.task])  # names, one that ends episodes, each tool's settings (search: its backend)
+    from selfplay.envs.react import ACTION_FORMATS
+    from selfplay.envs.tools import observation_style
+    from selfplay.errors import suggest
+
+    if a.actions not in ACTION_FORMATS:
+        raise ConfigError(f"agent.actions '{a.actions}' is not one of {', '.join(ACTION_FORMATS)}."
+                          f"{suggest(a.actions, ACTION_FORMATS)}")
+    observation_style(a.observations)
     if a.max_steps < 1 or a.retries < 0 or a.samples < 1:
         raise ConfigError("agent.max_steps must be >= 1, agent.retries >= 0 and agent.samples >= 1")
 
