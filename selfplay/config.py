@@ -230,6 +230,9 @@ class AgentConfig:
     temperature: float = 0.7
     # Trajectories per question (>= 2 gives agent-dpo reward-different pairs).
     samples: int = 1
+    # Train the tool observations of trajectories too (the anchors do: FireAct's SFT trains the whole text,
+    # its agent DPO chat-template strings holding them); off: they are context, never trained.
+    train_on_observations: bool = False
     # A few-shot ReAct prompt file put before each question (e.g. FireAct's react_hotpotqa_google.txt).
     fewshot: str | None = None
 

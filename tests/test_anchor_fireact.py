@@ -292,3 +292,32 @@ def test_an_action_without_a_bracket_is_dropped_as_fireact_drops_it(shared_data:
     else:
         assert ep.dropped_steps == 0 and len(ep.steps) == 2
         assert ep.steps[0].observation == "Invalid action: I will answer Paris. Use search[query] or finish[answer]."
+
+
+def test_train_on_observations_option(shared_data: Path) -> None:
+    """Off (the default) the observations of both sides of a pair are context; on, every token is trained, as
+    the anchors train them."""
+    import dataclasses
+
+    from selfplay.core.examples import Segment, response_text
+    from selfplay.methods import load_config
+    from selfplay.methods.agent import build_agent_dpo_pairs, build_spin_agent_pairs, read_trajectories
+
+    trajs = read_trajectories(shared_data / "fireact" / "trajs_llama2_7b_150.json")
+    good = next(t for t in trajs.values() if t["reward"])
+    bad = next(t for t in trajs.values() if not t["reward"])
+    rows = [{"id": "q", "samples": [good, bad], "reference": good["traj"]}]
+    cfg = load_config(None, ["method=agent-dpo", f"agent.search_sources=[{shared_data / 'agent' / 'search_cache.json'}]"])
+    for on in (False, True):
+        c = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, train_on_observations=on))
+        (pair,), _ = build_agent_dpo_pairs(rows, 0, c)
+        (spin, *_), _ = build_spin_agent_pairs([{**rows[0], "samples": [bad]}], 0, c)
+        for side in (pair["chosen"], pair["rejected"], spin["rejected"]):
+            if on:
+                assert isinstance(side, str) and "\nObservation: " in side  # all of it trained
+            else:
+                segments = [Segment(**s) for s in side]
+                assert {s.train for s in segments} == {True, False}
+                assert all(s.text.startswith("\nObservation: ") for s in segments if not s.train)
+        text = pair["chosen"] if on else response_text([Segment(**s) for s in pair["chosen"]])
+        assert text == good["traj"].split("### Response:\n", 1)[1]

@@ -2,7 +2,9 @@
 
 Each iteration plays ReAct trajectories with the current model and the tools (:mod:`selfplay.stages.agent_rollout`,
 :mod:`selfplay.envs.agent_episodes`).
-Training records keep the tool observations as context segments (never trained):
+Training records keep the tool observations as context segments, never trained — unless
+``agent.train_on_observations`` (off by default): the anchors train them (FireAct's SFT trains the whole
+text, its agent DPO chat-template strings holding the observations), so a faithful reproduction may:
 
 * ``spin-agent`` — SPIN pairs: the real (FireAct) trajectory of a question against the model's own;
 * ``agent-dpo`` — DPO pairs between two trajectories of the same question whose rewards differ (the
@@ -22,39 +24,45 @@ from selfplay.errors import ConfigError
 from selfplay.methods.base import Method
 
 
-def trajectory_segments(steps: list[Step]) -> list[Segment]:
-    """Training segments: each step's ``Thought/Action`` trained, its ``Observation`` line context."""
+def trajectory_segments(steps: list[Step], train_on_observations: bool = False) -> list[Segment]:
+    """Training segments: each step's ``Thought/Action`` trained, its ``Observation`` line context (trained
+    too with ``train_on_observations``)."""
     segments = []
     for s in steps:
         segments.append(Segment(f"Thought: {s.thought}\nAction: {s.action}", True))
         if s.observation is not None:
-            segments.append(Segment(f"\nObservation: {s.observation}\n", False))
+            segments.append(Segment(f"\nObservation: {s.observation}\n", train_on_observations))
     return segments
+
+
+def _observations_trained(cfg: Any) -> bool:
+    return bool(cfg is not None and cfg.agent.train_on_observations)
 
 
 def _trajectories(row: dict[str, Any]) -> list[dict[str, Any]]:
     return row.get("samples") or [row]
 
 
-def _segments(trajectory: dict[str, Any]) -> list[Segment]:
-    return trajectory_segments([Step(**s) for s in trajectory["steps"]])
+def _segments(trajectory: dict[str, Any], train_on_observations: bool = False) -> list[Segment]:
+    return trajectory_segments([Step(**s) for s in trajectory["steps"]], train_on_observations)
 
 
-def real_segments(reference: str) -> list[Segment]:
+def real_segments(reference: str, train_on_observations: bool = False) -> list[Segment]:
     """The training segments of a real trajectory (an SFT record's reference)."""
-    return trajectory_segments(parse_trajectory(response_part(reference)))
+    return trajectory_segments(parse_trajectory(response_part(reference)), train_on_observations)
 
 
 def build_spin_agent_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
     """chosen = the real trajectory, rejected = the model's own, for every question with a real one."""
     pairs, no_real, identical = [], 0, 0
+    observations = _observations_trained(cfg)
     for row in rows:
-        real = real_segments(row.get("reference") or "")
+        real = real_segments(row.get("reference") or "", observations)
         if not any(s.train for s in real):
             no_real += 1
             continue
         for j, traj in enumerate(_trajectories(row)):
-            own = _segments(traj)
+            own = _segments(traj, observations)
             if [(s.text, s.train) for s in own] == [(s.text, s.train) for s in real]:
                 identical += 1
                 continue
@@ -67,6 +75,7 @@ def build_spin_agent_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any)
 def build_agent_dpo_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
     """chosen = a rewarded trajectory, rejected = an unrewarded one of the same question."""
     pairs, same = [], 0
+    observations = _observations_trained(cfg)
     for row in rows:
         trajs = _trajectories(row)
         good = [t for t in trajs if t["reward"]]
@@ -75,14 +84,15 @@ def build_agent_dpo_pairs(rows: list[dict[str, Any]], iteration: int, cfg: Any) 
             same += 1
             continue
         pairs.append({"id": f"{row['id']}@it{iteration}", "prompt": good[0]["prompt"],
-                      "chosen": segments_to_json(_segments(good[0])), "rejected": segments_to_json(_segments(bad[0]))})
+                      "chosen": segments_to_json(_segments(good[0], observations)),
+                      "rejected": segments_to_json(_segments(bad[0], observations))})
     return pairs, {"pairs": len(pairs), "dropped_equal_rewards": same, "own_em": _mean_reward(rows)}
 
 
 def build_agent_sft(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict], dict]:
     """One single-response record per successful trajectory."""
     examples = [{"id": f"{row['id']}#s{j}@it{iteration}", "prompt": t["prompt"],
-                 "response": segments_to_json(_segments(t))}
+                 "response": segments_to_json(_segments(t, _observations_trained(cfg)))}
                 for row in rows for j, t in enumerate(_trajectories(row)) if t["reward"]]
     return examples, {"examples": len(examples), "own_em": _mean_reward(rows)}
 
