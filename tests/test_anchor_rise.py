@@ -320,6 +320,9 @@ def test_math_rules_on_real_rows(shared_data: Path) -> None:
     assert anchor.reward("\\boxed{10\\text{ cm}}", "10") == 1.0
     assert anchor.reward("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}") == 0.0 and ours.reward("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}") == 1.0
     assert anchor.reward("\\boxed{x = 3}", "3") == 1.0
+    # its box regex keeps one level of nested braces: both sides cut to "\\frac{\\sqrt{3}"
+    assert anchor.reward("\\boxed{\\frac{\\sqrt{3}}{5}}", "\\frac{\\sqrt{3}}{2}") == 1.0
+    assert ours.reward("\\boxed{\\frac{\\sqrt{3}}{5}}", "\\frac{\\sqrt{3}}{2}") == 0.0
 
 
 def test_anchor_rule_prompts_are_the_anchors_template() -> None:

@@ -1,9 +1,11 @@
 """The agent's tools: ``name[argument]`` in, an :class:`Observation` out, one registry entry each.
 
 A ReAct step ends with ``Action: name[argument]``; the episode loop (:mod:`selfplay.envs.agent_episodes`)
-looks the name up among the episode's tools and shows the model what ``run`` returns. An unknown name is
-an invalid action, never an error. Tool output is untrusted text that is only ever shown to the model, and
-model text is only ever parsed as ``name[argument]`` and handed to a tool that knows what to do with it.
+looks the name up among the episode's tools (as ``agent.actions`` reads it) and shows the model what ``run``
+returns. An unknown name is an invalid action, never an error: its observation is the ``agent.observations``
+style's (FireAct's exception text, or ours). Tool output is untrusted text that is only ever shown to the
+model, and model text is only ever parsed as ``name[argument]`` and handed to a tool that knows what to do
+with it.
 
 * ``search`` — a search backend of :mod:`selfplay.envs.search` (``agent.search``: replay, serpapi); a
   failing backend is an observation saying so, counted as a tool error; a search without result shows
