@@ -321,3 +321,23 @@ def test_train_on_observations_option(shared_data: Path) -> None:
                 assert all(s.text.startswith("\nObservation: ") for s in segments if not s.train)
         text = pair["chosen"] if on else response_text([Segment(**s) for s in pair["chosen"]])
         assert text == good["traj"].split("### Response:\n", 1)[1]
+
+
+def test_export_refuses_what_is_not_a_trajectory(two_runs, anchor_free_episodes, cli, tmp_path: Path) -> None:
+    a, _, _ = two_runs
+    result = cli(["rollout", "export", anchor_free_episodes, "--format", "fireact", "--out", tmp_path / "x.json"])
+    assert result.exit_code == 2 and "line 1" in result.output and "traj" in result.output
+    result = cli(["rollout", "export", a, "--format", "fireact", "--out", tmp_path / "y.json", "--sample", "3"])
+    assert result.exit_code == 2 and "no sample 3" in result.output
+    result = cli(["rollout", "export", a, "--format", "fireakt", "--out", tmp_path / "z.json"])
+    assert result.exit_code == 2 and "fireact" in result.output
+    assert not any((tmp_path / n).exists() for n in ("x.json", "y.json", "z.json"))
+
+
+@pytest.fixture
+def anchor_free_episodes(tmp_path: Path) -> Path:
+    """A RISE episode file: the wrong kind of rollout for a FireAct export."""
+    path = tmp_path / "episodes.jsonl"
+    write_jsonl(path, [{"id": "p0", "query": "q", "turn_history": {"best_actions": ["a"], "best_rewards": [0],
+                                                                    "best_observations": ["o"]}}])
+    return path

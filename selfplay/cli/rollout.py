@@ -125,7 +125,7 @@ def export(
 ) -> None:
     """Write our episodes or trajectories in an anchor's own file format."""
     _check_choice(format_, EXPORT_FORMATS, "--format")
-    from selfplay.io import read_jsonl, write_json
+    from selfplay.io import write_json
 
     path = _rows_file(rollouts)
     if format_ == "rise":
@@ -138,7 +138,7 @@ def export(
 
     if path.suffix != ".jsonl":
         raise UserError(f"{path}: expected our agent rollout JSONL (or its shard directory)")
-    exported, stats = fireact_export(read_jsonl(path), sample)
+    exported, stats = fireact_export(path, sample)
     if not exported:
         raise UserError(f"no finished trajectory to export ({stats})")
     write_json(out, exported)

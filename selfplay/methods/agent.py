@@ -234,21 +234,32 @@ def dpo_pairs_from_files(first: Any, second: Any) -> tuple[list[dict], dict]:
     return pairs, {**stats, "common_questions": len(rows), "unfinished_skipped": unfinished}
 
 
-def fireact_export(rows: list[dict[str, Any]], sample: int = 0) -> tuple[dict[str, dict[str, Any]], dict]:
-    """Our trajectory rows in FireAct's output form (``generation.py:157-163, 232-233``): one JSON object
-    keyed by question id, finished trajectories only, each ``{reward, em, f1, gt, pred, prompt, traj,
-    traj_by_line}`` with ``reward``/``em`` booleans and ``prompt`` the few-shot text ("" in the Alpaca
-    format, whose ``traj`` holds the whole prompt) — what the anchor's ``convert_alpaca.py`` and
+def fireact_export(path: Any, sample: int = 0) -> tuple[dict[str, dict[str, Any]], dict]:
+    """Our trajectory rows (an agent rollout JSONL) in FireAct's output form (``generation.py:157-163,
+    232-233``): one JSON object keyed by question id, finished trajectories only, each ``{reward, em, f1, gt,
+    pred, prompt, traj, traj_by_line}`` with ``reward``/``em`` booleans and ``prompt`` the few-shot text (""
+    in the Alpaca format, whose ``traj`` holds the whole prompt) — what the anchor's ``convert_alpaca.py`` and
     ``convert_dpo_data.py`` read. ``sample`` picks one trajectory of a question played several times.
     Those scripts take ``traj_by_line[3]`` as the question and ``traj_by_line[6:]`` as the response, which
-    holds only for a one-line question in the Alpaca wrapper: the others are counted."""
+    holds only for a one-line question in the Alpaca wrapper: the others are counted. A row that is not a
+    trajectory names the file, line and field."""
+    from selfplay.errors import DataError
+    from selfplay.io import iter_jsonl
+
+    if sample < 0:
+        raise ConfigError(f"--sample must be >= 0, got {sample}")
     out: dict[str, dict[str, Any]] = {}
     unfinished = off_layout = 0
-    for row in rows:
+    for line, row in enumerate(iter_jsonl(path), start=1):
         trajectories = _trajectories(row)
         if sample >= len(trajectories):
-            raise ConfigError(f"question '{row['id']}' has {len(trajectories)} trajectories; no sample {sample}")
+            raise DataError(f"{len(trajectories)} trajectories; no sample {sample}", path=path, line=line,
+                            field="samples")
         t = trajectories[sample]
+        for field, kind in (("traj", str), ("reward", (bool, int, float)), ("id", (str, int))):
+            if not isinstance((row if field == "id" else t).get(field), kind):
+                raise DataError("missing or of the wrong type: is this an agent rollout?", path=path, line=line,
+                                field=field)
         if not t.get("finished", True):
             unfinished += 1
             continue
