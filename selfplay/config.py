@@ -116,6 +116,8 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = 0.1
+    # Warm-up as a step count; > 0 overrides warmup_ratio (HF TrainingArguments' rule; the agent anchors use 100).
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
@@ -171,6 +173,10 @@ class RiseConfig:
 
     # gsm8k | math | arith (the tasks with a RISE rule, selfplay.envs.answer_envs.ENVS); auto = the data's task.
     env: str = "auto"
+    # How attempts are checked: selfplay (math-verify for MATH; GSM8K numbers read leniently; -1 without an
+    # answer) | anchor (cmu-mind/RISE's own checkers: MATH's string normalisation with 0 for no box, GSM8K's
+    # int() of the last box). docs/anchor-differences.md lists where they differ.
+    rewards: str = "selfplay"
     # Collection: turns per episode (an episode stops at a correct answer) and candidates per turn
     # (n_1 ... n_T, the last repeats): the best by reward (first on ties) becomes the turn's answer.
     max_turns: int = 2
@@ -184,6 +190,8 @@ class RiseConfig:
     criteria: Literal["all", "better", "best", "success"] = "all"
     remove_duplicates: bool = True
     shuffle: bool = True
+    # Keep only episodes that end correct (the anchor's --only_success), before the criteria pick turns.
+    only_success: bool = False
     # Evaluation: sequential turns (one sample each, feedback never reveals correctness), the context
     # window (the most recent k turns kept, the anchor's --context_window), parallel samples of turn 1.
     eval_turns: int = 5
@@ -200,6 +208,14 @@ class AgentConfig:
     # The agent's tools (selfplay.envs.tools.TOOLS: search, finish, calculator); empty: the task's own
     # (Task.tools: search and finish for the QA tasks, calculator and finish for arith/gsm8k/math).
     tools: list[str] = field(default_factory=list)
+    # How a step's text becomes a tool call (selfplay.envs.react.ACTION_FORMATS): fireact (the anchor's parser:
+    # everything after "\nAction: ", the argument between the first "[" and the next, minus its last
+    # character) | strict (the first line, exactly name[argument]).
+    actions: str = "fireact"
+    # What the model sees where a call yields nothing usable (selfplay.envs.tools.OBSERVATION_STYLES): fireact
+    # ("None" for an empty search, the anchor's exception text for an unknown tool, an action without "["
+    # dropped) | selfplay ("No results found.", "Invalid action: ...").
+    observations: str = "fireact"
     # The search tool's backend: replay (offline, recorded results + BM25) | serpapi (needs SERPAPI_API_KEY).
     search: str = "replay"
     # Replay sources: FireAct trajectory files and query -> result caches (JSON/JSONL).
@@ -214,6 +230,9 @@ class AgentConfig:
     temperature: float = 0.7
     # Trajectories per question (>= 2 gives agent-dpo reward-different pairs).
     samples: int = 1
+    # Train the tool observations of trajectories too (the anchors do: FireAct's SFT trains the whole text,
+    # its agent DPO chat-template strings holding them); off: they are context, never trained.
+    train_on_observations: bool = False
     # A few-shot ReAct prompt file put before each question (e.g. FireAct's react_hotpotqa_google.txt).
     fewshot: str | None = None
 

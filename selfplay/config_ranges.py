@@ -33,6 +33,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.max_steps": (1, True, None, False),
     "train.epochs": (0, False, None, False),
     "train.warmup_ratio": (0, True, 1, True),
+    "train.warmup_steps": (0, True, None, False),
     "train.weight_decay": (0, True, None, False),
     "train.batch_size": (1, True, None, False),
     "train.grad_accum": (1, True, None, False),

@@ -39,20 +39,15 @@ def fireact(shared_data: Path) -> dict:
 
 
 def test_parser_rereads_every_shared_fireact_trajectory(fireact: dict) -> None:
+    """Byte for byte, "Action:  reflect[...]" (two spaces) included; the scores are test_anchor_fireact's."""
     assert len(fireact) == 150
     for key, entry in fireact.items():
         response = response_part(entry["traj"])
         steps = parse_trajectory(response)
-        lines = response.rstrip("\n").split("\n")
-        assert len(steps) == sum(line.startswith("Action:") for line in lines), key
-        assert [s.observation for s in steps] == [line[len("Observation: "):] for line in lines
-                                                  if line.startswith("Observation:")], key
-        assert render_steps(steps).rstrip("\n") == re.sub(r"Action:\s+", "Action: ", response.rstrip("\n")), key
-        last = steps[-1]
-        assert last.tool == "finish" and last.observation.startswith("Episode finished, reward = ")
-        answer = re.match(r"finish\[(.*)\]", last.action)[1]
-        assert normalize_answer(answer) == entry["pred"], key
-        assert TASKS["hotpotqa"].score(answer, entry["gt"])[0] == float(entry["em"]), key
+        assert render_steps(steps) == response, key
+        assert [s.observation for s in steps] == [line[len("Observation: "):] for line in response.split("\n")
+                                                  if line.startswith("Observation: ")], key
+        assert steps[-1].observation.startswith("Episode finished, reward = ")
 
 
 def test_segments_make_observations_context(fireact: dict) -> None:
@@ -81,7 +76,10 @@ def test_em_f1_official_normalisation() -> None:
     assert f1_score("yes", "no") == 0.0 and f1_score("no answer", "noanswer") == 0.0
     assert f1_score("yes it is", "yes") == 0.0  # yes/no/noanswer golds only match exactly
     assert TASKS["strategyqa"].score("Yes, because...", "yes")[0] == 1.0
-    assert TASKS["mmlu"].score("(B) the ring", "B")[0] == 1.0 and TASKS["mmlu"].score("C", "B")[0] == 0.0
+    # the anchor's startswith rules (tasks/mmlu.py:42-46, tasks/strategyqa.py:21-25)
+    assert TASKS["mmlu"].score("(B) the ring", "B")[0] == 0.0 and TASKS["mmlu"].score("b. the ring", "B")[0] == 1.0
+    assert TASKS["mmlu"].score("C", "B")[0] == 0.0
+    assert TASKS["strategyqa"].score("Nope", "no")[0] == 1.0 and TASKS["strategyqa"].score(" yes", "yes")[0] == 0.0
 
 
 def test_react_references_are_scored_without_observations(fireact: dict) -> None:

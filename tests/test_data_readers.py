@@ -179,3 +179,52 @@ def test_synthetic_source_parameters(tmp_path):
         prepare_source("synth:arith?num=many", tmp_path / "c")
     with pytest.raises(UserError, match="does not apply"):
         prepare_source("synth:arith", tmp_path / "c", format="gsm8k")
+
+
+def test_mmlu_headerless_csv_as_the_anchor_reads_it(cli, shared_data, tmp_path):
+    """FireAct/SPIN's MMLUTask (tasks/mmlu.py:27-34): pd.read_csv(header=None), the question formatted with
+    its four choices, the gold the letter; our records carry exactly that prompt and letter."""
+    pd = pytest.importorskip("pandas")
+    path = shared_data / "mmlu" / "abstract_algebra_test.csv"
+    ours = _prepare(cli, path, tmp_path / "m")
+    anchor = [{"question": "Question: {}\nA. {}\nB. {}\nC. {}\nD. {}".format(*row[:5]), "answer": row[5]}
+              for row in pd.read_csv(path, header=None).values]
+    assert len(ours) == len(anchor) == 100
+    assert [r["messages"][0]["content"] for r in ours] == [a["question"] for a in anchor]
+    assert [r["meta"]["answer"] for r in ours] == [r["reference"] for r in ours] == [a["answer"] for a in anchor]
+    assert all(r["meta"]["task"] == "mmlu" for r in ours)
+    dev = _prepare(cli, shared_data / "mmlu" / "abstract_algebra_dev.csv", tmp_path / "d")
+    assert len(dev) == 5 and dev[0]["meta"]["choices"] == ["0", "1", "2", "3"]
+    # the hub's form (question, choices, answer index) gives the same prompt
+    hub = tmp_path / "hub.jsonl"
+    hub.write_text(json.dumps({"question": "2+2?", "choices": ["1", "4", "[0, 1]", "5"], "answer": 1}) + "\n")
+    row = _prepare(cli, hub, tmp_path / "h")[0]
+    assert row["messages"][0]["content"] == "Question: 2+2?\nA. 1\nB. 4\nC. [0, 1]\nD. 5" and row["reference"] == "B"
+
+
+def test_mmlu_csv_cells_stay_text_and_bad_letters_are_named(cli, tmp_path):
+    path = tmp_path / "x_test.csv"
+    path.write_text('What is 1?,"[0, 1]",b,c,d,A\nWhat is 2?,a,b,c,d,E\n')
+    result = cli(["data", "prepare", path, "--out", tmp_path / "o"])
+    assert result.exit_code == 2 and "row 1" in result.output and "answer" in result.output
+    rows = _prepare(cli, path, tmp_path / "o2", "--skip-invalid")
+    assert rows[0]["meta"]["choices"][0] == "[0, 1]"
+
+
+def test_bamboogle_csv_and_strategyqa_json(cli, tmp_path):
+    bamboogle = tmp_path / "test.csv"  # FireAct's data/bamboogle/test.csv layout
+    bamboogle.write_text("Question,Answer\nWho was president of the United States in the year that Citibank "
+                         "was founded?,james madison\nWhat is the capital of France?,Paris\n")
+    rows = _prepare(cli, bamboogle, tmp_path / "b")
+    assert rows[0]["meta"] == {"task": "bamboogle", "answer": "james madison"}
+    assert rows[1]["messages"][0]["content"] == "What is the capital of France?"
+    strategyqa = tmp_path / "strategyqa_dev.json"  # FireAct's data/strategyqa layout
+    strategyqa.write_text(json.dumps([
+        {"qid": "e0044a7b4d146d611e73", "term": "Albany, Georgia", "description": "City in Georgia",
+         "question": "Will the Albany in Georgia reach a hundred thousand occupants before the one in New York?",
+         "answer": False, "facts": ["Albany, GA has around 75,000 people"], "decomposition": ["..."]},
+        {"qid": "q2", "question": "Is water wet?", "answer": True}]))
+    rows = _prepare(cli, strategyqa, tmp_path / "s")
+    assert [r["id"] for r in rows] == ["e0044a7b4d146d611e73", "q2"]
+    assert [r["meta"]["answer"] for r in rows] == [r["reference"] for r in rows] == ["no", "yes"]
+    assert rows[0]["meta"]["task"] == "strategyqa"

@@ -170,9 +170,10 @@ def test_rank_merges_a_generate_directory_first(cli, gsm8k_samples: Path, tmp_pa
         merged.append(out_dir)
         return dest
 
-    from selfplay.stages import rank
+    from selfplay.stages import rank, shards
 
-    monkeypatch.setattr(rank, "merge_shards", merge_shards)
+    monkeypatch.setattr(shards, "merge_shards", merge_shards)
+    monkeypatch.setattr(rank, "merge_shards", merge_shards)  # imported by name: a worker may have loaded it first
     out = tmp_path / "rank.jsonl"
     result = cli(["rank", "--data", gen_dir, "--judge", "verifier:gsm8k", "--out", out])
     assert result.exit_code == 0, result.output

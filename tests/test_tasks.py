@@ -17,7 +17,7 @@ CASES = [
     ("hotpotqa", "Thought: done\nAction: finish[The Las Vegas Sands]", "Action: finish[Macau]", "Las Vegas Sands"),
     ("bamboogle", "Action: finish[george washington]", "Action: finish[Lincoln]", "George Washington"),
     ("strategyqa", "Action: finish[Yes, it could]", "Action: finish[no]", "yes"),
-    ("mmlu", "Action: finish[(B) the ring]", "Action: finish[C]", "B"),
+    ("mmlu", "Action: finish[B. the ring]", "Action: finish[(B) the ring]", "B"),  # the anchor's startswith
 ]
 
 
@@ -45,9 +45,12 @@ def test_scores_and_info_as_the_agents_record_them():
     reward, info = TASKS["hotpotqa"].score("the Las Vegas Sands Corp", "Las Vegas Sands")
     assert reward == 0.0 and info["f1"] == pytest.approx(2 * 1 * 0.75 / 1.75)
     assert info["pred"] == "las vegas sands corp" and info["gt"] == "las vegas sands"
-    # StrategyQA reads yes/no from the first word, MMLU the first standalone letter
-    assert TASKS["strategyqa"].score("No, never", "no")[1] == {"em": 1.0, "f1": 1.0, "pred": "no", "gt": "no"}
-    assert TASKS["mmlu"].score("C", "B")[1]["pred"] == "C"
+    # StrategyQA and MMLU by the anchor's startswith rules, its info (pred lower-cased, StrategyQA's gt a bool)
+    assert TASKS["strategyqa"].score("No, never", "no")[1] == {"em": 1, "f1": 1.0, "pred": "no, never", "gt": False}
+    assert TASKS["mmlu"].score("C", "B")[1] == {"em": 0, "f1": 0.0, "pred": "c", "gt": "b"}
+    # a whole completion: its finish[...] argument, else its first yes/no word or standalone letter
+    assert TASKS["strategyqa"].answer_of("I think the answer is yes.") == "yes"
+    assert TASKS["mmlu"].answer_of("The answer is (B) the ring.") == "B"
     # a finish[...] argument is scored as it is; a whole completion through answer_of (its finish[...])
     assert TASKS["hotpotqa"].answer_of("Thought: x\nAction: finish[ Paris ]") == "Paris"
     assert TASKS["hotpotqa"].answer_of("  Paris ") == "Paris"

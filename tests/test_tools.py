@@ -87,18 +87,23 @@ def _steps_for(script):
     return respond, seen
 
 
-def test_episode_dispatches_actions_to_the_tools(tiny_model: Path):
+@pytest.mark.parametrize("style", ["fireact", "selfplay"])
+def test_episode_dispatches_actions_to_the_tools(tiny_model: Path, style: str):
     """Arithmetic questions with the calculator: the chat template of the tiny model renders the prompts,
-    scripted steps call the tools, and each observation is what the tool returned."""
+    scripted steps call the tools, and each observation is what the tool returned (an unknown tool: the
+    anchor's exception text, or ours)."""
     from selfplay.config import AgentConfig
     from selfplay.core.samplers import format_prompt
     from selfplay.envs.agent_episodes import Agent, new_episodes, play_agent_episodes, trajectory_row
+    from selfplay.envs.react import get_action_format
+    from selfplay.envs.tools import observation_style
     from selfplay.models import load_model
 
     _, tok = load_model(str(tiny_model), dtype="float32", device="cpu")
     task = TASKS["arith"]
-    settings = AgentConfig(task="arith", max_steps=4, retries=1)
-    agent = Agent(task, make_tools(settings, task))
+    settings = AgentConfig(task="arith", max_steps=4, retries=1, observations=style)
+    agent = Agent(task, make_tools(settings, task), actions=get_action_format("fireact"),
+                  observations=observation_style(style))
 
     def script(question: str, step: int, observations: list[str]) -> str:
         if question == "sum":  # computes, then answers with the calculator's result
@@ -125,8 +130,9 @@ def test_episode_dispatches_actions_to_the_tools(tiny_model: Path):
     assert ok.finished and ok.reward == 1.0 and ok.info["em"] == 1.0 and ok.tool_errors == 0
     assert zero.steps[0].observation == "calculator error: division by zero" and zero.tool_errors == 1
     assert zero.finished and zero.reward == 0.0
-    assert unknown.invalid_actions == 1 and unknown.steps[0].observation == (
-        "Invalid action: search[seven]. Use calculator[expression] or finish[answer].")
+    assert unknown.invalid_actions == 1 and unknown.steps[0].observation == {
+        "fireact": "('search', 'seven') generated an exception: Unknown tool name: search",
+        "selfplay": "Invalid action: search[seven]. Use calculator[expression] or finish[answer]."}[style]
     assert unknown.finished and unknown.reward == 0.0
     assert not loop.finished and len(loop.steps) == 4 and loop.reward == 0.0
     assert all(s.observation == "2" for s in loop.steps)

@@ -41,8 +41,9 @@ def prepare(
         help="A .jsonl/.json/.parquet/.csv file, a save_to_disk directory, a hub id (owner/name[:config]) "
              "or synth:arith[?num=N&seed=S]. Default: data.source of the config.")] = None,
     format_: Annotated[Optional[str], typer.Option(
-        "--format", help="auto (detect), messages, spin, alpaca, sharegpt, gsm8k, math, hotpotqa, fireact, "
-                         "mt_bench, prompt_response or sft.")] = None,
+        "--format", help="auto (detect), messages, spin, alpaca, sharegpt (with RISE's per-message loss "
+                         "weights), gsm8k, math, hotpotqa, strategyqa, mmlu (header-less CSV too), bamboogle, "
+                         "fireact, mt_bench, prompt_response or sft.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to read from a hub id or a directory.")] = None,
     num: Annotated[Optional[int], typer.Option(help="Use N source rows (a random subset by --seed).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for --num and --test-size.")] = None,

@@ -55,6 +55,26 @@ def rollout(
     run_stage("rollout", cfg, job)
 
 
+CONVERT_FORMATS = ("selfplay", "rise")
+EXPORT_FORMATS = ("rise", "fireact")
+
+
+def _rows_file(path: Path) -> Path:
+    """A directory of rollout shards merged into one file, or the file itself."""
+    if path.is_dir():
+        from selfplay.stages.shards import merge_shards
+
+        return merge_shards(path)
+    return path
+
+
+def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    from selfplay.errors import suggest
+
+    if value not in choices:
+        raise UserError(f"{option} must be one of {', '.join(choices)}, got '{value}'.{suggest(value, choices)}")
+
+
 @app.command()
 def convert(
     episodes: Annotated[Path, typer.Argument(help="Episodes: our rollout JSONL/directory, or the RISE anchor's log JSON.")],
@@ -62,30 +82,70 @@ def convert(
     env: Annotated[Optional[str], typer.Option(help="The environment of the episodes (anchor logs do not say).")] = None,
     criteria: Annotated[Optional[str], typer.Option(help="all | better | best | success")] = None,
     remove_duplicates: Annotated[Optional[bool], typer.Option("--remove-duplicates/--keep-duplicates")] = None,
+    only_success: Annotated[Optional[bool], typer.Option(
+        "--only-success/--all-episodes", help="Keep only episodes that end correct (the anchor's --only_success).")] = None,
     shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle")] = None,
+    format_: Annotated[str, typer.Option("--format", help=(
+        "selfplay (our JSONL) | rise (the anchor's finetune.json: ShareGPT with a per-message loss weight "
+        "exp(reward / train.rwr_temperature))"))] = "selfplay",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Turn episodes into reward-weighted training turns for `selfplay train --method rise`."""
+    _check_choice(format_, CONVERT_FORMATS, "--format")
     cfg = resolve(config, set_, method="rise", rise__env=env, rise__criteria=criteria,
-                  rise__remove_duplicates=remove_duplicates, rise__shuffle=shuffle)
-    from selfplay.io import write_jsonl
-    from selfplay.methods.rise import build_rise_examples, read_episodes
+                  rise__remove_duplicates=remove_duplicates, rise__only_success=only_success, rise__shuffle=shuffle)
+    from selfplay.io import write_json, write_jsonl
+    from selfplay.methods.rise import anchor_finetune_rows, build_rise_examples, read_episodes
 
-    path = episodes
-    if path.is_dir():
-        from selfplay.stages.shards import merge_shards
-
-        path = merge_shards(path)
-    rows = read_episodes(path)
+    rows = read_episodes(_rows_file(episodes))
     if cfg.rise.env == "auto" and not all(r.get("env") or r.get("prompt") for r in rows):
         raise UserError("these episodes do not name their environment (an anchor log): pass --env gsm8k|math|arith")
     records, stats = build_rise_examples(rows, 0, cfg)
     if not records:
         raise UserError(f"no training turns under criteria '{cfg.rise.criteria}' ({stats})")
-    write_jsonl(out, records)
-    console.print(f"{stats['episodes']} episodes ({stats['solved']} solved) -> {len(records)} training turns "
-                  f"(per turn {stats['kept_per_turn']}), criteria {cfg.rise.criteria} -> {out}")
+    if format_ == "rise":
+        write_json(out, anchor_finetune_rows(records, cfg.train.rwr_temperature))
+    else:
+        write_jsonl(out, records)
+    skipped = f", {stats['skipped_unsolved']} unsolved skipped" if cfg.rise.only_success else ""
+    blank = f", {stats['blank_answers_not_trained']} blank answers not trained" if stats["blank_answers_not_trained"] else ""
+    console.print(f"{stats['episodes']} episodes ({stats['solved']} solved{skipped}) -> {len(records)} training turns "
+                  f"(per turn {stats['kept_per_turn']}{blank}), criteria {cfg.rise.criteria} -> {out}")
+
+
+@app.command()
+def export(
+    rollouts: Annotated[Path, typer.Argument(help="Our rollout output: a directory of shards or a merged JSONL.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The JSON file to write.")],
+    format_: Annotated[str, typer.Option("--format", help=(
+        "rise: RISE episodes as the anchor's rollout log (workflow_convert.py reads it) | fireact: agent "
+        "trajectories as FireAct's output (its convert_alpaca.py / convert_dpo_data.py read it)"))],
+    sample: Annotated[int, typer.Option(help="fireact: which trajectory of a question played several times.")] = 0,
+) -> None:
+    """Write our episodes or trajectories in an anchor's own file format."""
+    _check_choice(format_, EXPORT_FORMATS, "--format")
+    from selfplay.io import write_json
+
+    path = _rows_file(rollouts)
+    if format_ == "rise":
+        from selfplay.methods.rise import anchor_log, read_episodes
+
+        write_json(out, anchor_log(read_episodes(path)))
+        console.print(f"episodes -> the anchor's log {out}")
+        return
+    from selfplay.methods.agent import fireact_export
+
+    if path.suffix != ".jsonl":
+        raise UserError(f"{path}: expected our agent rollout JSONL (or its shard directory)")
+    exported, stats = fireact_export(path, sample)
+    if not exported:
+        raise UserError(f"no finished trajectory to export ({stats})")
+    write_json(out, exported)
+    note = (f"; {stats['question_not_on_line_4']} have their question elsewhere than traj_by_line[3], where the "
+            "anchor's convert scripts read it") if stats["question_not_on_line_4"] else ""
+    console.print(f"{stats['exported']} finished trajectories ({stats['unfinished_skipped']} unfinished skipped) "
+                  f"-> {out}{note}")
 
 
 @app.command("agent")

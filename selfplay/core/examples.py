@@ -3,7 +3,9 @@
 Records on disk (JSONL, one per line), read by :func:`load_examples` for an objective's record kind:
 
 * ``pair``   ``{id, prompt: [messages], chosen, rejected, chosen_prob?, rejected_prob?}`` (SPIN, SPPO, DPO)
-* ``single`` ``{id, prompt: [messages], response, weight?, reward?}`` (SFT, RISE's reward-weighted turns)
+* ``single`` ``{id, prompt: [messages], response, weight?, reward?}`` (SFT, RISE's reward-weighted turns);
+  canonical SFT records ``{id, messages, reference, meta: {weight?}}`` (a prepared data directory) are read
+  as single responses too, so a weighted source (the RISE anchor's ``finetune.json``) trains with its weights
 
 The prompt is never trained: for a multi-turn conversation (RISE) it holds every earlier turn, and only
 the response, its last assistant turn, is learned. A response is a string (every token trained) or a
@@ -111,6 +113,8 @@ def load_examples(path: Path, kind: RecordKind, required: tuple[str, ...] = ()) 
             path = path / "pairs.jsonl"
         elif (path / "examples.jsonl").exists():
             path = path / "examples.jsonl"
+        elif kind == "single" and (path / "metadata.json").exists() and (path / "train.jsonl").exists():
+            path = path / "train.jsonl"  # a prepared data directory: its training split
         elif len(candidates) == 1:
             path = candidates[0]
         else:
@@ -129,6 +133,8 @@ def load_examples(path: Path, kind: RecordKind, required: tuple[str, ...] = ()) 
         if kind == "pair" and "response" in row and "chosen" not in row:
             raise ref.error("this method trains on pairs {id, prompt, chosen, rejected}, "
                             "but the record has a single 'response'", "chosen")
+        if kind == "single" and "response" not in row and "messages" in row and "reference" in row:
+            row = sft_as_single(row, ref)
         for key in ("prompt", *fields):
             if key not in row:
                 raise DataError("missing required field", path=path, line=line, field=key)
@@ -155,6 +161,19 @@ def load_examples(path: Path, kind: RecordKind, required: tuple[str, ...] = ()) 
     if not records:
         raise DataError("no training records in file", path=path)
     return records
+
+
+def sft_as_single(row: dict[str, Any], ref: RowRef) -> dict[str, Any]:
+    """A canonical SFT record ``{id, messages, reference, meta}`` (a prepared data file) as a single-response
+    training record: the messages are the prompt, the reference the response, and a ``meta.weight`` (a
+    weighted ShareGPT source such as the RISE anchor's finetune.json) its ``weight``."""
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ref.error(f"expected an object, got {type(meta).__name__}", "meta")
+    single = {"id": row.get("id"), "prompt": row["messages"], "response": row["reference"]}
+    if "weight" in meta:
+        single["weight"] = meta["weight"]
+    return single
 
 
 def _shape(kind: RecordKind) -> str:

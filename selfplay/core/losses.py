@@ -50,6 +50,7 @@ __all__ = [
     "sppo_hard_loss",
     "sppo_loss",
     "sppo_single_loss",
+    "weighted_nll_loss",
 ]
 
 
@@ -393,6 +394,20 @@ def rwr_weights(rewards: torch.Tensor, *, temperature: float = 0.4, weighting: s
     if weighting == "reward":
         return rewards
     raise ValueError(f"unknown RWR weighting '{weighting}' (exp or reward)")
+
+
+def weighted_nll_loss(policy_logps: torch.Tensor, weights: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+    """Each record's mean token NLL times its given weight, averaged over the batch::
+
+        loss = -(weights * policy_logps / num_tokens).mean()
+
+    What the RISE anchor's FastChat trainer computes from a ``finetune.json`` whose messages carry a ``loss``
+    weight (cmu-mind/RISE ``FastChat/fastchat/train/train.py:44-70``: per-sample loss times
+    ``reward_weights``, then the mean); the weights arrive precomputed (``exp(reward / 0.4)`` there), so
+    this is :func:`rwr_loss` with ``weighting="reward"`` reading them from the records' ``weight``.
+    Shapes: ``policy_logps`` [B] (summed over trained tokens), ``weights`` [B], ``num_tokens`` [B] -> scalar.
+    """
+    return rwr_loss(policy_logps, weights, num_tokens=num_tokens, weighting="reward")
 
 
 def sft_loss(policy_logps: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ batch's sequence log-probs become a loss and the metrics the anchors log:
 * :class:`PreferenceObjective` — pairwise losses of :data:`selfplay.core.losses.LOSSES` against a
   precomputed reference (SPIN, SPPO, GPO, DPO): ``rewards/{win,lose}``, ``rewards/margins``, ...
 * :class:`LikelihoodObjective` — weighted likelihood without a reference, the losses of
-  :data:`LIKELIHOOD_LOSSES`: ``sft`` (continued supervised fine-tuning) and ``rwr`` (RISE's reward-weighted
-  regression): ``nll``, ``weight``, ``logps/response``.
+  :data:`LIKELIHOOD_LOSSES`: ``sft`` (continued supervised fine-tuning), ``rwr`` (RISE's reward-weighted
+  regression) and ``weighted`` (weights given with the records): ``nll``, ``weight``, ``logps/response``.
 * :class:`ScorerObjective` — a judge being trained (GPM, Bradley-Terry reward model): pairs scored by a head
   on the decoder, no log-probs and no reference: ``accuracy``, ``prob``, ``score``.
 
@@ -159,16 +159,24 @@ def _rwr(logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.
     return value, L.rwr_weights(rewards, temperature=train.rwr_temperature, weighting=train.rwr_weighting)
 
 
+def _weighted(logps: torch.Tensor, num_tokens: torch.Tensor, values: dict[str, torch.Tensor],
+              train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = values["weight"].to(logps.dtype)
+    return L.weighted_nll_loss(logps, weights, num_tokens), weights
+
+
 def _check_rwr(train: TrainConfig) -> None:
     if train.rwr_weighting == "exp" and train.rwr_temperature <= 0:
         raise ConfigError(f"train.rwr_temperature must be positive, got {train.rwr_temperature}")
 
 
 # Likelihood losses (no reference), by name: SFT weighs every example alike; RWR (RISE) weighs each by its
-# reward (see selfplay.core.losses.rwr_loss).
+# reward (see selfplay.core.losses.rwr_loss); "weighted" by the weight the record carries (the RISE anchor's
+# finetune.json, read by `selfplay data prepare`: selfplay.core.losses.weighted_nll_loss).
 LIKELIHOOD_LOSSES: dict[str, LikelihoodLoss] = {
     "sft": LikelihoodLoss(_sft),
     "rwr": LikelihoodLoss(_rwr, field="reward", check=_check_rwr),
+    "weighted": LikelihoodLoss(_weighted, field="weight"),
 }
 
 

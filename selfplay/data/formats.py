@@ -8,6 +8,7 @@ the first row wins, so more specific formats come first (UltraFeedback rows have
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,11 +91,15 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 
 def _convert_sharegpt(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """ShareGPT conversations. Messages that carry a ``loss`` weight (the RISE anchor's ``finetune.json``,
+    read by its FastChat trainer) make the conversation weighted: only assistant turns with a non-zero
+    weight become records (FastChat masks a message whose loss is 0.0), each with ``meta.weight``."""
     turns = get_list(row, "conversations", ref)
-    messages = []
+    messages, weights = [], []
     system = get_text(row, "system", ref, required=False, allow_empty=True)
     if system:
         messages.append({"role": "system", "content": system})
+        weights.append(None)
     for i, turn in enumerate(turns):
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
@@ -106,8 +111,33 @@ def _convert_sharegpt(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) ->
         if not isinstance(turn.get("value"), str):
             raise ref.error(f"expected a string, got {type(turn.get('value')).__name__}", where + ".value")
         messages.append({"role": _SHAREGPT_ROLES[speaker], "content": turn["value"]})
+        weights.append(_loss_weight(turn, ref, where))
     base = _base_id(row, ref, opts, "id")
-    return _conversation_records(messages, "conversations", base, ref, opts, {"task": "chat"})
+    if all(w is None for w in weights):
+        return _conversation_records(messages, "conversations", base, ref, opts, {"task": "chat"})
+    trained = [i for i, w in enumerate(weights) if messages[i]["role"] == "assistant" and w]
+    if not trained:
+        raise ref.error("no assistant message has a non-zero 'loss' weight: nothing to train", "conversations")
+    numbered = list(enumerate(trained, start=1))
+    picked = {"first": numbered[:1], "last": numbered[-1:], "all": numbered}[opts.turns]
+    records = []
+    for turn, i in picked:
+        if messages[i - 1]["role"] != "user":
+            raise ref.error("a weighted assistant message must answer a user message", f"conversations[{i}]")
+        record_id = f"{base}-t{turn}" if opts.turns == "all" else base
+        records.append(_record(record_id, messages[:i], messages[i]["content"],
+                               {"task": "chat", "weight": weights[i], "turn": turn, "num_turns": len(trained)}))
+    return records
+
+
+def _loss_weight(turn: dict[str, Any], ref: RowRef, where: str) -> float | None:
+    """A message's ``loss`` weight (None when it has none); a non-number or a non-finite one is an error."""
+    if "loss" not in turn:
+        return None
+    value = turn["loss"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ref.error(f"expected a finite number, got {value!r}", where + ".loss")
+    return float(value)
 
 
 def _prompt_messages(row: dict[str, Any], ref: RowRef) -> list[dict[str, str]]:
@@ -199,6 +229,54 @@ def _convert_hotpotqa(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) ->
     return [_record(_base_id(row, ref, opts, "_id", "id"), question, answer, meta)]
 
 
+def _convert_bamboogle(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """Bamboogle as FireAct ships it (``data/bamboogle/test.csv``: ``Question``, ``Answer``)."""
+    question = get_text(row, "Question", ref)
+    answer = get_text(row, "Answer", ref)
+    return [_record(_base_id(row, ref, opts, "id"), question, answer, {"task": "bamboogle", "answer": answer})]
+
+
+def _convert_strategyqa(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """StrategyQA (``strategyqa_{train,dev,test}.json``: ``qid``, ``question``, ``answer`` a boolean): the
+    gold is stored as "yes" / "no"."""
+    question = get_text(row, "question", ref)
+    if not isinstance(row.get("answer"), bool):
+        raise ref.error(f"expected true or false, got {row.get('answer')!r}", "answer")
+    answer = "yes" if row["answer"] else "no"
+    meta: dict[str, Any] = {"task": "strategyqa", "answer": answer}
+    for field in ("term", "description", "facts"):
+        if field in row:
+            meta[field] = row[field]
+    return [_record(_base_id(row, ref, opts, "qid", "id"), question, answer, meta)]
+
+
+_LETTERS = ("A", "B", "C", "D")
+
+
+def _convert_mmlu(row: dict[str, Any], ref: RowRef, opts: ConvertOptions) -> list[Record]:
+    """MMLU: the header-less CSVs (question, A, B, C, D, answer letter; FireAct's ``data/mmlu``) or the hub's
+    rows (``question``, ``choices``, ``answer`` an index). The prompt is the anchor's
+    ``"Question: {}\nA. {}\nB. {}\nC. {}\nD. {}"`` (ReinholdM/SPIN ``spin/tasks/mmlu.py:18``); the gold is the letter."""
+    question = get_text(row, "question", ref)
+    if isinstance(row.get("choices"), list):
+        choices, answer = row["choices"], row.get("answer")
+        if len(choices) != 4 or not all(isinstance(c, str) for c in choices):
+            raise ref.error("expected four answer strings", "choices")
+        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < 4:
+            raise ref.error(f"expected the index 0-3 of the right choice, got {answer!r}", "answer")
+        letter = _LETTERS[answer]
+    else:
+        choices = [get_text(row, letter, ref, allow_empty=True) or "" for letter in _LETTERS]
+        letter = (get_text(row, "answer", ref) or "").strip()
+        if letter not in _LETTERS:
+            raise ref.error(f"expected an answer letter A-D, got {letter!r}", "answer")
+    prompt = "Question: {}\nA. {}\nB. {}\nC. {}\nD. {}".format(question, *choices)
+    meta: dict[str, Any] = {"task": "mmlu", "answer": letter, "choices": choices}
+    if isinstance(row.get("subject"), str):
+        meta["subject"] = row["subject"]
+    return [_record(_base_id(row, ref, opts, "id"), prompt, letter, meta)]
+
+
 # The FireAct trajectory text is an Alpaca prompt followed by the ReAct response.
 _ALPACA_TRAJECTORY = re.compile(
     r"### Instruction:\s*\n(?P<prompt>.*?)\n\s*### Response:[ \t]*\n?(?P<response>.*)", re.DOTALL)
@@ -251,7 +329,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _convert_spin, default_turns="last"),
     Format("messages", "chat messages (UltraChat: prompt, prompt_id, messages)",
            lambda r: "messages" in r, _convert_messages),
-    Format("sharegpt", "ShareGPT conversations of {from, value}", lambda r: "conversations" in r,
+    Format("sharegpt", "ShareGPT conversations of {from, value, loss?} (loss: RISE's finetune.json weights)",
+           lambda r: "conversations" in r,
            _convert_sharegpt),
     Format("alpaca", "Alpaca {instruction, input, output}", lambda r: "instruction" in r and "output" in r,
            _convert_alpaca),
@@ -260,6 +339,13 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _convert_gsm8k),
     Format("math", "MATH {problem, solution with \\boxed{}}", lambda r: "problem" in r and "solution" in r,
            _convert_math),
+    Format("strategyqa", "StrategyQA {qid, question, answer: true|false}",
+           lambda r: "question" in r and isinstance(r.get("answer"), bool), _convert_strategyqa),
+    Format("mmlu", "MMLU: header-less CSV (question, A-D, answer letter) or {question, choices, answer index}",
+           lambda r: "question" in r and ({"A", "B", "C", "D"} <= set(r) or isinstance(r.get("choices"), list)),
+           _convert_mmlu),
+    Format("bamboogle", "Bamboogle {Question, Answer} (FireAct's test.csv)", lambda r: "Question" in r and "Answer" in r,
+           _convert_bamboogle),
     Format("hotpotqa", "HotpotQA {question, answer, type}", lambda r: "question" in r and "answer" in r,
            _convert_hotpotqa),
     Format("prompt_response", "plain {prompt, response|completion}",

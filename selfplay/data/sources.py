@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +156,31 @@ def _decode_cell(cell: str) -> Any:
     return cell
 
 
+# CSV files without a header row, recognised by their first row: (test on its cells, column names). MMLU's
+# files (hendrycks/test, FireAct's data/mmlu) are "question, A, B, C, D, answer letter" with no header.
+HEADERLESS_CSV: list[tuple[Callable[[list[str]], bool], tuple[str, ...]]] = [
+    (lambda cells: len(cells) == 6 and cells[5].strip() in ("A", "B", "C", "D"),
+     ("question", "A", "B", "C", "D", "answer")),
+]
+
+
+def _csv_columns(path: Path, delimiter: str) -> tuple[str, ...] | None:
+    """The column names of a header-less CSV layout the file's first row matches, else None (a header)."""
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        first = next(csv.reader(f, delimiter=delimiter), None)
+    if first is None:
+        return None
+    return next((columns for test, columns in HEADERLESS_CSV if test(first)), None)
+
+
 def _read_csv(path: Path) -> Iterator[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
+        columns = _csv_columns(path, delimiter)
+        # A known header-less layout holds plain text (an MMLU choice "[0, 1]" is not a JSON list).
+        decode: Callable[[str], Any] = _decode_cell if columns is None else str
         with path.open("r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
+            reader = csv.DictReader(f, fieldnames=columns, delimiter=delimiter)
             for i, raw in enumerate(reader):
                 ref = RowRef(str(path), index=i, row=i)
                 if None in raw:
@@ -168,7 +188,7 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
                 elif None in raw.values():
                     yield ref, ref.error("the row has fewer cells than the header")
                 else:
-                    yield ref, {k: _decode_cell(v) for k, v in raw.items()}
+                    yield ref, {k: decode(v) for k, v in raw.items()}
     except UnicodeDecodeError:
         raise DataError("not UTF-8 text", path=path) from None
     except csv.Error as e:

@@ -7,6 +7,12 @@ gives the observation — the calls of I/O-bound tools (search) of one step run 
 that ends the episode (finish) scores it; an episode is cut after ``agent.max_steps`` steps. Model output
 is never executed: an action is only ever parsed as ``tool[argument]`` and handed to a tool that knows it.
 
+How a step's text becomes a call is ``agent.actions`` (:data:`selfplay.envs.react.ACTION_FORMATS`: FireAct's
+parser, or a strict one) and what the model sees where a call yields nothing usable is
+``agent.observations`` (:data:`selfplay.envs.tools.OBSERVATION_STYLES`); with FireAct's (the defaults) an
+action without ``[`` is dropped as the anchor drops it: nothing is appended, the step counts against
+``agent.max_steps``, and the next step samples again (on another seed).
+
 Differences from the anchor, on purpose: a retry keeps the ``"\\nObservation:"`` stop (the anchor's retry
 had none and could invent observations inside the action), and greedy evaluation retries at
 ``agent.temperature`` (a greedy retry would repeat itself).
@@ -23,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfplay.envs.react import FAILED_STEP, OBSERVATION_STOP, Step, parse_action, render_steps, split_thought_action
+from selfplay.envs.react import FAILED_STEP, OBSERVATION_STOP, ActionFormat, Step, get_action_format, render_steps
 from selfplay.envs.tasks import Task, get_task, gold_answer
-from selfplay.envs.tools import Observation, Tool, make_tools, usage_hint
+from selfplay.envs.tools import Observation, ObservationStyle, Tool, make_tools, observation_style, usage_hint
 from selfplay.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,6 +50,8 @@ class Agent:
     task: Task
     tools: dict[str, Tool]
     fewshot: str = ""
+    actions: ActionFormat = field(default_factory=lambda: get_action_format("fireact"))
+    observations: ObservationStyle = field(default_factory=lambda: observation_style("fireact"))
 
     @property
     def usage(self) -> str:
@@ -60,7 +68,8 @@ def load_agent(agent: AgentConfig, remote: RemoteConfig | None = None) -> Agent:
             raise UserError(f"agent.fewshot: file not found: {path}")
         fewshot = path.read_text(encoding="utf-8")
     task = get_task(agent.task)
-    return Agent(task, make_tools(agent, task, remote), fewshot)
+    return Agent(task, make_tools(agent, task, remote), fewshot, get_action_format(agent.actions),
+                 observation_style(agent.observations))
 
 
 @dataclass
@@ -78,6 +87,8 @@ class AgentEpisode:
     tool_errors: int = 0
     invalid_actions: int = 0
     retries: int = 0
+    dropped_steps: int = 0  # actions that were no call, dropped as FireAct drops them (also invalid actions)
+    approximate_results: int = 0  # tool answers to a nearby call (the replay search's nearest recorded query)
 
     def text(self) -> str:
         return self.prompt + render_steps(self.steps)
@@ -88,7 +99,8 @@ class AgentEpisode:
                 "gt": self.info.get("gt", ""), "pred": self.info.get("pred", ""), "prompt": self.messages,
                 "traj": traj, "traj_by_line": traj.split("\n"), "steps": [vars(s) for s in self.steps],
                 "finished": self.finished, "num_steps": len(self.steps), "tool_errors": self.tool_errors,
-                "invalid_actions": self.invalid_actions, "retries": self.retries}
+                "invalid_actions": self.invalid_actions, "retries": self.retries, "dropped_steps": self.dropped_steps,
+                "approximate_results": self.approximate_results}
 
 
 def question_messages(record: dict[str, Any], fewshot: str) -> Messages:
@@ -126,7 +138,8 @@ def _sample_steps(respond: StepSampler, episodes: list[AgentEpisode], temperatur
     out: list[str] = [""] * len(episodes)
     by_seed: dict[int, list[int]] = {}
     for i, ep in enumerate(episodes):
-        by_seed.setdefault(ep.seed + 7919 * attempt, []).append(i)
+        # A dropped step leaves the text as it was: another seed, so a sampled step is drawn anew.
+        by_seed.setdefault(ep.seed + 7919 * attempt + 15485863 * ep.dropped_steps, []).append(i)
     for seed, idx in by_seed.items():
         for i, text in zip(idx, respond([episodes[i].text() + "Thought:" for i in idx], temperature, seed)):
             out[i] = text
@@ -134,34 +147,41 @@ def _sample_steps(respond: StepSampler, episodes: list[AgentEpisode], temperatur
 
 
 def _next_steps(respond: StepSampler, episodes: list[AgentEpisode], settings: AgentConfig,
-                temperature: float) -> list[tuple[str, str]]:
+                temperature: float, actions: ActionFormat) -> list[tuple[str, str]]:
     """(thought, action) per episode, resampling steps without an action up to ``agent.retries`` times."""
     parsed: list[tuple[str, str] | None] = [None] * len(episodes)
     todo = list(range(len(episodes)))
     for attempt in range(settings.retries + 1):
         temp = temperature if attempt == 0 else max(temperature, settings.temperature)
         for i, text in zip(todo, _sample_steps(respond, [episodes[i] for i in todo], temp, attempt)):
-            parsed[i] = split_thought_action(text)
+            parsed[i] = actions.split(text)
         if attempt:
             for i in todo:
                 episodes[i].retries += 1
         todo = [i for i in todo if parsed[i] is None]
         if not todo:
             break
-    failed = split_thought_action(FAILED_STEP)
+    failed = actions.split(FAILED_STEP)
     return [p if p is not None else failed for p in parsed]  # type: ignore[misc]
 
 
 def _call_tools(agent: Agent, episodes: list[AgentEpisode], steps: list[Step]) -> list[Observation | None]:
-    """Each step's observation from the tool its action names (None: not a call of one of the tools).
-    Calls of concurrent (I/O-bound) tools run together on threads, the others here, in episode order."""
+    """Each step's observation: from the tool its action calls, the observation style's text for an unknown
+    tool or an action that is no call (``invalid``), or None where the style drops the step. Calls of
+    concurrent (I/O-bound) tools run together on threads, the others here, in episode order."""
     calls: list[tuple[int, Tool, str]] = []
-    for i, step in enumerate(steps):
-        action = parse_action(step.action)
-        tool = agent.tools.get(action[0]) if action else None
-        if action and tool is not None:
-            calls.append((i, tool, action[1]))
     observations: list[Observation | None] = [None] * len(steps)
+    for i, step in enumerate(steps):
+        call = agent.actions.call(step.action)
+        if call is None:
+            text = agent.observations.invalid(step.action, agent.usage)
+            observations[i] = None if text is None else Observation(text, invalid=True)
+            continue
+        name = agent.actions.tool(call[0], agent.tools)
+        if name is None:
+            observations[i] = Observation(agent.observations.unknown(step.action, *call, agent.usage), invalid=True)
+        else:
+            calls.append((i, agent.tools[name], call[1]))
     threaded = [call for call in calls if call[1].concurrent]
     if threaded:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -182,17 +202,20 @@ def play_agent_episodes(agent: Agent, respond: StepSampler, episodes: list[Agent
     for _ in range(settings.max_steps):
         if not live:
             break
-        steps = [Step(t, a) for t, a in _next_steps(respond, live, settings, temperature)]
+        steps = [Step(t, a) for t, a in _next_steps(respond, live, settings, temperature, agent.actions)]
         still = []
         for ep, step, observation in zip(live, steps, _call_tools(agent, live, steps)):
-            if observation is None:
+            if observation is None:  # dropped, as FireAct skips an action without "["
                 ep.invalid_actions += 1
-                step.observation = f"Invalid action: {step.action[:200]}. Use {agent.usage}."
-            else:
-                step.observation = observation.text
-                ep.tool_errors += observation.error
-                if observation.done:
-                    ep.reward, ep.info, ep.finished = observation.reward, observation.info, True
+                ep.dropped_steps += 1
+                still.append(ep)
+                continue
+            step.observation = observation.text
+            ep.invalid_actions += observation.invalid
+            ep.tool_errors += observation.error
+            ep.approximate_results += observation.approximate
+            if observation.done:
+                ep.reward, ep.info, ep.finished = observation.reward, observation.info, True
             ep.steps.append(step)
             if ep.finished:
                 on_done(ep)
@@ -221,6 +244,19 @@ def agent_info(cfg: Config, model: str, agent: Agent) -> dict[str, Any]:
     """The settings every trajectory of an output must share (checked on resume), saved with each row."""
     a, g = cfg.agent, cfg.generate
     return {"kind": "agent", "model": model, "task": a.task, "search": a.search, "tools": list(agent.tools),
+            "actions": a.actions, "observations": a.observations,
             "max_steps": a.max_steps, "retries": a.retries, "temperature": a.temperature, "samples": a.samples,
             "fewshot": a.fewshot, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens, "seed": g.seed,
             "prompt_format": g.prompt_format}
+
+
+def score_steps(task: Task, steps: list[Step], gold: str, actions: ActionFormat) -> tuple[float, dict[str, Any]] | None:
+    """The score of a played trajectory's final ``finish`` as ``actions`` reads it (reward, info), None when its
+    last step does not finish. Scoring a recorded FireAct trajectory with its own parser (``fireact``) gives
+    the reward, EM, F1 and prediction FireAct recorded."""
+    if not steps:
+        return None
+    call = actions.call(steps[-1].action)
+    if call is None or actions.tool(call[0], ("finish",)) != "finish":
+        return None
+    return task.score(call[1], gold)

@@ -1,12 +1,15 @@
 """RISE's environments: a problem, an answer, a reward, and the feedback that asks for another attempt.
 
 Gym-like (cmu-mind/RISE ``environments/``): :meth:`AnswerEnv.reset` gives the first observation (the
-question after a one-shot solved example), :meth:`AnswerEnv.step` scores an answer. Rewards follow the
-anchor: 1 for a correct final answer, 0 for another answer, -1 when there is no parsable answer. An
-environment is a task of the registry (:mod:`selfplay.envs.tasks`) with a RISE rule:
+question after a one-shot solved example), :meth:`AnswerEnv.step` scores an answer. Rewards: 1 for a
+correct final answer, 0 for another answer, -1 when there is no parsable answer (the anchor's GSM8K rule;
+its MATH rule gives 0 there). An
+environment is a task of the registry (:mod:`selfplay.envs.tasks`) with a RISE rule (``rise.rewards:
+selfplay``, below; ``anchor`` checks GSM8K and MATH with cmu-mind/RISE's own code instead, see
+docs/anchor-differences.md):
 
-* ``gsm8k`` — the answer is the last ``\\boxed{...}`` (commas dropped) compared numerically with the
-  reference's ``#### n``; no boxed number is -1 (the anchor's ``extract_answers_from_llm``).
+* ``gsm8k`` — the answer is the last non-empty ``\\boxed{...}`` (commas, ``$`` and a sign allowed)
+  compared numerically with the reference's ``#### n``; no boxed number is -1.
 * ``math`` — math-verify equivalence of the last ``\\boxed{}`` with the reference's boxed answer; no boxed
   answer is -1. A reference whose final answer is several adjacent boxes (``\\boxed{5}, \\boxed{11}``) is
   one set-valued answer.
@@ -45,6 +48,9 @@ class AnswerEnv:
     """One RISE environment: a task of the registry that has a RISE rule (:class:`~selfplay.envs.tasks.RiseRule`)."""
 
     task: Task
+    # Which of the task's RISE rules checks attempts (``rise.rewards``): "selfplay" (Task.rise) or a name of
+    # Task.rise_variants ("anchor": cmu-mind/RISE's own checker).
+    rules: str = "selfplay"
 
     @property
     def name(self) -> str:
@@ -61,7 +67,7 @@ class AnswerEnv:
     @property
     def _rule(self) -> RiseRule:
         assert self.task.rise is not None, f"task '{self.task.name}' has no RISE rule"
-        return self.task.rise
+        return self.task.rise if self.rules == "selfplay" else self.task.rise_variants[self.rules]
 
     def question(self, record: dict[str, Any]) -> str:
         return record["messages"][-1]["content"]
@@ -76,9 +82,9 @@ class AnswerEnv:
                 {"role": "user", "content": FIRST_OBSERVATION.format(question=self.question(record))}]
 
     def reward(self, answer: str, gold: str) -> float:
-        """1 correct, 0 another answer, -1 no parsable answer."""
+        """1 correct, 0 another answer, the rule's ``unparsable`` (-1; the anchor's MATH: 0) without one."""
         if self.extract(answer) is None:
-            return -1.0
+            return self._rule.unparsable
         return 1.0 if self._rule.correct(answer, gold) else 0.0
 
     def step(self, record: dict[str, Any], answer: str) -> Step:
@@ -94,24 +100,32 @@ class AnswerEnv:
 
 # The environments: every task with a RISE rule.
 ENVS: dict[str, AnswerEnv] = {name: AnswerEnv(task) for name, task in TASKS.items() if task.rise is not None}
+# The names rise.rewards takes: ours, and the variants some environment has.
+RULES = ("selfplay", *sorted({v for env in ENVS.values() for v in env.task.rise_variants}))
 
 
-def get_env(name: str) -> AnswerEnv:
+def get_env(name: str, rules: str = "selfplay") -> AnswerEnv:
+    """The environment ``name`` checking attempts by its ``rules`` (``rise.rewards``)."""
     if name not in ENVS:
         raise UserError(f"unknown environment '{name}'.{suggest(name, ENVS)} Available: {', '.join(ENVS)}.")
-    return ENVS[name]
+    env = ENVS[name]
+    if rules != "selfplay" and rules not in env.task.rise_variants:
+        choices = ["selfplay", *env.task.rise_variants]
+        raise UserError(f"rise.rewards '{rules}' is not a rule of the {name} environment; choose one of "
+                        f"{', '.join(choices)}.{suggest(rules, choices)}")
+    return AnswerEnv(env.task, rules)
 
 
-def env_for_records(name: str, records: list[dict[str, Any]]) -> AnswerEnv:
-    """``name``, or with ``auto`` the one task the records share (meta.task)."""
+def env_for_records(name: str, records: list[dict[str, Any]], rules: str = "selfplay") -> AnswerEnv:
+    """``name``, or with ``auto`` the one task the records share (meta.task), checking by ``rules``."""
     if name != "auto":
-        return get_env(name)
+        return get_env(name, rules)
     task = records_task(records)
     if task is None or task.name not in ENVS:
         tasks = {r.get("meta", {}).get("task") for r in records}
         raise UserError(f"rise.env is auto, but the data's tasks are {sorted(map(str, tasks))}: set rise.env to "
                         f"one of {', '.join(ENVS)}.")
-    return ENVS[task.name]
+    return get_env(task.name, rules)
 
 
 def is_degenerate(text: str, max_repeats: int = 150) -> bool:

@@ -3,8 +3,9 @@
 * ``replay`` (default, offline): answers from what earlier runs recorded — the ``Action: search[q]`` /
   ``Observation: ...`` pairs inside FireAct trajectory files (anchor JSON, our JSONL, Alpaca SFT files) and
   query → result cache files like the anchor's ``tools/search.json``. The exact query (case and spacing
-  folded) returns its recorded result; otherwise the nearest recorded query-and-result by BM25 (``bm25s``)
-  does; nothing similar at all gives "No results found."
+  folded) returns its recorded result — a query the anchor recorded as empty (``Observation: None``, a null
+  in its cache) stays empty; a query never recorded gets the nearest recorded query-and-result by BM25
+  (``bm25s``), flagged ``nearest`` and counted per trajectory; nothing similar at all is empty.
 * ``serpapi``: Google through SerpAPI when ``SERPAPI_API_KEY`` is set (answer box, else the first organic
   snippet, as the anchor's ``extract_answer``); results are cached to a JSON file. The key is read from
   the environment, sent only to SerpAPI, and never logged.
@@ -42,16 +43,25 @@ SERPAPI_URL = "https://serpapi.com/search.json"
 
 @dataclass(frozen=True)
 class SearchResult:
+    """A search's answer. ``empty``: nothing found (the tool shows its observation style's text for that);
+    ``nearest``: the replay's answer to another, similar recorded query (this one was never recorded)."""
+
     text: str
     error: bool = False
+    empty: bool = False
+    nearest: bool = False
+
+
+EMPTY = SearchResult(NO_RESULTS, empty=True)
 
 
 def normalize_query(query: str) -> str:
     return " ".join(query.lower().split())
 
 
-def recorded_pairs(path: Path) -> list[tuple[str, str]]:
-    """(query, observation) pairs recorded in a trajectory or cache file; a broken file names itself."""
+def recorded_pairs(path: Path) -> list[tuple[str, str | None]]:
+    """(query, observation) pairs recorded in a trajectory or cache file, None for a search that found
+    nothing (FireAct's ``Observation: None``, a null or empty value in a cache); a broken file names itself."""
     path = Path(path)
     if not path.is_file():
         raise DataError("search source not found", path=path)
@@ -63,7 +73,7 @@ def recorded_pairs(path: Path) -> list[tuple[str, str]]:
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg})", path=path, line=e.lineno) from None
     if isinstance(data, dict) and all(isinstance(v, (str, type(None))) for v in data.values()):
-        return [(q, v) for q, v in data.items() if isinstance(v, str) and v.strip()]  # a query -> result cache
+        return [(q, v if v and v.strip() else None) for q, v in data.items()]  # a query -> result cache
     entries = data.values() if isinstance(data, dict) else data if isinstance(data, list) else []
     pairs = []
     for entry in entries:
@@ -72,21 +82,32 @@ def recorded_pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _pairs_in_text(text: str) -> list[tuple[str, str]]:
-    found = re.findall(r"^Action:\s*search\[(.*)\]\s*\nObservation:\s?(.*)$", text, re.M)
-    return [(q, o) for q, o in found if o.strip() and o.strip() != "None"]
+def _pairs_in_text(text: str) -> list[tuple[str, str | None]]:
+    """The searches of a trajectory as FireAct ran them: the query is the argument its parser takes from the
+    action (:func:`selfplay.envs.react.fireact_call`), for a tool named exactly ``search``."""
+    from selfplay.envs.react import fireact_call, parse_trajectory, response_part
+
+    pairs = []
+    for step in parse_trajectory(response_part(text)):
+        call = fireact_call(step.action)
+        if call is not None and call[0] == "search" and step.observation is not None:
+            observation = step.observation
+            pairs.append((call[1], None if observation.strip() in ("", "None") else observation))
+    return pairs
 
 
 class ReplaySearch:
-    """Recorded results: exact query first, else the nearest recorded query-and-result by BM25."""
+    """Recorded results: the exact query's (empty when it was recorded empty), else — for a query never
+    recorded — the nearest recorded query-and-result by BM25 (``nearest``; :attr:`fallbacks` counts them)."""
 
     def __init__(self, sources: list[str | Path]) -> None:
         if not sources:
             raise UserError("the replay search needs at least one source file (agent.search_sources): FireAct "
                             "trajectories or a query -> result cache such as ../shared/data/agent/search_cache.json")
         pairs = [p for src in sources for p in recorded_pairs(Path(src))]
-        self.exact = {normalize_query(q): o for q, o in pairs}
-        self.docs = list({(normalize_query(q), o): (q, o) for q, o in pairs}.values())
+        self.exact: dict[str, str | None] = {normalize_query(q): o for q, o in pairs}
+        self.docs = list({(normalize_query(q), o): (q, o) for q, o in pairs if o is not None}.values())
+        self.fallbacks = 0
         self._index = None
         self._lock = threading.Lock()
 
@@ -102,19 +123,24 @@ class ReplaySearch:
         return self._index
 
     def __call__(self, query: str) -> SearchResult:
-        hit = self.exact.get(normalize_query(query))
-        if hit is not None:
-            return SearchResult(hit)
+        key = normalize_query(query)
+        if key in self.exact:
+            hit = self.exact[key]
+            return EMPTY if hit is None else SearchResult(hit)
+        with self._lock:
+            self.fallbacks += 1
         retriever = self._retriever()
         if retriever is None or not query.strip():
-            return SearchResult(NO_RESULTS)
+            return SearchResult(NO_RESULTS, empty=True, nearest=True)
         import bm25s
 
         tokens = bm25s.tokenize([query], show_progress=False)
         if not tokens.ids or not tokens.ids[0]:
-            return SearchResult(NO_RESULTS)
+            return SearchResult(NO_RESULTS, empty=True, nearest=True)
         ids, scores = retriever.retrieve(tokens, k=1, show_progress=False)
-        return SearchResult(self.docs[int(ids[0][0])][1] if float(scores[0][0]) > 0 else NO_RESULTS)
+        if float(scores[0][0]) <= 0:
+            return SearchResult(NO_RESULTS, empty=True, nearest=True)
+        return SearchResult(self.docs[int(ids[0][0])][1], nearest=True)
 
 
 class _SearchFailed(Exception):
@@ -133,26 +159,25 @@ class SerpApiSearch:
         self.url, self.timeout, self.retries = url, timeout, retries
         self.backoff = Backoff(f"search {url}", base=backoff, max_retries=retries)
         self.cache_path = Path(cache_path) if cache_path else None
-        self.cache: dict[str, str] = {}
+        self.cache: dict[str, str | None] = {}  # None: found nothing (a null in the file, as the anchor's)
         if self.cache_path is not None and self.cache_path.is_file():
             self.cache = {q: v for q, v in recorded_pairs(self.cache_path)}
         self._lock = threading.Lock()
 
     def __call__(self, query: str) -> SearchResult:
         if query in self.cache:
-            return SearchResult(self.cache[query])
+            return EMPTY if self.cache[query] is None else SearchResult(self.cache[query])
         try:
             result = extract_answer(self._fetch(query))
         except _SearchFailed as e:
             return SearchResult(f"search failed: {e}"[:300], error=True)
-        text = result or NO_RESULTS
         with self._lock:
-            self.cache[query] = text
+            self.cache[query] = result
             if self.cache_path is not None:
                 from selfplay.io import write_json
 
                 write_json(self.cache_path, self.cache)
-        return SearchResult(text)
+        return EMPTY if result is None else SearchResult(result)
 
     def _fetch(self, query: str) -> dict[str, Any]:
         """SerpAPI's JSON for ``query``, after the shared backoff and retries; :class:`_SearchFailed` else."""

@@ -16,11 +16,12 @@ agent tasks: exact match after HotpotQA's normalisation, yes/no, the answer lett
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfplay.data.answers import extract_gsm8k_answer, last_boxed
 from selfplay.envs import verifiers as V
+from selfplay.envs.math_equivalence import anchor_boxed, is_equiv
 from selfplay.envs.react import is_react_trajectory
 from selfplay.errors import UserError, suggest
 
@@ -51,12 +52,14 @@ def gold_answer(record: Record) -> str:
 @dataclass(frozen=True)
 class RiseRule:
     """How RISE's environment checks an attempt (cmu-mind/RISE ``environments/``): reward 1 when
-    ``correct``, -1 when ``extract`` finds no answer, else 0; the attempt after a one-shot solved example."""
+    ``correct``, ``unparsable`` (-1) when ``extract`` finds no answer, else 0; the attempt after a one-shot
+    solved example."""
 
     one_shot: tuple[str, str]  # (the example problem with the instructions, its solution)
     extract: Callable[[str], str | None]  # an attempt's final answer, normalized; None = unparsable
     correct: Callable[[str, str], bool]  # (attempt, gold) -> right
     parse_gold: Callable[[str], str | None]  # a gold answer's normalized form; None = a broken record
+    unparsable: float = -1.0  # the reward of an attempt without an answer
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,15 @@ class Task:
     # Keys of ``score``'s info that ``eval task`` averages and reports beside accuracy.
     reports: tuple[str, ...] = ()
     rise: RiseRule | None = None
+    # Other RISE rules by name (``rise.rewards``), e.g. "anchor": the anchor's own checker where ours differs.
+    rise_variants: dict[str, RiseRule] = field(default_factory=dict)
     # The tools an agent on this task gets when ``agent.tools`` is empty (selfplay.envs.tools.TOOLS).
     tools: tuple[str, ...] = ("finish",)
     default_data: DefaultData | None = None
     gold: Callable[[Record], str] = gold_answer
+    # How finish's observation prints a reward: "True"/"False" (the anchor's HotpotQA em is a bool), "1"/"0"
+    # for the tasks whose anchor scores with integers (StrategyQA, MMLU: generation.py:142 prints it).
+    reward_text: Callable[[float], str] = lambda reward: str(bool(reward))
 
     def verify(self, completion: str, gold: str) -> float:
         """The verifier of this task: a whole completion's reward against ``gold`` (``verifier:NAME``)."""
@@ -106,6 +114,10 @@ MATH_EXAMPLE_ANSWER = (
     "number of students in the drama club. This gives us $60 - 16 - 7 - 20 = \\boxed{17}$ students taking "
     "neither. Answer: \\boxed{17}"
 )
+# The anchor's template wraps the instruction in newlines (its triple-quoted MATH_INSTRUCTION); the "anchor"
+# rules keep them, so their prompts are the anchor's byte for byte.
+ANCHOR_ONE_SHOT = (f"\n{MATH_INSTRUCTION}\n", MATH_EXAMPLE_ANSWER)
+
 # A short example for the embedded task: its problems are one to three steps, and a long example would
 # cost a small CPU model most of its time in prefill.
 ARITH_INSTRUCTION = (
@@ -132,6 +144,21 @@ def _qa_answer_key(text: str) -> str | None:
     return V.normalize_answer(answer if answer is not None else text) or None
 
 
+def _anchor_math_gold(gold: str) -> str | None:
+    """The anchor reads the gold with its own box regex from the solution's last box (one nesting level)."""
+    return anchor_boxed(f"\\boxed{{{gold}}}")
+
+
+# cmu-mind/RISE's own checkers (rise.rewards: anchor). GSM8K: int() of the last boxed{} (gsm8k.py:47-96; the
+# gold is read as ours reads it: "#### 43,500" is 43500 where the anchor's regex reads 43). MATH: its string
+# normalisation, and no box is 0, not -1 (math.py:50-66: is_equiv(None, gold) is False).
+_ANCHOR_GSM8K = RiseRule(ANCHOR_ONE_SHOT, V.anchor_gsm8k_answer,
+                         lambda answer, gold: V.numbers_equal(V.anchor_gsm8k_answer(answer), extract_gsm8k_answer(gold)),
+                         extract_gsm8k_answer)
+_ANCHOR_MATH = RiseRule(ANCHOR_ONE_SHOT, anchor_boxed,
+                        lambda answer, gold: is_equiv(anchor_boxed(answer), _anchor_math_gold(gold)),
+                        _anchor_math_gold, unparsable=0.0)
+
 _MATH_TOOLS = ("calculator", "finish")
 _QA_TOOLS = ("search", "finish")
 _QA = {"score": V.qa_score, "extract": _qa_answer_key, "answer_of": V.predicted_answer, "reports": ("f1",),
@@ -149,19 +176,20 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          rise=RiseRule((MATH_INSTRUCTION, MATH_EXAMPLE_ANSWER), V.boxed_number,
                        lambda answer, gold: V.numbers_equal(V.boxed_number(answer), extract_gsm8k_answer(gold)),
                        extract_gsm8k_answer),
-         tools=_MATH_TOOLS, default_data=("openai/gsm8k:main", "test")),
+         rise_variants={"anchor": _ANCHOR_GSM8K}, tools=_MATH_TOOLS, default_data=("openai/gsm8k:main", "test")),
     Task("math", "MATH: math-verify equivalence of the boxed answer",
          V.check_score(V.check_math, last_boxed), V.math_vote_key,
          rise=RiseRule((MATH_INSTRUCTION, MATH_EXAMPLE_ANSWER), V.math_answer,
                        lambda answer, gold: last_boxed(answer) is not None and V.check_math(answer, gold),
                        V.math_gold),
-         tools=_MATH_TOOLS, default_data=("HuggingFaceH4/MATH-500", "test")),
+         rise_variants={"anchor": _ANCHOR_MATH}, tools=_MATH_TOOLS, default_data=("HuggingFaceH4/MATH-500", "test")),
     Task("hotpotqa", "HotpotQA: normalized exact match (F1 recorded)", **_QA,
          default_data=("hotpotqa/hotpot_qa:distractor", "validation")),
     Task("bamboogle", "Bamboogle: normalized exact match (F1 recorded)", **_QA),
-    Task("strategyqa", "StrategyQA: yes or no", V.yes_no_score, _qa_answer_key, V.predicted_answer,
-         tools=_QA_TOOLS),
-    Task("mmlu", "MMLU: the answer letter", V.letter_score, _qa_answer_key, V.predicted_answer, tools=_QA_TOOLS),
+    Task("strategyqa", "StrategyQA: the answer starts with yes or no (the anchor's rule)", V.yes_no_score,
+         _qa_answer_key, V.yes_no_answer, tools=_QA_TOOLS, reward_text=lambda reward: str(int(reward))),
+    Task("mmlu", "MMLU: the answer starts with the gold letter (the anchor's rule)", V.letter_score, _qa_answer_key,
+         V.letter_answer, tools=_QA_TOOLS, reward_text=lambda reward: str(int(reward))),
 )}
 
 

@@ -1,15 +1,19 @@
 """The agent's tools: ``name[argument]`` in, an :class:`Observation` out, one registry entry each.
 
 A ReAct step ends with ``Action: name[argument]``; the episode loop (:mod:`selfplay.envs.agent_episodes`)
-looks the name up among the episode's tools and shows the model what ``run`` returns. An unknown name is
-an invalid action, never an error. Tool output is untrusted text that is only ever shown to the model, and
-model text is only ever parsed as ``name[argument]`` and handed to a tool that knows what to do with it.
+looks the name up among the episode's tools (as ``agent.actions`` reads it) and shows the model what ``run``
+returns. An unknown name is an invalid action, never an error: its observation is the ``agent.observations``
+style's (FireAct's exception text, or ours). Tool output is untrusted text that is only ever shown to the
+model, and model text is only ever parsed as ``name[argument]`` and handed to a tool that knows what to do
+with it.
 
 * ``search`` — a search backend of :mod:`selfplay.envs.search` (``agent.search``: replay, serpapi); a
-  failing backend is an observation saying so, counted as a tool error. I/O bound, so the searches of one
-  step run on threads at once.
+  failing backend is an observation saying so, counted as a tool error; a search without result shows
+  ``None`` (FireAct's text) or "No results found." (``agent.observations``). I/O bound, so the searches of
+  one step run on threads at once.
 * ``finish`` — ends the episode: the answer is scored by the task (:mod:`selfplay.envs.tasks`) against the
-  record's gold answer, and the observation is ``Episode finished, reward = True|False``.
+  record's gold answer, and the observation is ``Episode finished, reward = True|False`` (``1|0`` for the
+  tasks whose anchor scores with integers: StrategyQA, MMLU).
 * ``calculator`` — ``+ - * /`` and parentheses over decimal numbers (:mod:`selfplay.envs.calculator`, a
   whitelisted walk over the expression's syntax tree, never ``eval``); a bad expression is a tool error.
 
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from selfplay.envs.search import NO_RESULTS
 from selfplay.errors import ConfigError, suggest
 
 if TYPE_CHECKING:
@@ -42,6 +47,37 @@ class Observation:
     done: bool = False  # the episode ends with this call (finish)
     reward: float = 0.0  # with done: the episode's reward ...
     info: dict[str, Any] = field(default_factory=dict)  # ... and the task's scoring fields (em, f1, pred, gt)
+    # The answer is to something near the call, not the call (the replay search's nearest recorded query).
+    approximate: bool = False
+    invalid: bool = False  # the action called no tool of the agent; counted per episode as an invalid action
+
+
+@dataclass(frozen=True)
+class ObservationStyle:
+    """The texts a model sees where a call yields nothing usable (``agent.observations``): ``empty`` for a
+    search that found nothing, ``unknown(action, name, argument, usage)`` for a tool the agent lacks, and
+    ``invalid(action, usage)`` for an action that is no call at all (None: the step is dropped)."""
+
+    empty: str
+    unknown: Callable[[str, str, str, str], str]
+    invalid: Callable[[str, str], str | None]
+
+
+def _invalid_action(action: str, usage: str) -> str:
+    return f"Invalid action: {action[:200]}. Use {usage}."
+
+
+# fireact: what FireAct showed (generation.py:121-131, 150): a search without result is the text "None" (its
+# search() returns None), an unknown tool is the exception its call_tools raises, and an action without "["
+# is skipped (nothing is appended; the next step samples again from the same text). selfplay: say what happened.
+OBSERVATION_STYLES: dict[str, ObservationStyle] = {
+    "fireact": ObservationStyle(
+        "None", lambda action, name, argument, usage: f"{(name, argument)!r} generated an exception: "
+                                                      f"Unknown tool name: {name}",
+        lambda action, usage: None),
+    "selfplay": ObservationStyle(NO_RESULTS, lambda action, name, argument, usage: _invalid_action(action, usage),
+                                 _invalid_action),
+}
 
 
 class Tool(Protocol):
@@ -64,12 +100,13 @@ class SearchTool:
     usage = "search[query]"
     concurrent = True
 
-    def __init__(self, backend: Callable[[str], Any]) -> None:
-        self.backend = backend
+    def __init__(self, backend: Callable[[str], Any], empty: str = NO_RESULTS) -> None:
+        self.backend, self.empty = backend, empty
 
     def run(self, argument: str, record: Record) -> Observation:
         result = self.backend(argument)
-        return Observation(result.text, error=result.error)
+        return Observation(self.empty if result.empty else result.text, error=result.error,
+                           approximate=result.nearest)
 
 
 class FinishTool:
@@ -84,7 +121,7 @@ class FinishTool:
 
     def run(self, argument: str, record: Record) -> Observation:
         reward, info = self.task.score(argument, self.task.gold(record))
-        return Observation(FINISHED.format(reward=bool(reward)), done=True, reward=reward, info=info)
+        return Observation(FINISHED.format(reward=self.task.reward_text(reward)), done=True, reward=reward, info=info)
 
 
 class CalculatorTool:
@@ -106,7 +143,16 @@ class CalculatorTool:
 def _search(agent: AgentConfig, task: Task, remote: RemoteConfig | None) -> Tool:
     from selfplay.envs.search import make_search
 
-    return SearchTool(make_search(agent.search, agent.search_sources, agent.search_cache, remote))
+    return SearchTool(make_search(agent.search, agent.search_sources, agent.search_cache, remote),
+                      empty=observation_style(agent.observations).empty)
+
+
+def observation_style(name: str) -> ObservationStyle:
+    """The observation style called ``name`` (``agent.observations``); an unknown name is a ConfigError."""
+    if name not in OBSERVATION_STYLES:
+        raise ConfigError(f"agent.observations '{name}' is not one of {', '.join(OBSERVATION_STYLES)}."
+                          f"{suggest(name, OBSERVATION_STYLES)}")
+    return OBSERVATION_STYLES[name]
 
 
 def _check_search(agent: AgentConfig) -> None:

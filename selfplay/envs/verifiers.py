@@ -110,16 +110,46 @@ def predicted_answer(completion: str) -> str:
 # --------------------------------------------------------------------------- RISE's answer forms
 
 
-_NUMBER_ONLY = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER_ONLY = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# A box: "\\boxed{", "\\fbox{", or "boxed{" whose backslash the model dropped (the anchor's regex takes it).
+_BOX_OPEN = re.compile(r"(?:\\fbox|\\?boxed)\s*\{")
+
+
+def _boxes(text: str) -> list[str]:
+    """The contents of every box in ``text`` (nested braces kept), in order; an unclosed box is left out."""
+    contents = []
+    for match in _BOX_OPEN.finditer(text):
+        depth = 0
+        for i in range(match.end() - 1, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                contents.append(text[match.end():i])
+                break
+    return contents
 
 
 def boxed_number(text: str) -> str | None:
-    """The anchor's GSM8K answer: the last ``\\boxed{}`` holding a number (commas dropped), else None."""
-    content = last_boxed(text)
+    """RISE's GSM8K answer: the last non-empty box (``\\boxed{}``, or ``boxed{}`` without its backslash)
+    when it holds a number — commas, ``$`` and a sign allowed, ``18.00`` equal to ``18`` — else None.
+    Where this differs from the anchor's ``extract_answers_from_llm`` (docs/anchor-differences.md), the
+    anchor's reading is :func:`anchor_gsm8k_answer`."""
+    content = next((c for c in reversed(_boxes(text)) if c.strip()), None)
     if content is None:
         return None
-    cleaned = content.replace(",", "").strip().strip("$").strip()
+    cleaned = content.replace(",", "").replace("\\$", "").strip().strip("$").strip()
     return canonical_number(cleaned) if _NUMBER_ONLY.fullmatch(cleaned) else None
+
+
+def anchor_gsm8k_answer(text: str) -> str | None:
+    """cmu-mind/RISE ``environments/gsm8k.py:47-61``: the last ``boxed{...}`` (no nested braces, non-empty),
+    commas dropped, read by ``int()`` (so ``18.00`` and ``$18`` are no answer, `` +18 `` is 18), else None."""
+    matches = re.findall(r"boxed{([^}]+)}", text)
+    if not matches:
+        return None
+    try:
+        return str(int(matches[-1].replace(",", "")))
+    except ValueError:
+        return None
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:
@@ -167,23 +197,46 @@ def qa_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
 
 
 def yes_no_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    """StrategyQA: the first normalized word when it is yes/no (else the whole normalized answer)."""
-    def yn(text: str) -> str:
-        words = normalize_answer(text).split()
-        return words[0] if words and words[0] in ("yes", "no") else normalize_answer(text)
+    """StrategyQA as the anchor scores it (ReinholdM/SPIN, FireAct ``tasks/strategyqa.py:21-25``): the answer,
+    lower-cased, starts with "yes" and the gold is yes, or with "no" and the gold is no — so "Nope" and "not
+    really" are no, " yes" (a leading space) is neither. ``gt`` is the gold as a boolean, as the anchor's."""
+    answer, truth = pred.lower(), _yes_no_gold(gold)
+    em = int(answer.startswith("yes") and truth is True or answer.startswith("no") and truth is False)
+    return float(em), {"em": em, "f1": float(em), "pred": answer, "gt": truth}
 
-    em = float(yn(pred) == yn(gold))
-    return em, {"em": em, "f1": em, "pred": yn(pred), "gt": yn(gold)}
+
+def _yes_no_gold(gold: str | bool) -> bool | None:
+    """StrategyQA's gold: a boolean, or its text ("yes"/"no", "true"/"false"); None when it is neither."""
+    if isinstance(gold, bool):
+        return gold
+    return {"yes": True, "true": True, "no": False, "false": False}.get(str(gold).strip().lower())
+
+
+def yes_no_answer(completion: str) -> str:
+    """A whole completion's yes/no answer for StrategyQA: its finish[...] argument, else its first word that is
+    yes or no (normalized), else the completion."""
+    answer = extract_finish_answer(completion)
+    if answer is not None:
+        return answer
+    return next((w for w in normalize_answer(completion).split() if w in ("yes", "no")), completion.strip())
 
 
 def letter_score(pred: str, gold: str) -> tuple[float, dict[str, Any]]:
-    """MMLU: the first standalone letter A-D (else the first character), upper-cased."""
-    def letter(text: str) -> str:
-        match = re.search(r"\b([A-D])\b", text.strip().upper())
-        return match[1] if match else text.strip().upper()[:1]
+    """MMLU as the anchor scores it (``tasks/mmlu.py:42-46``): the answer, lower-cased, starts with the gold
+    letter — "B. the ring" and "b" score, "(B) the ring" does not."""
+    answer, truth = pred.lower(), gold.strip().lower()
+    em = int(bool(truth) and answer.startswith(truth))
+    return float(em), {"em": em, "f1": float(em), "pred": answer, "gt": truth}
 
-    em = float(letter(pred) == letter(gold))
-    return em, {"em": em, "f1": em, "pred": letter(pred), "gt": letter(gold)}
+
+def letter_answer(completion: str) -> str:
+    """A whole completion's MMLU answer: its finish[...] argument, else its first standalone letter A-D, else
+    the completion."""
+    answer = extract_finish_answer(completion)
+    if answer is not None:
+        return answer
+    match = re.search(r"\b([A-D])\b", completion)
+    return match[1] if match else completion.strip()
 
 
 # The task-free verifiers: (completion, reference) -> score in [0, 1] on the completion's answer.

@@ -1,8 +1,8 @@
 """Agent evaluation: greedy ReAct episodes with the tools, scored by the task (``selfplay eval agent``).
 
 Reports exact match and F1 of the final answers (unfinished episodes score 0, as in the anchor), steps per
-episode, the share of episodes that called ``finish`` within ``agent.max_steps``, tool errors and invalid
-actions per episode. Per-episode trajectories are saved in the FireAct form.
+episode, the share of episodes that called ``finish`` within ``agent.max_steps``, tool errors, invalid
+actions and approximate tool results (a replay search's nearest recorded query) per episode. Per-episode trajectories are saved in the FireAct form.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def evaluate_agent(cfg: Config, sampler: Any, records: list[dict[str, Any]], out
                "finished": sum(ep.finished for ep in done) / n,
                "tool_errors": sum(ep.tool_errors for ep in done) / n,
                "invalid_actions": sum(ep.invalid_actions for ep in done) / n,
+               "approximate_results": sum(ep.approximate_results for ep in done) / n,
                "stats": outcome_intervals(list(outcomes.values()))}
     if out_dir is not None:
         info = agent_info(one, "evaluated", agent)

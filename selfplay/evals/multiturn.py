@@ -27,10 +27,22 @@ Messages = list[dict[str, str]]
 Respond = Callable[[list[Messages], int, int, list[str]], list[list[str]]]
 
 
+def kept_attempts(answers: list[str], context_window: int) -> list[str]:
+    """The earlier attempts a window of k turns shows: the last k−1 (all of them while there are fewer).
+
+    The anchor (cmu-mind/RISE ``workflow_eval.py:84-87``) keeps the whole history while ``turn < k`` and
+    ``history[-k + 1:]`` after, which is the same for k >= 2. For k = 1 its ``history[-0:]`` is the whole
+    history (Python reads -0 as 0); here k = 1 shows no earlier attempt, which is what a one-turn window
+    means (docs/anchor-differences.md)."""
+    if context_window <= 1:
+        return []
+    return answers[max(0, len(answers) - (context_window - 1)):]
+
+
 def sequential_prompt(env: AnswerEnv, record: dict[str, Any], answers: list[str], context_window: int) -> Messages:
     """The conversation turn ``len(answers) + 1`` answers: the question, then the last k−1 attempts, each
     followed by the oracle-free retry feedback."""
-    kept = answers[len(answers) - (context_window - 1):] if context_window > 1 else []
+    kept = kept_attempts(answers, context_window)
     messages = env.reset(record)
     for answer in kept:
         messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": env.retry(record)}]

@@ -59,7 +59,9 @@ def keep_turn(i: int, rewards: list[float], criteria: str) -> bool:
 def convert_episode(start: Messages, episode: dict[str, Any], criteria: str,
                     remove_duplicates: bool) -> list[tuple[Messages, str, float]]:
     """(context messages, answer, reward) for every kept turn of one episode; ``start`` is the conversation
-    the first answer replied to (the one-shot example and the question)."""
+    the first answer replied to (the one-shot example and the question). A blank answer (kept by
+    ``remove_duplicates=False``) stays in the context of later turns but is never a training turn: there
+    is nothing in it to learn, and training refuses an empty response."""
     history = episode["turn_history"]
     actions, observations, rewards = (list(history[k]) for k in ("best_actions", "best_observations",
                                                                  "best_rewards"))
@@ -68,7 +70,7 @@ def convert_episode(start: Messages, episode: dict[str, Any], criteria: str,
     kept = []
     conversation = list(start)
     for i, (action, observation, reward) in enumerate(zip(actions, observations, rewards)):
-        if keep_turn(i, rewards, criteria):
+        if keep_turn(i, rewards, criteria) and action.strip():
             kept.append((list(conversation), action, float(reward)))
         if reward == 1.0:
             break
@@ -80,9 +82,13 @@ def build_rise_examples(episodes: list[dict[str, Any]], iteration: int, cfg: Any
     """Weighted single-response records ``{id, prompt, response, reward}`` from one iteration's episodes."""
     from selfplay.envs.answer_envs import get_env
 
-    records, kept_per_turn = [], {}
+    records, kept_per_turn, blank = [], {}, 0
+    unsolved = [ep for ep in episodes if ep.get("max_reward") != 1.0]
     for ep in episodes:
-        start = ep.get("prompt") or get_env(ep.get("env") or cfg.rise.env).reset(
+        if cfg.rise.only_success and ep.get("max_reward") != 1.0:
+            continue  # the anchor's --only_success: episodes never solved give no turns
+        blank += sum(1 for a in ep["turn_history"]["best_actions"] if not a.strip())
+        start = ep.get("prompt") or get_env(ep.get("env") or cfg.rise.env, cfg.rise.rewards).reset(
             {"messages": [{"role": "user", "content": ep["query"]}], "reference": ep.get("answer", "")})
         for context, action, reward in convert_episode(start, ep, cfg.rise.criteria, cfg.rise.remove_duplicates):
             turn = (len(context) - len(start)) // 2
@@ -91,10 +97,11 @@ def build_rise_examples(episodes: list[dict[str, Any]], iteration: int, cfg: Any
                             "reward": reward})
     if cfg.rise.shuffle:
         random.Random(cfg.seed + iteration).shuffle(records)
-    solved = sum(1 for ep in episodes if ep.get("max_reward") == 1.0)
-    stats = {"episodes": len(episodes), "solved": solved, "examples": len(records),
+    stats = {"episodes": len(episodes), "solved": len(episodes) - len(unsolved), "examples": len(records),
              "kept_per_turn": {str(t): n for t, n in sorted(kept_per_turn.items())},
-             "mean_reward": sum(r["reward"] for r in records) / len(records) if records else None}
+             "mean_reward": sum(r["reward"] for r in records) / len(records) if records else None,
+             "skipped_unsolved": len(unsolved) if cfg.rise.only_success else 0,
+             "blank_answers_not_trained": blank}
     return records, stats
 
 
@@ -154,14 +161,17 @@ def _check_episode(ep: Any, path: Path, key: str) -> dict[str, Any]:
 
 
 def _check(cfg: Any) -> None:
-    from selfplay.envs.answer_envs import ENVS
+    from selfplay.envs.answer_envs import ENVS, RULES
+    from selfplay.errors import suggest
 
     r = cfg.rise
     if r.env != "auto" and r.env not in ENVS:
-        from selfplay.errors import suggest
-
         raise ConfigError(f"rise.env '{r.env}' is not an environment.{suggest(r.env, ENVS)} "
                           f"Choose auto or one of {', '.join(ENVS)}.")
+    rules = ("selfplay", *ENVS[r.env].task.rise_variants) if r.env != "auto" else RULES
+    if r.rewards not in rules:
+        raise ConfigError(f"rise.rewards '{r.rewards}' is not a rule of {'the ' + r.env if r.env != 'auto' else 'any'} "
+                          f"environment.{suggest(r.rewards, rules)} Choose one of {', '.join(rules)}.")
     if r.max_turns < 1 or r.eval_turns < 1:
         raise ConfigError(f"rise.max_turns and rise.eval_turns must be at least 1, got {r.max_turns}, {r.eval_turns}")
     if not r.num_samples or any(n < 1 for n in r.num_samples):
@@ -194,3 +204,35 @@ METHOD = Method(
     evaluations=("multiturn",),
     check=_check,
 )
+
+
+# --------------------------------------------------------------------------- the anchor's file formats
+
+_SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+def anchor_finetune_rows(records: list[dict[str, Any]], temperature: float) -> list[dict[str, Any]]:
+    """Training turns as the anchor's ``finetune.json`` (``workflow_convert.py:171-188``): ShareGPT
+    ``{id: identity_i, conversations: [{from, value, loss}]}``, every message's ``loss`` 0.0 but the trained
+    last one's, ``exp(reward / temperature)`` (:153-156) — what its FastChat trainer weighs each sample by."""
+    import math
+
+    rows = []
+    for i, rec in enumerate(records):
+        messages = [*rec["prompt"], {"role": "assistant", "content": rec["response"]}]
+        conversation = [{"from": _SHAREGPT_FROM[m["role"]], "value": m["content"], "loss": 0.0} for m in messages]
+        conversation[-1]["loss"] = math.exp(float(rec["reward"]) / temperature)
+        rows.append({"id": f"identity_{i}", "conversations": conversation})
+    return rows
+
+
+def anchor_log(episodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Episodes as the anchor's rollout log (``workflow_gen.py:154-164``), keyed by position: ``{i: {task_id,
+    query, answer, max_reward, turn_history, dialogue}}`` (plus our ``id``), which ``workflow_convert.py``
+    and ``selfplay rollout convert`` read."""
+    log = {}
+    for i, ep in enumerate(episodes):
+        log[str(i)] = {"task_id": i, "id": ep["id"], "query": ep["query"], "answer": ep.get("answer", ""),
+                       "max_reward": ep.get("max_reward"), "turn_history": ep["turn_history"],
+                       "dialogue": ep.get("dialogue", [])}
+    return log

@@ -12,10 +12,19 @@ from selfplay.methods.base import Method
 
 
 def build_sft_examples(rows: list[dict[str, Any]], iteration: int, cfg: Any) -> tuple[list[dict[str, Any]], dict]:
-    """One single-response record per prompt with a non-empty reference; prompts without one are counted."""
-    examples = [{"id": f"{r['id']}@it{iteration}", "prompt": r["messages"], "response": r["reference"]}
-                for r in rows if (r.get("reference") or "").strip()]
-    return examples, {"examples": len(examples), "dropped_no_reference": len(rows) - len(examples)}
+    """One single-response record per prompt with a non-empty reference; prompts without one are counted.
+    A record's ``meta.weight`` (a weighted source, e.g. the RISE anchor's finetune.json) becomes its
+    ``weight``, which the ``weighted`` loss reads."""
+    examples = []
+    for r in rows:
+        if not (r.get("reference") or "").strip():
+            continue
+        example = {"id": f"{r['id']}@it{iteration}", "prompt": r["messages"], "response": r["reference"]}
+        if "weight" in (r.get("meta") or {}):
+            example["weight"] = r["meta"]["weight"]
+        examples.append(example)
+    return examples, {"examples": len(examples), "dropped_no_reference": len(rows) - len(examples),
+                      "weighted": sum("weight" in e for e in examples)}
 
 
 METHOD = Method(

@@ -5,8 +5,8 @@ them the iteration's model at ``agent.temperature``, ``agent.samples`` trajector
 appends each question's row to its shard file as soon as its trajectories end, so a killed rollout
 resumes at the first unfinished question.
 
-Output rows (``{id, question, gt, reference, steps, finished, tool_errors, invalid_actions, sampler,
-reward, em, f1, pred, prompt, traj, traj_by_line}``) carry the FireAct/anchor trajectory fields, so our
+Output rows (``{id, question, gt, reference, steps, finished, tool_errors, invalid_actions, dropped_steps,
+approximate_results, sampler, reward, em, f1, pred, prompt, traj, traj_by_line}``) carry the FireAct/anchor trajectory fields, so our
 FireAct reader reads them back; ``samples`` holds every trajectory when ``agent.samples`` > 1.
 """
 
@@ -56,7 +56,7 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
     sampler = sampler or load_sampler(cfg, model, plan.label)
     respond = sampler_steps(sampler, cfg.generate)
     chunk = max(1, cfg.generate.batch_size) * 2
-    totals = {"reward": 0.0, "done": 0}
+    totals = {"reward": 0.0, "done": 0, "approximate": 0}
     with JsonlAppender(plan.path) as out, progress_bar(f"{plan.label} ({agent.task.name})", total=plan.total,
                                                        completed=plan.total - len(plan.todo)) as bar:
         for start in range(0, len(plan.todo), chunk):
@@ -71,13 +71,16 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
                     out.write(trajectory_row(ep.record, group, info))
                     totals["reward"] += group[0].reward
                     totals["done"] += 1
+                    totals["approximate"] += sum(e.approximate_results for e in group)
                     bar.advance()
 
             episodes = new_episodes(records, lambda m: format_prompt(sampler.tokenizer, m, cfg.generate.prompt_format),
                                     fewshot=agent.fewshot, samples=cfg.agent.samples, seed=cfg.generate.seed)
             play_agent_episodes(agent, respond, episodes, cfg.agent, done, cfg.agent.temperature)
-    console.print(f"{plan.label}: {totals['done']} questions, EM {totals['reward'] / max(1, totals['done']):.3f} "
-                  f"-> {plan.path}")
+    # Observations a replay search answered with another, similar recorded query (never recorded: no exact one).
+    approximate = f", {totals['approximate']} approximate tool results" if totals["approximate"] else ""
+    console.print(f"{plan.label}: {totals['done']} questions, EM {totals['reward'] / max(1, totals['done']):.3f}"
+                  f"{approximate} -> {plan.path}")
 
 
 def agent_rollout_shards(cfg: Config, job: ShardJob, shards: list[int], num_shards: int) -> None:

@@ -100,7 +100,7 @@ def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]
     from selfplay.stages.rollout import LocalTurnModel
 
     r = cfg.rise
-    env = env_for_records(r.env, records)
+    env = env_for_records(r.env, records, r.rewards)
     usable = [rec for rec in records if env.parse_gold(env.gold(rec)) is not None]
     sampling = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens))
     console.print(f"eval: multi-turn, {len(usable)} problems x {r.eval_turns} turns"

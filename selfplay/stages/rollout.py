@@ -226,7 +226,7 @@ def _line_of(path: Path, record_id: str) -> int | None:
 def rollout_info(cfg: Config, model: str, env: AnswerEnv) -> dict[str, Any]:
     """The settings every episode of an output directory must share (checked on resume)."""
     g, r = cfg.generate, cfg.rise
-    return {"kind": "rise", "env": env.name, "model": model, "models": list(r.models), "max_turns": r.max_turns,
+    return {"kind": "rise", "env": env.name, "rewards": env.rules, "model": model, "models": list(r.models), "max_turns": r.max_turns,
             "num_samples": list(r.num_samples), "max_word_repeats": r.max_word_repeats, "temperature": g.temperature,
             "top_p": g.top_p, "max_new_tokens": g.max_new_tokens, "seed": g.seed, "prompt_format": g.prompt_format}
 
@@ -244,7 +244,7 @@ def run_rollout(cfg: Config, model: str, data: str | Path, out_dir: Path, *, spl
     from selfplay.stages.shards import open_shard
 
     records = load_sft(data, split)
-    env = env_for_records(cfg.rise.env, records)
+    env = env_for_records(cfg.rise.env, records, cfg.rise.rewards)
     records, dropped = check_golds(env, records, data, skip_invalid)
     if dropped:
         console.print(f"rollout: dropped {dropped} record(s) without a parsable reference answer")

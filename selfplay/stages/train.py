@@ -232,7 +232,8 @@ def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> _Trainin
     total_steps = max(1, math.ceil(len(order) / (t.grad_accum * processes)))
     # accelerate steps a prepared scheduler once per process at every optimizer step (it assumes a schedule
     # written for one process), so the schedule is laid out over total_steps x P scheduler steps.
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps) * processes,
+    warmup = t.warmup_steps if t.warmup_steps > 0 else int(t.warmup_ratio * total_steps)  # HF's rule: steps win
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup * processes,
                               num_training_steps=total_steps * processes)
     scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
     return _Training(cfg, model, model_dir, data_path, out_dir, method.names, objective, loss_name, fields,
