@@ -66,7 +66,21 @@ def check_validation(cfg: Any, val_path: Path | None) -> None:
         if not cfg.train.eval_every:
             raise ConfigError("validation records are read only by the evaluation inside training: set "
                               "train.eval_every (N optimizer steps, or epoch)")
-        load_sft(val_path, "val")
+        selected_metric(cfg, load_sft(val_path, "val"), val_path)
+
+
+def selected_metric(cfg: Any, records: list[dict[str, Any]], val_path: Path) -> tuple[str, Any]:
+    """(the metric loop.select picks by, the records' (check, gold) verifier or None)."""
+    from selfplay.stages.evaluate import task_verifier
+
+    verifier = task_verifier(records, cfg.eval.task)
+    metric = cfg.loop.select_metric
+    if metric == "auto":
+        metric = "accuracy" if verifier is not None else "real_loglik"
+    if metric == "accuracy" and verifier is None:
+        raise ConfigError(f"loop.select_metric: accuracy needs validation records with a task (meta.task, or "
+                          f"eval.task); {val_path} has none: select by real_loglik")
+    return metric, verifier
 
 
 @contextmanager
@@ -109,21 +123,13 @@ class Validation:
         from accelerate.utils import DistributedType
         from selfplay.core.samplers import format_prompt
         from selfplay.data.records import load_sft
-        from selfplay.stages.evaluate import task_verifier
-
         cfg, accelerator = run.cfg, run.accelerator
         if is_deepspeed_zero3_enabled() or accelerator.distributed_type == DistributedType.FSDP:
             raise UserError("train.eval_every decodes with a whole model in every process; DeepSpeed ZeRO-3 and "
                             "FSDP partition the weights across processes: train with DDP or ZeRO-2 "
                             "(configs/accelerate/deepspeed_zero2.yaml), or set train.eval_every: 0")
         records = load_sft(val_path, "val")  # a .jsonl file, or a prepared directory's val.jsonl
-        verifier = task_verifier(records, cfg.eval.task)
-        metric = cfg.loop.select_metric
-        if metric == "auto":
-            metric = "accuracy" if verifier is not None else "real_loglik"
-        if metric == "accuracy" and verifier is None:
-            raise UserError(f"loop.select_metric: accuracy needs validation records with a task (meta.task, or "
-                            f"eval.task); {val_path} has none: select by real_loglik")
+        metric, verifier = selected_metric(cfg, records, val_path)
         t = cfg.train
         per_epoch_batches = math.ceil(len(run.examples) / t.batch_size)
         batches_per_step = t.grad_accum * accelerator.num_processes
