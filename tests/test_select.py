@@ -225,6 +225,10 @@ def test_loop_selects_on_a_validation_split(cli, tiny_model, tmp_path):
     assert cli(loop_args(tiny_model, run, "--set", "data.val_num=5", "--set", "train.epochs=3",
                          "--set", "train.eval_every=epoch", "--set", "loop.select=best", iters=2)).exit_code == 0
     assert read_json(run / "state.json")["units"] == state  # a rerun redoes nothing
+    from selfplay.stages.status import run_status
+
+    details = {u["unit"]: u["detail"] for u in run_status(run)["units"]}
+    assert details["iter_1/train"] == f"kept {table[2]['kept']}" and details["data/val"] == ""
 
 
 def test_loop_refuses_evaluation_without_validation_prompts(cli, tiny_model, tmp_path):
@@ -248,6 +252,8 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
               "--set", "train.eval_every=2", "--set", "loop.select=best", "--set", "loop.select_metric=real_loglik",
               "--set", "train.save_steps=0"]
 
+    from selfplay.stages.status import run_status
+
     def run(name: str, kill_then: str | None = None) -> Path:
         cmd = [sys.executable, "-m", "selfplay.cli.main", *loop_args(tiny_model, tmp_path / name, *select)]
         train = tmp_path / name / "iter_0" / "train"
@@ -261,6 +267,9 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
             assert (train / "best" / "best.json").exists() and not (train / "summary.json").exists(), "killed too late"
             state = read_json(train / "checkpoint" / "trainer_state.json")
             assert state["best"]["step"] == state["step"] and state["evaluations"]  # the checkpoint of the best
+            detail = {u["unit"]: u["detail"] for u in run_status(tmp_path / name)["units"]}["iter_0/train"]
+            assert detail.endswith(f"best evaluation so far at step {state['best']['step']} "
+                                   f"({state['best']['value']:.4g})"), detail
             if kill_then == "between the saves":
                 (train / "best").rename(train / "best.lost")  # as if killed before best/ was written
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
