@@ -218,6 +218,9 @@ def test_loop_selects_on_a_validation_split(cli, tiny_model, tmp_path):
     assert [r.get("kept") for r in table] == [None] + [f"step {c['step']} (ep {c['epoch']:g}/3)" for c in kept]
     report = (run / "eval" / "report.md").read_text()
     assert "| kept |" in report and f"| {table[1]['kept']} |" in report
+    html = (run / "eval" / "report.html").read_text()
+    assert "validation accuracy per step" in html and "validation real_loglik per step" in html
+    assert table[2]["kept"] in html
     # iteration 1 started from iteration 0's kept model
     assert read_json(run / "iter_1" / "train" / "model" / "selfplay_model.json")["parent"].endswith("iter_0/train/model")
     state = read_json(run / "state.json")["units"]
