@@ -142,9 +142,20 @@ def test_best_per_epoch(cli, tiny_model, tmp_path, monkeypatch, lora):
     common = ["train", "--model", tiny_model, "--data", pairs, "--lr", "1e-3", "--batch-size", "2", "--epochs", "2",
               *FP32, "--set", "train.scheduler=constant", "--set", "train.warmup_ratio=0",
               *(["--lora", "--save-merged"] if lora else [])]
+    try:
+        import tensorboard  # noqa: F401  (the dev extra)
+        trackers = ["--set", "report_to=[tensorboard]"]
+    except ImportError:
+        trackers = []
     res = cli([*common, "--out", tmp_path / "best", "--val-data", val, "--set", "train.eval_every=epoch",
-               "--set", "loop.select=best"])
+               "--set", "loop.select=best", *trackers])
     assert res.exit_code == 0, res.output
+    if trackers:  # the evaluation rows reach the trackers at their steps, as the training rows do
+        from test_loop import _tensorboard_scalars
+
+        scalars = _tensorboard_scalars(tmp_path / "best" / "trackers")
+        assert scalars["eval/accuracy"] == [(4, 0.5 if lora else 0.25), (8, 0.25 if lora else 0.5)]
+        assert [s for s, _ in scalars["eval/real_loglik"]] == [4, 8] and len(scalars["loss"]) == 8
     kept = read_json(tmp_path / "best" / "summary.json")["kept"]
     step = 4 if lora else 8
     assert (kept["step"], kept["epoch"], kept["evaluations"], kept["stopped_early"]) == (step, step / 4, 2, False)
