@@ -78,7 +78,8 @@ def test_evaluating_leaves_training_unchanged(cli, tiny_model, tmp_path, monkeyp
     assert train_rows(plain) == train_rows(evaluated)
     assert steps_of(evaluated, "eval/real_loglik") == steps_of(evaluated, "eval/accuracy") == list(range(1, 9))
     row = next(r for r in evaluated if "eval/accuracy" in r)
-    assert row["eval/n"] == 4 and 0 <= row["eval/accuracy"] <= 1 and row["eval/real_loglik"] < 0 and row["epoch"] == 0.25
+    assert row["eval/n"] == 4 and 0 <= row["eval/accuracy"] <= 1 and row["eval/real_loglik"] < 0
+    assert row["epoch"] == 0.25
     summary = read_json(tmp_path / "eval" / "summary.json")
     assert "kept" not in summary and [e["step"] for e in summary["evaluations"]] == list(range(1, 9))
     assert "evaluations" not in read_json(tmp_path / "plain" / "summary.json")
@@ -218,7 +219,8 @@ def test_loop_selects_on_a_validation_split(cli, tiny_model, tmp_path):
     assert len(val) == 5 and not val_ids & test_ids
     for k in (0, 1):  # no iteration samples for, or trains on, a validation prompt
         it = run / f"iter_{k}"
-        trained = {r["id"].split("#")[0] for f in ("generate.jsonl", "train_data/pairs.jsonl") for r in read_jsonl(it / f)}
+        trained = {r["id"].split("#")[0] for f in ("generate.jsonl", "train_data/pairs.jsonl")
+                   for r in read_jsonl(it / f)}
         assert len(trained) == 24 - 4 - 5 and not trained & (val_ids | test_ids)
     # 15 records in batches of 4: 4 steps per epoch in iteration 0, evaluated at every epoch's end
     rows = read_jsonl(run / "iter_0" / "train" / "metrics.jsonl")
@@ -233,7 +235,8 @@ def test_loop_selects_on_a_validation_split(cli, tiny_model, tmp_path):
     assert "validation accuracy per step" in html and "validation real_loglik per step" in html
     assert table[2]["kept"] in html
     # iteration 1 started from iteration 0's kept model
-    assert read_json(run / "iter_1" / "train" / "model" / "selfplay_model.json")["parent"].endswith("iter_0/train/model")
+    parent = read_json(run / "iter_1" / "train" / "model" / "selfplay_model.json")["parent"]
+    assert parent.endswith("iter_0/train/model")
     state = read_json(run / "state.json")["units"]
     assert state["data/val"]["info"] == {"records": 5} and state["iter_0/train"]["info"]["kept"] == kept[0]
     assert cli(loop_args(tiny_model, run, "--set", "data.val_num=5", "--set", "train.epochs=3",
@@ -304,5 +307,9 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
             [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows], how
         assert same_weights(train / "model", clean / "iter_0" / "train" / "model"), how
         timing = {"seconds", "iteration_seconds", "model"}
-        assert [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(resumed / "eval" / "iterations.jsonl")] \
-            == [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(clean / "eval" / "iterations.jsonl")]
+
+        def table(run_dir: Path) -> list[dict]:
+            lines = read_jsonl(run_dir / "eval" / "iterations.jsonl")
+            return [{k: v for k, v in r.items() if k not in timing} for r in lines]
+
+        assert table(resumed) == table(clean), how

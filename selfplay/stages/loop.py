@@ -224,10 +224,10 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
     evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
     from selfplay.model_card import add_evaluation
+    from selfplay.model_meta import kept_text
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
-    from selfplay.model_meta import kept_text
 
     run_dir = run.dir
     fresh: set[str] = set()  # eval units that ran in this call

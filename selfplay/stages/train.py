@@ -40,7 +40,7 @@ from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
 from selfplay.progress import console, progress_bar
 from selfplay.runs import fingerprint, output_lock
-from selfplay.stages.train_eval import check_validation
+from selfplay.stages.train_eval import Validation, check_validation
 from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
                                       state_bytes, summary_result)
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
@@ -178,8 +178,6 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path, val_path:
         return summary_result(out_dir)
     run = _set_up(cfg, model, data_path, out_dir)
     if val_path is not None:
-        from selfplay.stages.train_eval import Validation
-
         run.validation = Validation.set_up(run, Path(val_path))
     if run.objective.needs_reference:
         run.ref = _reference_pass(run)
@@ -375,7 +373,8 @@ def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path, val_pat
     out_dir = Path(out_dir)
     launch = cfg.launch
     if (out_dir / "summary.json").exists() or under_distributed_launcher():
-        return run_train(cfg, model, data_path, out_dir, val_path)  # done already (reads the summary), or a launched rank
+        # done already (reads the summary), or a launched rank
+        return run_train(cfg, model, data_path, out_dir, val_path)
     method = get_method(cfg.method)
     objective = get_objective(method.objective)
     objective.load_records(data_path, objective.required_fields(loss_of(cfg)))

@@ -136,7 +136,8 @@ class Validation:
         steps_per_epoch = per_epoch_batches / batches_per_step
         epochs = len(run.order) / per_epoch_batches
         if t.eval_every == "epoch":  # the step holding the last batch of epoch e
-            due = {-(-e * per_epoch_batches // batches_per_step) for e in range(1, len(run.order) // per_epoch_batches + 1)}
+            whole = len(run.order) // per_epoch_batches
+            due = {-(-e * per_epoch_batches // batches_per_step) for e in range(1, whole + 1)}
         else:
             due = set(range(t.eval_every, run.total_steps + 1, t.eval_every))
         due = {s for s in due if 0 < s < run.total_steps} | {run.total_steps}
