@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from selfplay.config_ranges import check_launch, check_optimizer, check_ranges
+from selfplay.config_ranges import check_launch, check_optimizer, check_ranges, check_selection
 from selfplay import config_tree
 from selfplay.config_tree import all_keys, build, deep_merge, set_dotted
 from selfplay.errors import ConfigError, suggest
@@ -54,6 +54,10 @@ class DataConfig:
     seed: int = 0
     # Held-out prompts used for the per-iteration evaluation (taken from the test split, else train).
     eval_num: int = 32
+    # Validation prompts for the evaluation inside an iteration (train.eval_every) and checkpoint selection
+    # (loop.select): a seeded sample of the training records left after the held-out split, never a training
+    # prompt of any iteration; saved as run_dir/data/val.jsonl. 0: none (every training record trains).
+    val_num: int = 0
 
 
 @dataclass
@@ -129,6 +133,10 @@ class TrainConfig:
     save_merged: bool = False
     logging_steps: int = 10
     save_steps: int = 200
+    # Evaluate the model being trained on the validation prompts (data.val_num; `selfplay train --val-data`)
+    # every N optimizer steps, or at the end of every epoch ("epoch"), and at the last step; 0: never. Greedy
+    # task accuracy and real-answer log-likelihood, logged as eval/* at that step (loop.select picks by them).
+    eval_every: int | Literal["epoch"] = 0
     seed: int = 42
     label_smoothing: float = 0.0
     # Reward-weighted regression (loss "rwr", RISE): weight exp(reward / rwr_temperature) as in the paper
@@ -154,6 +162,15 @@ class LoopConfig:
     # Prompts per iteration (None = all); SPPO uses disjoint slices per iteration.
     prompts_per_iter: int | None = None
     disjoint_prompts: bool = False
+    # Which model of an iteration's training the next iteration starts from: the last, or the best evaluation
+    # inside the iteration (train.eval_every on data.val_num validation prompts; saved when it improves).
+    # train.epochs: 6 with select: best is the SPIN authors' "train 6 epochs and stop as needed".
+    select: Literal["last", "best"] = "last"
+    # What "best" means (higher is better): the validation task accuracy, or the validation real-answer
+    # log-likelihood; auto: accuracy when the validation records have a task, else real_loglik.
+    select_metric: Literal["auto", "accuracy", "real_loglik"] = "auto"
+    # select: best stops the iteration's training after this many evaluations without improvement (0: never).
+    patience: int = 0
 
 
 @dataclass
@@ -354,6 +371,7 @@ def _resolve(path: str | Path | None, sets: list[str] | None, flags: dict[str, A
     check_optimizer(cfg.train)
     _check_schedule(cfg)
     check_launch(cfg.launch)
+    check_selection(cfg)
     if cfg.report_to and cfg.train.report_to and cfg.report_to != cfg.train.report_to:
         raise ConfigError(f"config keys 'report_to' {cfg.report_to} and its alias 'train.report_to' "
                           f"{cfg.train.report_to} name different trackers; set report_to only.")
@@ -369,6 +387,7 @@ def _check_schedule(cfg: Config) -> None:
             raise ConfigError(f"loop.schedule.{key} is an empty list")
     for k in range(max((len(v) for v in cfg.loop.schedule.values()), default=0)):
         check_ranges(for_iteration(cfg, k), f" (loop.schedule, iteration {k})")
+        check_selection(for_iteration(cfg, k), f" (loop.schedule, iteration {k})")
 
 
 def for_iteration(cfg: Config, k: int) -> Config:

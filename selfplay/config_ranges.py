@@ -18,6 +18,7 @@ from selfplay.errors import ConfigError
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "data.num": (1, True, None, False),
     "data.eval_num": (1, True, None, False),
+    "data.val_num": (0, True, None, False),
     "generate.n": (1, True, None, False),
     "generate.temperature": (0, True, None, False),
     "generate.top_p": (0, False, 1, True),
@@ -45,6 +46,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.gpo_clamp": (0, False, None, False),
     "loop.iters": (0, True, None, False),
     "loop.prompts_per_iter": (1, True, None, False),
+    "loop.patience": (0, True, None, False),
     "eval.max_new_tokens": (1, True, None, False),
     "eval.batch_size": (1, True, None, False),
     "eval.num_samples": (0, True, None, False),
@@ -106,3 +108,20 @@ def check_launch(launch: Any) -> None:
     if launch.backend == "local" and (launch.num_processes > 1 or launch.num_machines > 1):
         raise ConfigError(f"launch.backend=local runs everything in this one process, but launch.num_processes="
                           f"{launch.num_processes}, launch.num_machines={launch.num_machines}; use backend auto")
+
+
+def check_selection(cfg: Any, where: str = "") -> None:
+    """Evaluation inside an iteration and checkpoint selection: settings that only mean something together."""
+    every = cfg.train.eval_every
+    if isinstance(every, int) and every < 0:
+        raise ConfigError(f"config key 'train.eval_every' must be >= 0 (optimizer steps; 0: never) or 'epoch', "
+                          f"got {every}{where}")
+    if cfg.loop.select == "best" and not every:
+        raise ConfigError("loop.select: best keeps the best evaluation inside an iteration, and train.eval_every "
+                          f"is 0 (none): set it to N optimizer steps or 'epoch' (with data.val_num prompts){where}")
+    if cfg.loop.patience and cfg.loop.select != "best":
+        raise ConfigError(f"loop.patience {cfg.loop.patience} stops training when the selected metric stops "
+                          f"improving: it needs loop.select: best (the model kept is the best one){where}")
+    if cfg.loop.select_metric != "auto" and cfg.loop.select != "best":
+        raise ConfigError(f"loop.select_metric '{cfg.loop.select_metric}' names what loop.select: best picks by; "
+                          f"loop.select is '{cfg.loop.select}'{where}")

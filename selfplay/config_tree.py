@@ -87,6 +87,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def type_name(hint: Any) -> str:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join("null" if arm is type(None) else type_name(arm) for arm in get_args(hint))
+    if get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -32,7 +32,7 @@ SETTINGS = [("train", k) for k in ("loss", "beta", "lr", "epochs", "batch_size",
            [("generate", k) for k in ("n", "temperature", "top_p", "max_new_tokens", "prompt_format")]
 # Held-out metrics worth a line in the card (the loop's row carries timings and counts too).
 SKIP_METRICS = {"iteration", "model", "seconds", "iteration_seconds", "steps", "pairs", "stats", "train_loss",
-                "train_reward_acc", "train_margin"}
+                "train_reward_acc", "train_margin", "kept"}
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -160,6 +160,7 @@ def write_model_cards(out_dir: Path, cfg: Any, start_model: str, data_path: Path
         "start_model": str(start_model), "run_model": cfg.model.name_or_path, "data_source": source,
         "training_records": str(data_path) if data_path else None, "examples": summary.get("examples"),
         "steps": summary.get("steps"), "train_metrics": summary.get("metrics") or {}, "settings": settings,
+        "kept": summary.get("kept"),
         "selfplay_version": __version__, "lora": cfg.model.lora.enabled,
     }
     written = []
@@ -215,6 +216,17 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+def _kept_line(kept: dict[str, Any] | None) -> list[str]:
+    """The table line saying which evaluation inside training the weights are (loop.select: best)."""
+    if not kept:
+        return []
+    from selfplay.model_meta import kept_text
+
+    stopped = f", stopped early at step {kept['trained_steps']}" if kept.get("stopped_early") else ""
+    return [f"| weights kept | {kept_text(kept)}: the best validation {kept['metric']} ({_fmt(kept['value'])}) of "
+            f"{kept['evaluations']} evaluations{stopped} |"]
+
+
 def _body(model_dir: Path, f: dict[str, Any]) -> str:
     what = {"full": "fine-tuned weights (a full model)", "adapter": "a LoRA adapter (PEFT)",
             "merged": "LoRA adapter merged into its base weights (a full model)"}[f["kind"]]
@@ -229,7 +241,8 @@ def _body(model_dir: Path, f: dict[str, Any]) -> str:
              f"| started from | `{f['start_model']}` |",
              f"| data | `{f['data_source']}` → {_fmt(f.get('examples'))} training records"
              + (f" (`{f['training_records']}`)" if f.get("training_records") else "") + " |",
-             f"| optimizer steps | {_fmt(f.get('steps'))} |", f"| license | {_fmt(f.get('license'))} (of the base model) |",
+             f"| optimizer steps | {_fmt(f.get('steps'))} |", *_kept_line(f.get("kept")),
+             f"| license | {_fmt(f.get('license'))} (of the base model) |",
              "", "## Key settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in f["settings"].items()]
     train = {k: v for k, v in (f.get("train_metrics") or {}).items() if k in ("loss", "rewards/accuracies",

@@ -13,7 +13,11 @@ Written by the train stage next to every model it saves (``model/``, and ``merge
      "data": "...", "examples": 120, "steps": 30,
      "train": {"lr": ..., "beta": ..., "epochs": ..., "optimizer": ..., "scheduler": ..., "batch_size": ...,
                "grad_accum": ..., "max_length": ...},
-     "run_dir": "runs/spin_zephyr", "selfplay_version": "0.1.0", "created": "2026-12-05T19:15:26+00:00"}
+     "run_dir": "runs/spin_zephyr", "selfplay_version": "0.1.0", "created": "2026-12-05T19:15:26+00:00",
+     "kept": {"select": "best", "metric": "accuracy", "step": 12, "epoch": 2.0, "epochs": 6.0, ...}}
+
+``kept`` (only with ``loop.select: best``): the evaluation inside training whose weights these are
+(:mod:`selfplay.stages.train_eval`).
 
 A model trained from a model that has this file inherits its base (model, revision, commit) and counts its
 iteration one further, so the chain base -> iteration 0 -> iteration 1 ... keeps naming the original base.
@@ -74,6 +78,16 @@ def write_model_meta(model_dir: str | Path, meta: dict[str, Any], **overrides: A
     path = Path(model_dir) / META_FILE
     write_json(path, {**meta, **overrides})
     return path
+
+
+def epoch_text(x: float) -> str:
+    """2, 1.5, 0.33: an epoch count without trailing zeros."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def kept_text(kept: dict[str, Any]) -> str:
+    """Which evaluation inside training a model's weights are (a ``kept`` record), for tables: ``step 12 (ep 2/6)``."""
+    return f"step {kept['step']} (ep {epoch_text(kept['epoch'])}/{epoch_text(kept['epochs'])})"
 
 
 def _version() -> str:

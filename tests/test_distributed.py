@@ -69,6 +69,35 @@ def test_two_ddp_processes_train_like_one_process_with_accumulation(tiny_model, 
     assert max((w1[k] - w0[k]).abs().max().item() for k in w1) > 1e-3  # the weights did move
 
 
+def test_evaluation_inside_training_on_two_processes_equals_one_process(tiny_model, tmp_path):
+    """train.eval_every with loop.select: best and patience on 2 DDP processes: every process evaluates its share
+    of the validation prompts and takes the same decision from the gathered values, so none waits in a collective
+    for another; the evaluations, the stop, the kept step and the weights are those of 1 process with 2
+    accumulation steps."""
+    from test_select import val_records
+    from test_train import make_pairs
+
+    pairs, val = make_pairs(tmp_path / "pairs.jsonl", n=16), val_records(tmp_path / "val.jsonl", n=5)
+    common = ["train", "--model", tiny_model, "--data", pairs, "--method", "spin", "--lr", "3e-3", "--batch-size", 2,
+              "--epochs", 4, "--val-data", val, "--set", "train.precision=fp32", "--set", "train.logging_steps=1",
+              "--set", "train.eval_every=2", "--set", "loop.select=best", "--set", "loop.select_metric=real_loglik",
+              "--set", "loop.patience=2", "--set", "eval.max_new_tokens=8"]
+    run_cli([*common, "--out", tmp_path / "one", "--grad-accum", 2])
+    run_cli([*common, "--out", tmp_path / "two", "--set", "launch.num_processes=2"], timeout=600)
+    one, two = (read_json(tmp_path / d / "summary.json") for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["kept"] == two["kept"] and one["steps"] == two["steps"]
+    assert one["kept"]["stopped_early"]  # patience stopped both at the same step (the rows show a peak)
+    e1, e2 = one["evaluations"], two["evaluations"]
+    assert [e["step"] for e in e1] == [e["step"] for e in e2] and len(e1) >= 2
+    for a, b in zip(e1, e2):
+        assert a["eval/n"] == b["eval/n"] == 5 and a["eval/accuracy"] == b["eval/accuracy"]
+        assert abs(a["eval/real_loglik"] - b["eval/real_loglik"]) < METRIC_ATOL
+    rows = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "eval/real_loglik" in r]
+    assert [r["step"] for r in rows] == [e["step"] for e in e2]  # logged once, by the main process
+    w1, w2 = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < ATOL
+
 def test_chunked_logps_inside_ddp_match_the_full_logits(tiny_model, tmp_path, monkeypatch):
     """The chunked path runs inside the DDP wrapper: same log-probs and (all-reduced) gradients as the full
     [N, R + 1, V] path, the head only ever sees [tokens, H] chunks, and both ranks call it equally often."""

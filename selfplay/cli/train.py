@@ -35,6 +35,10 @@ def train(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
     save_merged: Annotated[Optional[bool], typer.Option("--save-merged/--no-save-merged")] = None,
+    val_data: Annotated[Optional[Path], typer.Option("--val-data", help=(
+        "Validation SFT records {id, messages, reference} (a .jsonl file or a prepared directory's val split) "
+        "evaluated on inside training every train.eval_every steps (or epoch): eval/accuracy, eval/real_loglik; "
+        "loop.select=best keeps the best."))] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -46,5 +50,10 @@ def train(
                   train__save_merged=save_merged)
     from selfplay.stages.train import train_stage
 
-    result = train_stage(cfg, cfg.model.name_or_path, data, out)
-    console.print(f"[green]trained[/green] {result.steps} steps → {result.model_path}")
+    result = train_stage(cfg, cfg.model.name_or_path, data, out, val_data)
+    kept = ""
+    if result.kept:
+        from selfplay.model_meta import kept_text
+
+        kept = f", kept {kept_text(result.kept)}: best {result.kept['metric']} {result.kept['value']:.4f}"
+    console.print(f"[green]trained[/green] {result.steps} steps{kept} → {result.model_path}")

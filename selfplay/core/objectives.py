@@ -239,6 +239,9 @@ class ScorerObjective(Objective):
         if train.label_smoothing:
             raise ConfigError(f"train.label_smoothing applies to log-prob preference losses, not '{loss}'; "
                               "set it to 0.")
+        if train.eval_every:
+            raise ConfigError(f"train.eval_every evaluates a policy's answers to validation prompts; a judge being "
+                              f"trained (loss '{loss}') gives none: set it to 0.")
 
     def load_records(self, path: Any, fields: tuple[str, ...]) -> list[TrainRecord]:
         return [TrainRecord(p["id"], p["prompt"], [[Segment(p["chosen"])], [Segment(p["rejected"])]],

@@ -91,13 +91,16 @@ def metric_charts(runs: dict[str, list[dict[str, Any]]], columns: list[Column], 
 
 
 def train_chart(run_dir: Path, key: str = "loss") -> Html | None:
+    """A line per iteration of ``key`` in its train/metrics.jsonl: a training metric, or ``eval/...`` of the
+    evaluation inside the iteration (train.eval_every)."""
     curves = R.train_curves(run_dir, key)
     if not curves:
         return None
     longest = max(curves.values(), key=len)
     labels = [str(s) for s, _ in longest]
     series = [Series(f"iter {k}", [v for _, v in pts]) for k, pts in curves.items()]
-    return line_chart(f"train {key} per step", labels, series, width=440, xlabel="logged step")
+    title = f"validation {key.removeprefix('eval/')}" if key.startswith("eval/") else f"train {key}"
+    return line_chart(f"{title} per step", labels, series, width=440, xlabel="logged step")
 
 
 # --------------------------------------------------------------------------- samples
@@ -203,7 +206,8 @@ def render_run(run_dir: Path, rows: list[dict[str, Any]], columns: list[Column],
     run_dir = Path(run_dir)
     cfg = R.load_config(run_dir)
     metrics = [el("h2", "Metrics on held-out prompts"), metrics_table(rows, columns) if rows else None,
-               metric_charts({"": rows}, columns, plotted) if rows else None, train_chart(run_dir)]
+               metric_charts({"": rows}, columns, plotted) if rows else None, train_chart(run_dir),
+               train_chart(run_dir, "eval/accuracy"), train_chart(run_dir, "eval/real_loglik")]
     body = [el("section", metrics, id="metrics")]
     nav = [("metrics", "metrics")]
     for anchor, title, section in model_sections(run_dir, out.parent, cfg, max_prompts, seed, rows, columns, plotted):

@@ -29,12 +29,21 @@ from selfplay.stages.collect import COLLECTORS, Iteration
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
+def validation_path(run_dir: Path) -> Path:
+    """Where a run keeps its validation records (``data.val_num``)."""
+    return Path(run_dir) / "data" / "val.jsonl"
+
+
 def _prepare_data(cfg: Config, run: RunState) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Prepare ``data.source`` into run_dir/data once; returns (train records, held-out records, fingerprint)."""
+    """Prepare ``data.source`` into run_dir/data once; returns (train records, held-out records, fingerprint).
+    With ``data.val_num`` the validation records are set aside from the train records (:func:`_validation_split`)."""
     from selfplay.data.records import load_sft, prepare_source
 
     data_dir = run.dir / "data"
-    fp = fingerprint(dataclasses.asdict(cfg.data))
+    # The validation split is taken after preparing (its own unit): val_num is not an input of the prepared data.
+    settings = dataclasses.asdict(cfg.data)
+    settings.pop("val_num")
+    fp = fingerprint(settings)
 
     def work() -> dict[str, Any]:
         source = Path(cfg.data.source)
@@ -49,7 +58,32 @@ def _prepare_data(cfg: Config, run: RunState) -> tuple[list[dict[str, Any]], lis
     held_out = load_sft(prepared, "test") if (prepared / "test.jsonl").exists() else []
     if not held_out:  # no test split: hold out the tail of train
         held_out, train = train[-cfg.data.eval_num:], train[:-cfg.data.eval_num]
+    if cfg.data.val_num:
+        train = _validation_split(cfg, run, train, fp)
     return train, held_out[: cfg.data.eval_num], fp
+
+
+def _validation_split(cfg: Config, run: RunState, train: list[dict[str, Any]], data_fp: str) -> list[dict[str, Any]]:
+    """Set ``data.val_num`` of the train records aside for the evaluation inside iterations (train.eval_every)
+    and checkpoint selection (loop.select); returns the train records left, in their order.
+
+    A seeded sample of the records left after the held-out split, so never a held-out prompt; and no iteration
+    trains on them, since every iteration's prompts come from what is returned. Written to data/val.jsonl (its
+    own unit): the split is fixed for the run, and a tool can read it.
+    """
+    n = cfg.data.val_num
+    if n >= len(train):
+        raise UserError(f"data.val_num {n} leaves no training prompts: the data has {len(train)} training records "
+                        f"after the {cfg.data.eval_num} held-out ones; lower data.val_num or add data.")
+    chosen = set(random.Random(f"validation-{cfg.data.seed}").sample(range(len(train)), n))
+    path = validation_path(run.dir)
+
+    def work() -> dict[str, Any]:
+        write_jsonl(path, [r for i, r in enumerate(train) if i in chosen])
+        return {"records": n}
+
+    run.ensure("data/val", fingerprint(data_fp, n), [path], work)
+    return [r for i, r in enumerate(train) if i not in chosen]
 
 
 def iteration_prompt_ids(cfg: Config, train: list[dict[str, Any]], k: int) -> list[str]:
@@ -93,6 +127,22 @@ def _training_records(method: Method, it: Iteration, collected_path: Path, colle
     return path, fp, stats
 
 
+def _train_inputs(ck: Config, data_fp: str) -> list[Any]:
+    """What an iteration's training depends on besides its model and records: the train and LoRA settings and,
+    with evaluation inside the iteration, its settings and validation prompts. Those join only when evaluation
+    is on, so runs made before they existed keep their fingerprints (and are not trained again)."""
+    train = dataclasses.asdict(ck.train)
+    every = train.pop("eval_every")
+    inputs: list[Any] = [train, dataclasses.asdict(ck.model.lora)]
+    if every:
+        loop = ck.loop
+        inputs.append({"eval_every": every, "select": loop.select, "select_metric": loop.select_metric,
+                       "patience": loop.patience, "validation": fingerprint(data_fp, ck.data.val_num),
+                       "eval": [ck.eval.task, ck.eval.max_new_tokens, ck.eval.batch_size],
+                       "prompt_format": ck.generate.prompt_format})
+    return inputs
+
+
 def _eval_judge(cfg: Config, method: Method) -> str | None:
     """The judge whose mean score the evaluation reports: ``eval.judge``, else the rank judge of a method that
     ranks samples (unless it is a verifier: accuracy reports that already)."""
@@ -120,6 +170,10 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
     if not method.iterates:
         raise ConfigError(f"method '{method.name}' trains a judge once: run `selfplay train --method {method.name}`, "
                           "then use the checkpoint as rank.judge in a loop (e.g. --set rank.judge=gpm:PATH)")
+    evaluating = [k for k in range(cfg.loop.iters) if for_iteration(cfg, k).train.eval_every]
+    if evaluating and not cfg.data.val_num:
+        raise ConfigError(f"train.eval_every evaluates inside iteration {evaluating[0]} on validation prompts: set "
+                          "data.val_num (e.g. 32) to set them aside from the training records")
     resolve_model(cfg.model.name_or_path, cfg.model.revision)  # a bad model fails before any output exists
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()
@@ -170,6 +224,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
     evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
     from selfplay.model_card import add_evaluation
+    from selfplay.model_meta import kept_text
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
     from selfplay.stages.train import train_stage
@@ -210,15 +265,17 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
         t0 = time.perf_counter()
         collected = COLLECTORS[method.collects](it)
         data_path, data_fp_k, stats = _training_records(method, it, collected.path, collected.fp, write=main)
-        train_fp = fingerprint(model_fp, data_fp_k, dataclasses.asdict(ck.train), dataclasses.asdict(ck.model.lora))
+        train_fp = fingerprint(model_fp, data_fp_k, *_train_inputs(ck, data_fp))
+        val_path = validation_path(run_dir) if ck.train.eval_every else None
         if ck.model.lora.enabled and not ck.train.save_merged:
             # The next iteration loads this model as a whole: a bare adapter cannot be its starting point.
             ck = dataclasses.replace(ck, train=dataclasses.replace(ck.train, save_merged=True))
         train_dir = it.dir / "train"
 
         def train_work() -> dict[str, Any]:
-            r = train_stage(ck, model, data_path, train_dir)
-            return {"model": str(r.model_path), "steps": r.steps, "metrics": r.metrics, "pairs": stats}
+            r = train_stage(ck, model, data_path, train_dir, val_path)
+            return {"model": str(r.model_path), "steps": r.steps, "metrics": r.metrics, "pairs": stats,
+                    **({"kept": r.kept} if r.kept else {})}
 
         info = run.ensure(f"iter_{k}/train", train_fp, [train_dir], train_work, every_machine=True)
         model, model_fp = info["model"], train_fp
@@ -230,6 +287,8 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
         rows.append({"iteration": k, **metrics, "train_loss": tm.get("loss"),
                      "train_reward_acc": tm.get("rewards/accuracies"), "train_margin": tm.get("rewards/margins"),
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
+        if isinstance(info.get("kept"), dict):  # loop.select: best: which evaluation inside the iteration
+            rows[-1]["kept"] = kept_text(info["kept"])
         if logger is not None and f"iter_{k}/eval" in fresh:
             logger.log(rows[-1], step=k + 1)
         if main:

@@ -30,6 +30,7 @@ COLUMNS: list[Column] = [
     ("sample_score", "sample score", "{:.3f}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("train_reward_acc", "train acc", "{:.2f}"),
+    ("kept", "kept", "{}"),  # loop.select: best: the evaluation inside the iteration whose weights were kept
     ("pairs", "examples", "{}"),
     ("iteration_seconds", "gen+train s", "{:.0f}"),
     ("seconds", "eval s", "{:.0f}"),

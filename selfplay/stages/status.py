@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.io import iter_jsonl, read_json
+from selfplay.model_meta import kept_text
 from selfplay.runs import RunState, lock_holder, prepared_data_dir
 
 WHAT_A_RERUN_DOES = {"done": "skips it", "resume": "continues it, keeping what was written",
@@ -100,11 +101,16 @@ def unit_detail(run_dir: Path, unit: str, state: str) -> str:
         return ""
     it_dir, stage = run_dir / parts[0], parts[1]
     if stage == "train":
-        if state == "done":
-            return ""
+        if state == "done":  # with loop.select: best, which evaluation's weights it kept
+            summary = it_dir / "train" / "summary.json"
+            kept = read_json(summary).get("kept") if summary.is_file() else None
+            return f"kept {kept_text(kept)}" if kept else ""
         ckpt = it_dir / "train" / "checkpoint" / "trainer_state.json"
         if ckpt.is_file():
-            return f"checkpoint at optimizer step {read_json(ckpt).get('step')}"
+            saved = read_json(ckpt)
+            best = saved.get("best")  # evaluation inside the iteration: the best so far
+            return f"checkpoint at optimizer step {saved.get('step')}" + (
+                f"; best evaluation so far at step {best['step']} ({best['value']:.4g})" if best else "")
         return "no checkpoint yet" + (" (reference log-probs kept)" if (it_dir / "train" / "ref_logps.jsonl").is_file()
                                       else "")
     shards = sorted((it_dir / stage).glob("shard-*.jsonl"))

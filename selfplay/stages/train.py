@@ -14,8 +14,9 @@ signatures have no room for. The loop is plain ``accelerate``: it runs unchanged
 launch`` (DDP, FSDP, DeepSpeed).
 
 Outputs in ``out_dir``: ``ref_logps.jsonl`` (+ meta; preference objective only), ``checkpoint/`` while
-running (resume point), ``metrics.jsonl``, ``model/`` (full model or PEFT adapter), ``merged/`` (LoRA
-merged, on request), ``summary.json`` (written last: the stage is done).
+running (resume point), ``best/`` while running with ``loop.select: best`` (:mod:`selfplay.stages.train_eval`),
+``metrics.jsonl``, ``model/`` (full model or PEFT adapter), ``merged/`` (LoRA merged, on request),
+``summary.json`` (written last: the stage is done).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method, loss_of
 from selfplay.progress import console, progress_bar
 from selfplay.runs import fingerprint, output_lock
+from selfplay.stages.train_eval import Validation, check_validation
 from selfplay.stages.train_io import (TrainResult, batch_order, finish, recover_checkpoint, save_checkpoint,
-                                      state_bytes)
+                                      state_bytes, summary_result)
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
@@ -160,10 +162,12 @@ class _Training:
     order: list[list[int]]  # example indices of each batch, in training order
     total_steps: int
     ref: dict[str, list[float]] = field(default_factory=dict)  # reference log-probs by record id
+    validation: Any = None  # the evaluation inside the run (train_eval.Validation), with train.eval_every
 
 
-def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
+def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path, val_path: Path | None = None) -> TrainResult:
     """Train ``model`` on the training records in ``data_path`` with the method's objective; resumable.
+    ``val_path``: SFT records evaluated on inside the run (``train.eval_every``, :mod:`selfplay.stages.train_eval`).
 
     The trainer itself, in this process: :func:`train_stage` (which checks the inputs and locks ``out_dir``)
     calls it, and so do the processes it launches. Set-up, the reference pass, resuming, the loop and the
@@ -171,9 +175,10 @@ def run_train(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainR
     """
     out_dir = Path(out_dir)
     if (out_dir / "summary.json").exists():
-        s = read_json(out_dir / "summary.json")
-        return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"])
+        return summary_result(out_dir)
     run = _set_up(cfg, model, data_path, out_dir)
+    if val_path is not None:
+        run.validation = Validation.set_up(run, Path(val_path))
     if run.objective.needs_reference:
         run.ref = _reference_pass(run)
     run.scorer.train()
@@ -253,10 +258,11 @@ def _reference_pass(run: _Training) -> dict[str, list[float]]:
                                 RESPONSE_FIELDS[run.objective.record_kind])
 
 
-def _resume(run: _Training) -> dict[str, int]:
-    """The training state: fresh, or the last checkpoint's (optimizer, scheduler and RNG states restored)."""
+def _resume(run: _Training) -> dict[str, Any]:
+    """The training state: fresh, or the last checkpoint's (optimizer, scheduler and RNG states restored;
+    with evaluation inside the run, its history and best so far)."""
     accelerator, ckpt = run.accelerator, run.out_dir / "checkpoint"
-    state = {"batches_done": 0, "step": 0, "tokens": 0}
+    state: dict[str, Any] = {"batches_done": 0, "step": 0, "tokens": 0}
     if accelerator.is_main_process:
         recover_checkpoint(ckpt)
     accelerator.wait_for_everyone()
@@ -264,10 +270,12 @@ def _resume(run: _Training) -> dict[str, int]:
         accelerator.load_state(str(ckpt))
         state = read_json(ckpt / "trainer_state.json")
         accelerator.print(f"resuming training at step {state['step']} from {ckpt}")
+    if run.validation is not None:
+        run.validation.resume(run, state)
     return state
 
 
-def _metric_logger(run: _Training, state: dict[str, int]) -> MetricLogger:
+def _metric_logger(run: _Training, state: dict[str, Any]) -> MetricLogger:
     """metrics.jsonl (steps after ``state`` — logged before an interruption, about to be redone — dropped)
     plus the configured trackers, which keep their files under ``trackers/``."""
     logger = open_metric_logger(run.out_dir / "metrics.jsonl", report_to(run.cfg),
@@ -277,8 +285,9 @@ def _metric_logger(run: _Training, state: dict[str, int]) -> MetricLogger:
     return logger
 
 
-def _train_loop(run: _Training, state: dict[str, int], logger: MetricLogger | None) -> dict[str, float]:
-    """The optimizer steps from ``state`` on (updated in place); returns the last logged metrics."""
+def _train_loop(run: _Training, state: dict[str, Any], logger: MetricLogger | None) -> dict[str, float]:
+    """The optimizer steps from ``state`` on (updated in place), evaluating where ``train.eval_every`` asks
+    (which may stop them early); returns the last logged metrics."""
     cfg, t, accelerator = run.cfg, run.cfg.train, run.accelerator
     processes, ckpt = accelerator.num_processes, run.out_dir / "checkpoint"
     # batches_done counts the batches of all processes; each process skips its own share of them.
@@ -324,55 +333,68 @@ def _train_loop(run: _Training, state: dict[str, int], logger: MetricLogger | No
                     logger.log(last, state["step"])
                 shown = f" acc {last['rewards/accuracies']:.2f}" if "rewards/accuracies" in last else ""
                 bar.update(description=f"train loss {last['loss']:.4f}{shown}")
-            if t.save_steps > 0 and state["step"] % t.save_steps == 0 and state["step"] < run.total_steps:
+            saved = False
+            if run.validation is not None and state["step"] in run.validation.due_steps:
+                stop, saved = run.validation.evaluate(run, state, logger)
+                if stop:
+                    getattr(active, "end", lambda: None)()  # accelerate's loader: no longer the active one
+                    break
+            if not saved and t.save_steps > 0 and state["step"] % t.save_steps == 0 and state["step"] < run.total_steps:
                 needed = state_bytes(run.policy.state_dict(), run.optimizer.state_dict())
                 save_checkpoint(accelerator, ckpt, state, needed=needed)
     return last
 
 
-def _tear_down(run: _Training, state: dict[str, int], last: dict[str, float]) -> TrainResult:
-    """Save the model and the summary, then drop every reference to the model and optimizer before the next
-    stage loads a model (the accelerator holds them too)."""
+def _tear_down(run: _Training, state: dict[str, Any], last: dict[str, float]) -> TrainResult:
+    """Save the model (with ``loop.select: best``, the best evaluation's weights) and the summary, then drop
+    every reference to the model and optimizer before the next stage loads a model (the accelerator holds
+    them too)."""
+    v = run.validation
+    kept = v.restore_best(run, state) if v is not None else None
     result = finish(run.accelerator, run.cfg, run.scorer, run.tok, run.out_dir, state, last, run.n_cut,
                     len(run.examples), run.total_steps, parent=run.model, parent_dir=run.model_dir,
-                    data=run.data_path)
+                    data=run.data_path, evaluations=state.get("evaluations") if v is not None else None, kept=kept)
+    if v is not None:
+        v.clean_up(run)
     run.accelerator.free_memory(run.scorer, run.optimizer, run.loader, run.scheduler)
     run.policy = run.scorer = run.optimizer = run.loader = run.scheduler = run.accelerator = None
     release_memory()
     return result
 
 
-def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:
+def train_stage(cfg: Config, model: str, data_path: Path, out_dir: Path, val_path: Path | None = None) -> TrainResult:
     """Train in this process, or under ``accelerate launch`` when ``launch`` asks for several processes or
     machines (or ``launch.backend`` is ``accelerate``); the launched processes run :func:`run_train`. The
     entry point of ``selfplay train`` and the loop: inputs are checked before ``out_dir`` is created, and
-    ``out_dir`` is locked while training (a second run on it is refused, naming this one)."""
+    ``out_dir`` is locked while training (a second run on it is refused, naming this one). ``val_path``: the
+    validation records of ``train.eval_every`` (given exactly when it is on)."""
     from selfplay.core.launchers import machine_file, run_launched, several_processes, under_distributed_launcher
     from selfplay.models import resolve_model
 
     out_dir = Path(out_dir)
     launch = cfg.launch
     if (out_dir / "summary.json").exists() or under_distributed_launcher():
-        return run_train(cfg, model, data_path, out_dir)  # done already (reads the summary), or a launched rank
+        # done already (reads the summary), or a launched rank
+        return run_train(cfg, model, data_path, out_dir, val_path)
     method = get_method(cfg.method)
     objective = get_objective(method.objective)
     objective.load_records(data_path, objective.required_fields(loss_of(cfg)))
+    check_validation(cfg, val_path)
     resolve_model(model, cfg.model.revision)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One lock per output: the main machine holds it; the other machines of a multi-node run train the same
     # output with it (and the processes a launcher starts run under their parent's).
     with output_lock(out_dir, "train", enabled=launch.machine_rank == 0):
         if not (several_processes(launch) or launch.backend == "accelerate"):
-            return _with_cards(run_train(cfg, model, data_path, out_dir), cfg, model, data_path, out_dir)
+            return _with_cards(run_train(cfg, model, data_path, out_dir, val_path), cfg, model, data_path, out_dir)
         launch_cfg = out_dir / machine_file(launch, "launch_config.yaml")
         save_config(cfg, launch_cfg)
         where = f" on machine {launch.machine_rank} of {launch.num_machines}" if launch.num_machines > 1 else ""
         console.print(f"train: launching {launch.num_processes} process(es) under accelerate{where}")
         run_launched(launch, "selfplay.stages.worker",
                      ["train", "--config", str(launch_cfg), "--model", model, "--data", str(data_path), "--out",
-                      str(out_dir)])
-        s = read_json(out_dir / "summary.json")
-        return _with_cards(TrainResult(Path(s["model_path"]), s["steps"], s["metrics"]), cfg, model, data_path, out_dir)
+                      str(out_dir), *(["--val", str(val_path)] if val_path is not None else [])])
+        return _with_cards(summary_result(out_dir), cfg, model, data_path, out_dir)
 
 
 def _with_cards(result: TrainResult, cfg: Config, model: str, data_path: Path, out_dir: Path) -> TrainResult:

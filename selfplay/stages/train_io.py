@@ -22,6 +22,15 @@ class TrainResult:
     model_path: Path  # what the next iteration should load (merged dir for LoRA, else model/)
     steps: int
     metrics: dict[str, float]
+    kept: dict[str, Any] | None = None  # loop.select: best: which evaluation's weights were kept
+
+
+def summary_result(out_dir: Path) -> TrainResult:
+    """The result of a finished training, from its ``summary.json``."""
+    from selfplay.io import read_json
+
+    s = read_json(Path(out_dir) / "summary.json")
+    return TrainResult(Path(s["model_path"]), s["steps"], s["metrics"], s.get("kept"))
 
 
 def batch_order(lengths: list[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
@@ -87,16 +96,17 @@ def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int], needed:
     accelerator.wait_for_everyone()
 
 
-def recover_checkpoint(ckpt: Path) -> None:
-    """Finish a swap that :func:`save_checkpoint` was killed in the middle of (main process only).
+def recover_checkpoint(ckpt: Path, marker: str = "trainer_state.json") -> None:
+    """Finish a swap that :func:`save_checkpoint` (or :func:`~selfplay.io.atomic_dir`) was killed in the middle
+    of (main process only).
 
     Between its two renames ``ckpt`` is missing: ``ckpt.tmp`` then holds the newer, complete checkpoint
-    (its ``trainer_state.json`` is written last, atomically), ``ckpt.old`` the previous one.
+    (its ``marker`` file is written last, atomically), ``ckpt.old`` the previous one.
     """
-    if (ckpt / "trainer_state.json").exists():
+    if (ckpt / marker).exists():
         return
     for candidate in (ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")):
-        if (candidate / "trainer_state.json").exists():
+        if (candidate / marker).exists():
             shutil.rmtree(ckpt, ignore_errors=True)
             candidate.rename(ckpt)
             return
@@ -104,14 +114,16 @@ def recover_checkpoint(ckpt: Path) -> None:
 
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
            last: dict[str, float], n_cut: int, n_examples: int, total_steps: int, *, parent: str = "",
-           parent_dir: str | Path = "", data: str | Path | None = None) -> TrainResult:
+           parent_dir: str | Path = "", data: str | Path | None = None,
+           evaluations: list[dict[str, Any]] | None = None, kept: dict[str, Any] | None = None) -> TrainResult:
     """Save the model (and the merged LoRA model on request) with its ``selfplay_model.json``
     (:mod:`selfplay.model_meta`), then ``summary.json`` last: the stage is done.
 
     ``scorer``: the prepared ``SequenceLogps`` wrapping the policy, or ``HeadScorer`` wrapping a judge (their
     state-dict keys carry a ``model.`` prefix, removed here so the checkpoint is the wrapped model's own).
     ``parent``: the model training started from (as named, and ``parent_dir`` where it resolved to); ``data``:
-    the training records.
+    the training records. ``evaluations``: the evaluations inside the run (train.eval_every), into the summary;
+    ``kept``: which of them the saved weights are (loop.select: best), into the summary and the model's metadata.
     """
     from selfplay.methods import loss_of
     from selfplay.model_meta import model_meta, write_model_meta
@@ -125,7 +137,7 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     if accelerator.is_main_process:
         # Into a temporary directory, swapped in when complete: a full disk leaves no half-written model.
         meta = model_meta(cfg, loss=loss_of(cfg), parent=parent, parent_dir=parent_dir, data=data,
-                          examples=n_examples, steps=state["step"])
+                          examples=n_examples, steps=state["step"], **({"kept": kept} if kept else {}))
         with atomic_dir(model_dir, needed=state_bytes(state_dict)) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tok.save_pretrained(tmp)
@@ -142,8 +154,12 @@ def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, 
     summary = {"model_path": str(next_model), "steps": state["step"], "metrics": last,
                "examples": n_examples, "truncated": n_cut, "planned_steps": total_steps,
                "processes": accelerator.num_processes}
+    if evaluations is not None:
+        summary["evaluations"] = evaluations
+    if kept is not None:
+        summary["kept"] = kept
     if accelerator.is_main_process:
         write_json(out_dir / "summary.json", summary)
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
     accelerator.wait_for_everyone()
-    return TrainResult(next_model, state["step"], last)
+    return TrainResult(next_model, state["step"], last, kept)

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True)
     train = sub.add_parser("train", help="run the train stage in this (accelerate-launched) process")
     train.add_argument("--model", required=True)
+    train.add_argument("--val", type=Path, default=None, help="validation records (train.eval_every)")
     for name in SHARDED_STAGES:  # the arguments of a ShardJob (ShardJob.worker_args)
         p = sub.add_parser(name, help=f"run shards of the {name} stage in this process")
         p.add_argument("--shards", required=True, type=_shards, help="comma-separated shard indices")
@@ -48,7 +49,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> None:
     if args.stage not in SHARDED_STAGES:  # the one other entry: train under accelerate launch
         from selfplay.stages.train import run_train
 
-        run_train(cfg, args.model, args.data, args.out)
+        run_train(cfg, args.model, args.data, args.out, args.val)
         return
     job = ShardJob(args.data, args.out, args.model, args.split, args.skip_invalid)
     SHARDED_STAGES[args.stage].run_shards(cfg, job, args.shards, args.num_shards)
