@@ -71,3 +71,28 @@ def test_cli_rejects_bad_settings(cli, tmp_path):
     assert not (tmp_path / "o").exists()
     assert cli(["data", "synth", "arith", "--num", "5", "--out", tmp_path / "p"]).exit_code == 0
     assert [r["id"] for r in read_jsonl(tmp_path / "p/train.jsonl")] == [f"arith-0-{i}" for i in range(5)]
+
+
+def test_calculator_trajectories_solve_the_same_problems(tmp_path):
+    """synth:arith-calc: the same problems as synth:arith, each with the scripted solver's ReAct trajectory —
+    every calculator call's observation is what the agent's calculator tool returns, and finish[...] scores 1."""
+    from selfplay.data.records import prepare_source, load_sft
+    from selfplay.envs.calculator import evaluate, format_number
+    from selfplay.envs.react import parse_action, parse_trajectory
+    from selfplay.envs.tasks import get_task, gold_answer
+
+    plain = make_problems(30, 3, min_steps=1, max_steps=3, max_value=20)
+    react = make_problems(30, 3, min_steps=1, max_steps=3, max_value=20, react=True)
+    task = get_task("arith")
+    for p, r in zip(plain, react, strict=True):
+        assert (p["id"], p["messages"], p["meta"]) == (r["id"], r["messages"], r["meta"])
+        steps = parse_trajectory(r["reference"])
+        assert len(steps) == r["meta"]["steps"] + 1  # a calculator call per operation, then finish
+        for step in steps[:-1]:
+            tool, expression = parse_action(step.action)
+            assert tool == "calculator" and step.observation == format_number(evaluate(expression))
+        tool, answer = parse_action(steps[-1].action)
+        assert tool == "finish" and answer == r["meta"]["answer"] == gold_answer(r)
+        assert task.score(answer, gold_answer(r))[0] == 1.0
+    out = prepare_source("synth:arith-calc?num=12&seed=3&max_steps=2", tmp_path / "calc", test_size=4)
+    assert len(load_sft(out, "train")) == 8 and "Action: calculator[" in load_sft(out, "test")[0]["reference"]

@@ -10,6 +10,7 @@ failed run never leaves half an output behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import random
@@ -38,7 +39,9 @@ from selfplay.io import JsonlWriter, read_json, write_json, write_jsonl
 Record = dict[str, Any]
 
 SYNTH_PREFIX = "synth:"
-SYNTH_TASKS = {"arith": synth_arith.make_problems}
+# synth:NAME -> the generator; arith-calc: the same problems with a scripted calculator agent's trajectories.
+SYNTH_TASKS = {"arith": synth_arith.make_problems,
+               "arith-calc": functools.partial(synth_arith.make_problems, react=True)}
 SYNTH_PARAMS = ("num", "seed", "min_steps", "max_steps", "max_value")
 SYNTH_DEFAULT_NUM = 1000
 # The options of prepare_source that shape its output (saved in metadata.json).

@@ -4,12 +4,17 @@ Each problem is a short templated story about one person's collection of items; 
 subtracts or multiplies with integers and no intermediate count is negative. Solutions list one
 line per step and end with ``#### <answer>``, so :func:`selfplay.envs.verifiers.check_arith`
 (the GSM8K checker) scores them. Generation is deterministic for a given seed and settings.
+
+With ``react=True`` (the ``synth:arith-calc`` source) the same problems come with the trajectory a scripted
+solver writes for a tool-using agent instead: one ``Thought: / Action: calculator[expression] /
+Observation: value`` step per operation, then ``Action: finish[answer]`` — the real trajectories SPIN for
+agents plays against (the agent's ``calculator`` tool computes the observations the same way).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfplay.errors import UserError
@@ -41,11 +46,22 @@ _MAX_MISSES = 2000
 QUESTIONS = ["How many {items} does {name} have now?", "How many {items} does {name} have at the end?"]
 
 
+# What the scripted solver thinks before each operation's calculator call ({cur}: the count so far).
+THOUGHTS = {"add": "{name} gets {n} more, so I add {n} to {cur}.",
+            "subtract": "{name} has {n} fewer, so I subtract {n} from {cur}.",
+            "multiply": "{name} ends up with {k} times as many, so I multiply {cur} by {k}.",
+            "groups": "{g} {container} of {k} is {g} * {k} more, so I add that to {cur}."}
+EXPRESSIONS = {"add": "{cur} + {n}", "subtract": "{cur} - {n}", "multiply": "{cur} * {k}",
+               "groups": "{cur} + {g} * {k}"}
+FINISHED = "Episode finished, reward = True"
+
+
 @dataclass
 class _Story:
     sentences: list[str]
     solution: list[str]
     count: int
+    calls: list[tuple[str, str, int]] = field(default_factory=list)  # (thought, calculator expression, value)
 
 
 def _step(rng: random.Random, story: _Story, words: dict[str, str], max_value: int) -> None:
@@ -74,12 +90,21 @@ def _step(rng: random.Random, story: _Story, words: dict[str, str], max_value: i
     fill = {**words, **values, "cur": cur, "new": new}
     story.sentences.append(story_t.format(**fill))
     story.solution.append(solution_t.format(**fill))
+    story.calls.append((THOUGHTS[op].format(**fill), EXPRESSIONS[op].format(**fill), new))
     story.count = new
 
 
-def _make_one(rng: random.Random, min_steps: int, max_steps: int,
-              max_value: int) -> tuple[str, str, int, int]:
-    """(question, solution, answer, steps) for one problem."""
+def _trajectory(story: _Story, words: dict[str, str]) -> str:
+    """The scripted solver's ReAct trajectory: a calculator call per operation, then finish[answer]."""
+    steps = [f"Thought: {thought}\nAction: calculator[{expression}]\nObservation: {value}\n"
+             for thought, expression, value in story.calls]
+    final = f"Thought: {words['name']} has {story.count} {words['items']} now.\nAction: finish[{story.count}]\n"
+    return "".join(steps) + final + f"Observation: {FINISHED}\n"
+
+
+def _make_one(rng: random.Random, min_steps: int, max_steps: int, max_value: int,
+              react: bool = False) -> tuple[str, str, int, int]:
+    """(question, solution, answer, steps) for one problem; the solution is a ReAct trajectory with ``react``."""
     words = {"name": rng.choice(NAMES), "items": rng.choice(ITEMS)}
     start = rng.randint(1, max_value)
     story_t, solution_t = rng.choice(START)
@@ -88,17 +113,19 @@ def _make_one(rng: random.Random, min_steps: int, max_steps: int,
     for _ in range(steps):
         _step(rng, story, words, max_value)
     question = " ".join([*story.sentences, rng.choice(QUESTIONS).format(**words)])
-    solution = "\n".join([*story.solution, f"#### {story.count}"])
+    solution = _trajectory(story, words) if react else "\n".join([*story.solution, f"#### {story.count}"])
     return question, solution, story.count, steps
 
 
 def make_problems(num: int, seed: int, min_steps: int = 2, max_steps: int = 3,
-                  max_value: int = 50) -> list[dict[str, Any]]:
+                  max_value: int = 50, react: bool = False) -> list[dict[str, Any]]:
     """``num`` distinct arithmetic word problems as canonical SFT records (deterministic by ``seed``).
 
     ``min_steps``..``max_steps`` operations follow the starting count; every number written in the
     story is at most ``max_value`` (products may exceed it). Records carry
-    ``meta = {"task": "arith", "answer": "<n>", "steps": s}``.
+    ``meta = {"task": "arith", "answer": "<n>", "steps": s}``. ``react``: the reference is the scripted
+    solver's ReAct trajectory (calculator calls, then finish) instead of the written solution; the problems
+    are the same ones.
     """
     if num < 1:
         raise UserError(f"the number of problems must be at least 1, got {num}")
@@ -112,7 +139,7 @@ def make_problems(num: int, seed: int, min_steps: int = 2, max_steps: int = 3,
     misses = 0
     # Distinct questions keep a held-out split honest; give up once the settings stop yielding new ones.
     while len(records) < num:
-        question, solution, answer, steps = _make_one(rng, min_steps, max_steps, max_value)
+        question, solution, answer, steps = _make_one(rng, min_steps, max_steps, max_value, react)
         if question in seen:
             misses += 1
             if misses > _MAX_MISSES:
