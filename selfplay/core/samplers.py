@@ -189,16 +189,20 @@ class HFSampler(_Texts):
     """Sampling with transformers through the continuous-batching loop of :mod:`selfplay.core.decoding`.
 
     Prompts are admitted longest first (similar lengths share a prefill, little padding); up to
-    ``batch_size`` prompts (n rows each) decode at once, finished rows leave and waiting prompts take
+    ``batch_size`` prompts (n rows each) decode at once while their KV cache fits ``cache_bytes``
+    (:func:`selfplay.core.memory.kv_cache_budget`), finished rows leave and waiting prompts take
     their place. Results come back in input order; ``on_result`` fires as each prompt finishes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, cache_bytes: int | None = None) -> None:
+        from selfplay.core.memory import kv_cache_budget
         from selfplay.models import eos_token_ids, pad_token_id
 
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # The KV cache of a decode call stays within this (prompts wait for room; one always runs).
+        self.cache_bytes = cache_bytes if cache_bytes is not None else kv_cache_budget(str(model.device))
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
@@ -207,9 +211,9 @@ class HFSampler(_Texts):
         self.decode_step = ""
 
     @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, batch_size: int = 16) -> HFSampler:
+    def from_loaded(cls, model: Any, tokenizer: Any, batch_size: int = 16, cache_bytes: int | None = None) -> HFSampler:
         """Wrap an already loaded (model, tokenizer) pair, e.g. the policy being evaluated."""
-        return cls(model, tokenizer, batch_size)
+        return cls(model, tokenizer, batch_size, cache_bytes)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
@@ -235,7 +239,7 @@ class HFSampler(_Texts):
             self.decode_step = decode(
                 self.model, encoded, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])),
                 n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                max_prompts=self.batch_size, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                max_prompts=self.batch_size, cache_bytes=self.cache_bytes, eos_ids=self.eos_ids, pad_id=self.pad_id,
                 seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
                 on_done=done, stopped=self._stop_matcher(stop) if stop else None)
             self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds}
