@@ -6,6 +6,8 @@ import ctypes
 import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def release_memory() -> None:
@@ -27,6 +29,40 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
             pass
+
+
+# glibc's mallopt parameter: allocations at least this large get their own mapping, unmapped when freed.
+_M_MMAP_THRESHOLD = -3
+# glibc's largest dynamic threshold (on 64-bit): what the allocator converges to on its own after large frees.
+_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
+
+
+def _mallopt(param: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+@contextmanager
+def large_blocks_unmapped(threshold: int = 1 << 20) -> Iterator[None]:
+    """Within the block, every allocation of at least ``threshold`` bytes gets its own mapping, returned to
+    the OS when freed (glibc; a no-op elsewhere).
+
+    Why: glibc raises its mmap threshold to the size of any mapped block that is freed (up to 32 MiB), so
+    after the first step of training the activations (1-30 MB each) come from the heap, where gradients and
+    optimizer state allocated between them pin the pages of freed ones. On the RISE quickstart's training
+    that fragmentation was ~0.45 GB of the peak RSS (3.23 GB -> 2.79 GB above the baseline, measured with
+    ``MALLOC_MMAP_THRESHOLD_``). Mapping costs a page fault per 4 kB first touched, small next to a training
+    step; decoding allocates MB-sized logits every step, so the threshold goes back to glibc's own maximum
+    after the block."""
+    _mallopt(_M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        _mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD)
 
 
 def available_bytes() -> int | None:
