@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from selfplay.core.kv_cache import GrowingLayer, cache_kwarg, new_cache
+from selfplay.core.prefix_cache import CachedRow
 
 # top-p keeps a shortlist of this many most likely tokens before falling back to a full vocabulary sort.
 TOP_P_CANDIDATES = 256
@@ -200,40 +201,60 @@ def _move_rows(layer: Any, to: list[int], source: list[int], rows: int) -> None:
 
 
 def prefill(model: Any, prompt_ids: list[list[int]], prompts: list[int], n: int, pad_id: int,
-            seeds: Callable[[int, int], int], max_tokens: int | None = None) -> Batch:
+            seeds: Callable[[int, int], int], max_tokens: int | None = None,
+            prefixes: dict[int, tuple[CachedRow, int]] | None = None) -> Batch:
     """Run the prompts once (left-padded) and repeat each prompt's cache for its n rows.
 
-    The prompts go through the model in groups of at most ``max_tokens`` (rows x padded width; default
-    :data:`PREFILL_TOKENS`) so a prefill's activations stay bounded however many long prompts are admitted
-    at once; a single longer prompt is one group. Groups keep the prompts' order.
+    ``prefixes`` maps a prompt to a cached row (:mod:`selfplay.core.prefix_cache`) and how many of its leading
+    positions are this prompt's first tokens: those are not run again, only the rest of the prompt is, on
+    top of them. The prompts go through the model in groups of at most ``max_tokens`` new tokens (rows x
+    padded width; default :data:`PREFILL_TOKENS`), prompts that continue a cached row apart from the others,
+    so a prefill's activations stay bounded however many long prompts are admitted at once; a single longer
+    prompt is one group. Rows follow the prompts' order, those continuing a cached row last.
     """
-    budget = max_tokens or PREFILL_TOKENS
-    groups: list[list[int]] = [[]]
-    for p in prompts:
-        group = groups[-1]
-        width = max([len(prompt_ids[p])] + [len(prompt_ids[q]) for q in group])
-        if group and (len(group) + 1) * width > budget:
-            groups.append([])
-        groups[-1].append(p)
-    parts = [_prefill_group(model, prompt_ids, group, n, pad_id, seeds) for group in groups]
+    budget, prefixes = max_tokens or PREFILL_TOKENS, prefixes or {}
+    groups: list[list[int]] = []
+    for cached in (False, True):
+        group: list[int] = []
+        for p in (q for q in prompts if (q in prefixes) == cached):
+            width = max(len(prompt_ids[q]) - (prefixes[q][1] if cached else 0) for q in group + [p])
+            if group and (len(group) + 1) * width > budget:
+                groups.append(group)
+                group = []
+            group.append(p)
+        if group:
+            groups.append(group)
+    parts = [_prefill_group(model, prompt_ids, group, n, pad_id, seeds, prefixes) for group in groups]
     if len(parts) > 1:
         parts[0].extend(*parts[1:])
     return parts[0]
 
 
 def _prefill_group(model: Any, prompt_ids: list[list[int]], prompts: list[int], n: int, pad_id: int,
-                   seeds: Callable[[int, int], int]) -> Batch:
+                   seeds: Callable[[int, int], int], prefixes: dict[int, tuple[CachedRow, int]]) -> Batch:
+    """One forward pass: each prompt's tokens after its reused prefix (all of them without one), right-aligned
+    after ``past`` cached positions (each row's prefix right-aligned in them, zeros before)."""
     device = model.device
-    width = max(len(prompt_ids[p]) for p in prompts)
+    reused = [prefixes[p][1] if p in prefixes else 0 for p in prompts]
+    past = max(reused)
+    width = max(len(prompt_ids[p]) - m for p, m in zip(prompts, reused))
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids = prompt_ids[p]
+    mask = torch.zeros((len(prompts), past + width), dtype=torch.long)
+    positions = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, (p, m) in enumerate(zip(prompts, reused)):
+        ids = prompt_ids[p][m:]
         input_ids[r, width - len(ids):] = torch.tensor(ids)
-        mask[r, width - len(ids):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask[r, past - m:past] = 1
+        mask[r, past + width - len(ids):] = 1
+        positions[r, width - len(ids):] = torch.arange(m, m + len(ids))
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
     cache = new_cache(model)
+    if past:
+        for i, layer in enumerate(cache.layers):
+            parts = [(prefixes[p][0].layers[i][0][None, :, :m], prefixes[p][0].layers[i][1][None, :, :m])
+                     for p, m in zip(prompts, reused)]  # [1, KVH, m, D] each (m may be 0)
+            layer.lazy_initialization(*parts[0])
+            _concat_rows(layer, [(k.to(device), v.to(device)) for k, v in parts], past)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **{cache_kwarg(type(model)): cache})
     logits = out.logits[:, -1].float()
@@ -329,9 +350,15 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
            max_new_tokens: int, max_prompts: int, eos_ids: set[int], pad_id: int, seeds: Callable[[int, int], int],
            on_tokens: Callable[[int], None], on_done: Callable[[int, list[Row]], None],
            stopped: Callable[[list[int]], bool] | None = None, lean: bool = True,
-           cache_bytes: int = DEFAULT_CACHE_BYTES) -> str:
+           cache_bytes: int = DEFAULT_CACHE_BYTES, prefixes: dict[int, tuple[CachedRow, int]] | None = None,
+           on_cache: Callable[[Row, list[tuple[torch.Tensor, torch.Tensor]]], None] | None = None) -> str:
     """Decode n samples of every prompt, admitting prompts in ``order`` while at most ``max_prompts`` run and
     their KV cache can stay within ``cache_bytes`` (see :class:`Admission`).
+
+    ``prefixes``: cached rows some prompts continue (see :func:`prefill`; an entry is dropped once its prompt
+    is prefilled). ``on_cache(row, layers)``: given, it receives each row's cache as the row ends (per layer
+    keys and values [KVH, L, D] of its L real positions: its prompt and its tokens but the last), before
+    ``on_done`` fires for its prompt.
 
     ``seeds(prompt, j)`` seeds row j of a prompt; ``on_done(prompt, rows)`` fires once per prompt when all
     its n rows ended (EOS kept at the end of a row's tokens, ``row.finish`` says why it ended);
@@ -355,7 +382,10 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
     while pending or batch is not None:
         admit = admission.count(pending, len(unfinished), batch) if pending else 0
         if admit and (batch is None or batch.mergeable()):
-            new = prefill(model, prompt_ids, [pending.popleft() for _ in range(admit)], n, pad_id, seeds)
+            admitted = [pending.popleft() for _ in range(admit)]
+            new = prefill(model, prompt_ids, admitted, n, pad_id, seeds, prefixes=prefixes)
+            for p in admitted:
+                (prefixes or {}).pop(p, None)  # its cached row is in the batch now: free it
             for row in new.rows:
                 rows_of.setdefault(row.prompt, []).append(row)
                 unfinished[row.prompt] = unfinished.get(row.prompt, 0) + 1
@@ -371,6 +401,10 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
             if not row.finish:
                 keep.append(b)
                 continue
+            if on_cache is not None:
+                real = batch.mask[b].nonzero().squeeze(-1)  # this row's positions: padding left out
+                on_cache(row, [(layer.keys[b].index_select(1, real), layer.values[b].index_select(1, real))
+                               for layer in batch.cache.layers])
             unfinished[row.prompt] -= 1
             if unfinished[row.prompt] == 0:
                 del unfinished[row.prompt]

@@ -13,13 +13,14 @@ batched kernels (which can flip a near-tied token, more often in bf16); vLLM see
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import time
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from selfplay.core.prefix_cache import PrefixStore
 from selfplay.errors import MissingExtraError, UserError, suggest
 
 if TYPE_CHECKING:
@@ -87,18 +88,26 @@ class Sampler(Protocol):
     """n completions per prompt, in input order; temperature 0 = greedy (then the n copies are equal).
 
     ``stop``: texts that end a sample (excluded from it), e.g. ``["\nObservation:"]`` for a ReAct step.
-    ``complete`` returns :class:`Completion` objects, ``generate`` only their texts.
+    ``complete`` returns :class:`Completion` objects, ``generate`` only their texts. ``cache_keys`` (one per
+    prompt, unique, e.g. an episode's id) let a backend keep what it computed for a prompt and its samples until
+    the same key's next prompt, which extends it (an agent's next step, a RISE turn): the HF backend keeps the
+    rows' KV caches (:mod:`selfplay.core.prefix_cache`), vLLM finds shared prefixes itself (prefix caching);
+    ``release(keys)`` says the episodes ended. Samples do not depend on them.
     """
 
     tokenizer: Any
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]: ...
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]: ...
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: OnResult | None = None) -> list[list[str]]: ...
+                 on_result: OnResult | None = None, cache_keys: list[Hashable] | None = None) -> list[list[str]]: ...
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Forget what ``complete(cache_keys=...)`` kept for ``keys`` (their episodes ended)."""
 
 
 class _Texts(ABC):
@@ -201,8 +210,10 @@ class HFSampler(_Texts):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        # The KV cache of a decode call stays within this (prompts wait for room; one always runs).
+        # The KV cache of a decode call stays within this (prompts wait for room; one always runs), and so do the
+        # caches kept between an episode's calls (cache_keys).
         self.cache_bytes = cache_bytes if cache_bytes is not None else kv_cache_budget(str(model.device))
+        self.prefix_store = PrefixStore(self.cache_bytes)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
@@ -217,19 +228,37 @@ class HFSampler(_Texts):
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]:
         """n completions per prompt (special tokens, the final EOS and a stop text removed), in input order;
-        ``progress``: show a bar, or advance the caller's (:func:`generation_progress`)."""
+        ``progress``: show a bar, or advance the caller's (:func:`generation_progress`); ``cache_keys``: see
+        :class:`Sampler` (each prompt continues the cached row of its key it shares the most tokens with, and its
+        rows' caches are kept under the key for the next call)."""
         from selfplay.core.decoding import decode
+        from selfplay.core.prefix_cache import CachedRow
 
         _check_params(n, temperature, top_p, max_new_tokens, stop)
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         if any(not ids for ids in encoded):
             raise UserError("a prompt encodes to no tokens; check the data for empty prompts.")
+        if cache_keys is not None and (len(cache_keys) != len(prompts) or len(set(cache_keys)) != len(cache_keys)):
+            raise ValueError("cache_keys needs one distinct key per prompt")
+        prefixes = {}
+        for i, key in enumerate(cache_keys or []):
+            hit = self.prefix_store.take(key, encoded[i])
+            if hit is not None:
+                prefixes[i] = hit
+        reused = sum(m for _, m in prefixes.values())
+        kept: dict[int, list[CachedRow]] = {}
         greedy = temperature == 0
         results: list[list[Completion]] = [[] for _ in prompts]
         with generation_progress(len(prompts), progress) as bar:
+            def keep(row: Any, layers: list[Any]) -> None:
+                kept.setdefault(row.prompt, []).append(CachedRow(encoded[row.prompt] + row.tokens[:-1], layers))
+
             def done(i: int, rows: list[Any]) -> None:
+                if cache_keys is not None:
+                    self.prefix_store.put(cache_keys[i], kept.pop(i))
                 completions = [self._completion(row.tokens, row.finish, stop) for row in rows]
                 results[i] = completions * n if greedy else completions  # greedy decodes one row and copies it
                 if on_result is not None:
@@ -241,9 +270,15 @@ class HFSampler(_Texts):
                 n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                 max_prompts=self.batch_size, cache_bytes=self.cache_bytes, eos_ids=self.eos_ids, pad_id=self.pad_id,
                 seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
-                on_done=done, stopped=self._stop_matcher(stop) if stop else None)
-            self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds}
+                on_done=done, stopped=self._stop_matcher(stop) if stop else None, prefixes=prefixes,
+                on_cache=keep if cache_keys is not None else None)
+            self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds,
+                               "prompt_tokens": sum(map(len, encoded)), "reused_prompt_tokens": reused}
         return results
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Drop the KV caches kept for ``keys`` (their episodes ended)."""
+        self.prefix_store.release(keys)
 
     def _stop_matcher(self, stop: list[str]) -> Callable[[list[int]], bool]:
         """Whether a row's text ends in a stop sequence. Only the last few tokens are decoded: a stop of L
@@ -290,12 +325,17 @@ class VLLMSampler(_Texts):
         kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
         # Our own tokenizer encodes prompts, so both backends see exactly the same token ids.
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
+        # Prefix caching: an agent's next step or a RISE turn extends the previous prompt, and the engine then
+        # reuses the KV blocks it already holds for that prefix instead of prefilling it again.
         self.llm = self._vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
-                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype, **kwargs)
+                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype,
+                                  enable_prefix_caching=True, **kwargs)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]:
+        # cache_keys: nothing to do, the engine's prefix caching finds every shared prompt prefix by itself.
         _check_params(n, temperature, top_p, max_new_tokens, stop)
         greedy = temperature == 0
         bar = progress if isinstance(progress, GenerationProgress) else None  # a caller's bar: advance it
@@ -317,6 +357,9 @@ class VLLMSampler(_Texts):
                 if on_result is not None:
                     on_result(start + offset, results[-1])
         return results
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Nothing to drop: vLLM evicts cached prefix blocks itself when it needs the room."""
 
 
 def _vllm_finish(output: Any) -> str:

@@ -104,9 +104,9 @@ def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]
     sampling = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens))
     console.print(f"eval: multi-turn, {len(usable)} problems x {r.eval_turns} turns"
                   + (f" + {r.eval_parallel} parallel samples" if r.eval_parallel else ""))
-    metrics = evaluate_multiturn(env, LocalTurnModel(sampler, sampling).respond, usable, turns=r.eval_turns,
-                                 context_window=r.context_window, parallel=r.eval_parallel, seed=cfg.seed + 7919,
-                                 out_dir=out_dir)
+    model = LocalTurnModel(sampler, sampling)
+    metrics = evaluate_multiturn(env, model.respond, usable, turns=r.eval_turns, context_window=r.context_window,
+                                 parallel=r.eval_parallel, seed=cfg.seed + 7919, out_dir=out_dir, release=model.release)
     per_prompt = metrics.pop("outcomes")
     return {**table_metrics(metrics), "multiturn": metrics, "per_prompt": per_prompt}
 
