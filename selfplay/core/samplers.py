@@ -210,10 +210,10 @@ class HFSampler(_Texts):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        # The KV cache of a decode call stays within this (prompts wait for room; one always runs), and so do the
-        # caches kept between an episode's calls (cache_keys).
+        # The KV cache of a decode call and the caches kept between an episode's calls (cache_keys; at most half
+        # of it) stay within this together: prompts wait for room, one always runs.
         self.cache_bytes = cache_bytes if cache_bytes is not None else kv_cache_budget(str(model.device))
-        self.prefix_store = PrefixStore(self.cache_bytes)
+        self.prefix_store = PrefixStore(self.cache_bytes // 2)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
@@ -268,7 +268,8 @@ class HFSampler(_Texts):
             self.decode_step = decode(
                 self.model, encoded, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])),
                 n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                max_prompts=self.batch_size, cache_bytes=self.cache_bytes, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                max_prompts=self.batch_size, cache_bytes=self.cache_bytes - self.prefix_store.nbytes,
+                eos_ids=self.eos_ids, pad_id=self.pad_id,
                 seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
                 on_done=done, stopped=self._stop_matcher(stop) if stop else None, prefixes=prefixes,
                 on_cache=keep if cache_keys is not None else None)
@@ -371,8 +372,28 @@ def _vllm_finish(output: Any) -> str:
 
 # --------------------------------------------------------------------------- factory
 
+# Prompts decoded at once (n rows each) when ``generate.batch_size`` is unset. On a CPU a decode step reads
+# every weight once whatever the rows, so more rows are nearly free until their KV-cache reads and the
+# vocabulary-sized sampling per row catch up with the weights (SmolLM2-135M in bf16: 270 MB of weights, ~7 MB
+# of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128.
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 256
 
-def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = None, batch_size: int = 16,
+
+def default_batch_size(device: str = "auto") -> int:
+    """Prompts a decode call runs at once on ``device`` when the config leaves ``generate.batch_size`` unset."""
+    from selfplay.models import resolve_device
+
+    return GPU_BATCH_SIZE if resolve_device(device).startswith("cuda") else CPU_BATCH_SIZE
+
+
+def batch_size_for(batch_size: int | None, device: str = "auto") -> int:
+    """``batch_size`` as configured, or the device's default when unset (None)."""
+    return batch_size if batch_size is not None else default_batch_size(device)
+
+
+
+def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = None, batch_size: int | None = None,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, seed: int = 0,
                  device: str = "auto") -> Sampler:
     """A sampler for ``model`` (directory, hub id or alias); ``model_cfg`` gives dtype, revision, remote code."""
@@ -387,7 +408,7 @@ def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = No
             from selfplay.core.decoding import use_grouped_attention
 
             use_grouped_attention(loaded)
-        return HFSampler(loaded, tokenizer, batch_size=batch_size)
+        return HFSampler(loaded, tokenizer, batch_size=batch_size_for(batch_size, str(loaded.device)))
     if backend == "vllm":
         return VLLMSampler(resolve_model(model, cfg.revision), tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=cfg.dtype,

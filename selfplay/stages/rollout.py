@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from selfplay.config import Config
+from selfplay.core.samplers import batch_size_for
 from selfplay.envs.answer_envs import AnswerEnv, env_for_records, is_degenerate
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
@@ -281,7 +282,7 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
     """Play the shard's remaining problems, appending each episode as it ends."""
     from selfplay.progress import console, progress_bar
 
-    chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
+    chunk = batch_size_for(cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0
     with JsonlAppender(plan.path, lazy=True) as out, progress_bar(f"{plan.label} ({env.name})", total=plan.total,
                                                        completed=plan.total - len(plan.todo)) as bar:
