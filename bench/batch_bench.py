@@ -73,6 +73,10 @@ def run_batch_bench(model_name: str, source: Path, out_dir: Path, *, num_prompts
         "ratio_ours_over_spin": {b: ratios(r, "tokens_per_s", "ours", "spin_recipe") for b, r in runs.items()},
         "best_batch": best,
         "default_batch_size": default_batch_size(str(sampler.model.device)),
+        # the generate stage's default against the fastest size measured (per round; absent if not swept)
+        "default_over_best": summarize([d["tokens_per_s"] / b["tokens_per_s"] for d, b in zip(
+            runs[str(default_batch_size(str(sampler.model.device)))]["ours"], runs[best["ours"]]["ours"])])
+        if str(default_batch_size(str(sampler.model.device))) in runs else {},
         # ours at its fastest size over the recipe at its fastest: each arm at the batch it does best with
         "ratio_best_over_best": summarize([o["tokens_per_s"] / s["tokens_per_s"] for o, s in
                                            zip(runs[best["ours"]]["ours"], runs[best["spin_recipe"]]["spin_recipe"])]),

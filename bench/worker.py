@@ -169,7 +169,8 @@ def sft_trl(spec: dict[str, Any]) -> dict[str, Any]:
                                  for r in rows])
     args = SFTConfig(
         output_dir=spec["out_dir"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
-        learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=0.1, optim=spec["optimizer"],
+        learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=0.1,
+        optim={"adamw": "adamw_torch"}.get(spec["optimizer"], spec["optimizer"]),  # torch's AdamW, as ours
         weight_decay=0.0, max_grad_norm=1.0, num_train_epochs=1, max_length=spec["max_length"],
         completion_only_loss=True, packing=False, bf16=spec["precision"] == "bf16", fp16=False,
         gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=10**6,
