@@ -80,7 +80,7 @@ def test_finished_rows_leave_without_copying_the_cache(loaded) -> None:
 def test_the_cache_budget_bounds_the_rows_and_keeps_every_sample(loaded, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from selfplay.core import decoding
+    from selfplay.core import decoding, kv_cache
     from selfplay.core.samplers import HFSampler, format_prompt
 
     model, tok = loaded
@@ -89,7 +89,7 @@ def test_the_cache_budget_bounds_the_rows_and_keeps_every_sample(loaded, monkeyp
     free = HFSampler.from_loaded(model, tok, batch_size=12).generate(prompts, **kw)
 
     longest = max(len(tok(p)["input_ids"]) for p in prompts)
-    per_prompt = 2 * (longest + 8) * decoding.kv_bytes_per_token(model)  # n rows x (prompt + new tokens)
+    per_prompt = 2 * (longest + 8) * kv_cache.kv_bytes_per_token(model)  # n rows x (prompt + new tokens)
     seen: list[tuple[int, int]] = []  # (rows, cached positions) at each step
     real_step = decoding.Batch.step
     monkeypatch.setattr(decoding.Batch, "step", lambda self, *a, **k: seen.append(tuple(self.mask.shape))
@@ -99,7 +99,7 @@ def test_the_cache_budget_bounds_the_rows_and_keeps_every_sample(loaded, monkeyp
     assert bounded.generate(prompts, **kw) == free
     assert max(r for r, _ in seen) < 2 * len(prompts)  # unbounded, all 12 prompts x 2 rows would run at once
     # Within the budget, up to padding the batch has not cut yet (under a quarter of its positions).
-    assert max(r * t for r, t in seen) * decoding.kv_bytes_per_token(model) <= budget * 4 / 3
+    assert max(r * t for r, t in seen) * kv_cache.kv_bytes_per_token(model) <= budget * 4 / 3
     # A budget smaller than one prompt still decodes it, alone.
     seen.clear()
     tiny = HFSampler.from_loaded(model, tok, batch_size=12, cache_bytes=1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from selfplay.core.kv_cache import GrowingLayer, cache_kwarg, new_cache
+from selfplay.core.kv_cache import Admission, GrowingLayer, cache_kwarg, new_cache
 from selfplay.core.prefix_cache import CachedRow
 
 # top-p keeps a shortlist of this many most likely tokens before falling back to a full vocabulary sort.
@@ -301,50 +301,6 @@ def _finish_reason(row: Row, token: int, eos_ids: set[int], max_new_tokens: int,
     return "length" if len(row.tokens) >= max_new_tokens else ""
 
 
-def kv_bytes_per_token(model: Any) -> int:
-    """Bytes of KV cache one token of one row takes in ``model`` (keys and values of every layer)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
-
-
-class Admission:
-    """How many waiting prompts may join the batch: at most ``max_prompts`` running, and the KV cache the batch
-    could reach (rows x (width + max_new_tokens), width = the longest row's positions) within ``cache_bytes``.
-    Admitting costs a prefill call and a copy of the cache, so prompts join in groups: once a quarter of what
-    fits is free (or every waiting prompt fits). A prompt always runs when nothing else does, whatever its size.
-    The bound holds up to the left padding a batch keeps (under a quarter of its positions, see
-    :meth:`Batch.keep`) and the growing buffers' spare room.
-    """
-
-    def __init__(self, model: Any, prompt_ids: list[list[int]], *, n: int, max_new_tokens: int, max_prompts: int,
-                 cache_bytes: int) -> None:
-        self.prompt_ids, self.n, self.max_new_tokens, self.max_prompts = prompt_ids, n, max_new_tokens, max_prompts
-        self.cache_bytes, self.token_bytes = cache_bytes, kv_bytes_per_token(model)
-        longest = max((len(ids) for ids in prompt_ids), default=1)
-        fits = max(1, cache_bytes // max(1, n * (longest + max_new_tokens) * self.token_bytes))
-        self.group = max(1, min(max_prompts, fits) // 4)
-
-    def count(self, pending: deque[int], running: int, batch: Batch | None) -> int:
-        """How many prompts from the head of ``pending`` to admit now (0: wait for rows to finish)."""
-        rows = len(batch.rows) if batch is not None else 0
-        width = batch.mask.shape[1] if batch is not None else 0
-        k = 0
-        for p in pending:
-            if running + k >= self.max_prompts:
-                break
-            width = max(width, len(self.prompt_ids[p]))
-            grown = (rows + (k + 1) * self.n) * (width + self.max_new_tokens) * self.token_bytes
-            if grown > self.cache_bytes and (k or batch is not None):
-                break
-            k += 1
-        if batch is not None and k < min(self.group, len(pending)):
-            return 0
-        return k
-
-
 @torch.inference_mode()
 def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int, temperature: float, top_p: float,
            max_new_tokens: int, max_prompts: int, eos_ids: set[int], pad_id: int, seeds: Callable[[int, int], int],
@@ -380,7 +336,8 @@ def decode(model: Any, prompt_ids: list[list[int]], order: list[int], *, n: int,
                           cache_bytes=cache_bytes)
     batch: Batch | None = None
     while pending or batch is not None:
-        admit = admission.count(pending, len(unfinished), batch) if pending else 0
+        admit = admission.count(pending, len(unfinished), len(batch.rows) if batch else 0,
+                                batch.mask.shape[1] if batch else 0) if pending else 0
         if admit and (batch is None or batch.mergeable()):
             admitted = [pending.popleft() for _ in range(admit)]
             new = prefill(model, prompt_ids, admitted, n, pad_id, seeds, prefixes=prefixes)
