@@ -45,7 +45,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "gen32": {"num_prompts": 4, "max_new_tokens": 8, "batch_size": 2},
     "batch": {"num_prompts": 4, "max_new_tokens": 4, "pairs": 1, "batch_sizes": (2, 4)},
     "llamacpp": {"num_prompts": 4, "max_new_tokens": 4, "probe_batches": (2, 4)},
-    "sft": {"num_examples": 2, "batch_size": 2, "max_length": 256},
+    "sft": {"num_examples": 2, "batch_size": 2, "max_length": 512},
     "rollouts": {"agent_questions": 2, "max_steps": 2, "step_tokens": 6, "rise_problems": 2, "eval_problems": 2,
                  "turn_tokens": 6, "pairs": 1},
     "contention": {"prompts": 2, "max_new_tokens": 4, "rounds": 1, "batch_size": 2},

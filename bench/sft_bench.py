@@ -24,14 +24,23 @@ from typing import Any
 from bench.measure import alternate, console, ratios, run_worker, summarize
 
 
-def write_sft_records(source: Path, num: int, dest: Path) -> Path:
-    """The first ``num`` GSM8K rows of ``source`` as single-response training records ``{id, prompt, response}``."""
+def write_sft_records(source: Path, num: int, dest: Path, tokenizer: Any, max_length: int) -> Path:
+    """The first ``num`` GSM8K rows of ``source`` that fit ``max_length`` whole (chat-formatted prompt and
+    response, with room for the template's closing tokens; the prompt within half of it) as single-response
+    training records ``{id, prompt, response}``: neither side truncates, so both train the same tokens (TRL
+    cuts the end of a sequence and drops one left without a completion token, ours cuts the prompt first)."""
     from selfplay.data.records import convert_rows
     from selfplay.data.sources import read_rows
     from selfplay.io import write_jsonl
 
-    records = [g[0] for g in convert_rows(read_rows(str(source))[:num], "gsm8k", show_progress=False).groups]
-    write_jsonl(dest, [{"id": r["id"], "prompt": r["messages"], "response": r["reference"]} for r in records])
+    def fits(r: dict[str, Any]) -> bool:
+        prompt = len(tokenizer.apply_chat_template(r["messages"], tokenize=True, add_generation_prompt=True))
+        response = len(tokenizer(r["reference"], add_special_tokens=False)["input_ids"])
+        return prompt <= max_length // 2 and prompt + response + 4 <= max_length
+
+    records = [g[0] for g in convert_rows(read_rows(str(source))[:20 * num], "gsm8k", show_progress=False).groups]
+    kept = [r for r in records if fits(r)][:num]
+    write_jsonl(dest, [{"id": r["id"], "prompt": r["messages"], "response": r["reference"]} for r in kept])
     return dest
 
 
@@ -41,9 +50,14 @@ def run_sft_bench(model_name: str, source: Path, out_dir: Path, machine: dict[st
     """Alternate ours and TRL ``pairs`` times (after one warm-up run of ours on one batch); runs and summaries."""
     from bench.train_bench import _params
 
+    from transformers import AutoTokenizer
+
+    from selfplay.models import resolve_model
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = write_sft_records(source, num_examples, out_dir / "sft_records.jsonl")
-    warm = write_sft_records(source, batch_size, out_dir / "warmup_records.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
+    records = write_sft_records(source, num_examples, out_dir / "sft_records.jsonl", tokenizer, max_length)
+    warm = write_sft_records(source, batch_size, out_dir / "warmup_records.jsonl", tokenizer, max_length)
     base = {"model": model_name, "batch_size": batch_size, "max_length": max_length,
             "max_prompt_length": max_length // 2, "lr": lr, "optimizer": "adamw", "precision": "fp32"}
     logs = out_dir / "logs"
