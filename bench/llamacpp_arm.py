@@ -90,7 +90,10 @@ class LlamaCppBatched:
         cparams.n_batch = cparams.n_ubatch = max(512, min(8192, batch * context))
         cparams.n_threads = cparams.n_threads_batch = threads
         if hasattr(cparams, "kv_unified"):
-            cparams.kv_unified = True  # one cache shared by the slots: a long prompt may use what a short one leaves
+            # A cache per sequence slot: what llama.cpp advises for sequences that share no long prefix (faster).
+            cparams.kv_unified = False
+        if hasattr(cparams, "no_perf"):
+            cparams.no_perf = False  # keep its timing counters (perf())
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context of "
