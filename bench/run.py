@@ -2,7 +2,7 @@
 
 Runs each comparison as alternating pairs after a warm-up, writes every number to
 ``bench/out/results.json`` (git-ignored) and the tables to ``bench/RESULTS.md``. The full run is sized
-to finish within 30 minutes on a 2-core CPU; ``--smoke`` runs the same plumbing with minimal sizes
+to finish within 40 minutes on a 2-core CPU; ``--smoke`` runs the same plumbing with minimal sizes
 (seconds, numbers meaningless) and writes RESULTS.md into ``--out`` instead.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("gen", "gen32", "batch", "llamacpp", "train", "sft", "rollouts", "contention", "scale", "procs")
 
-# Workload sizes. FULL fits the 30-minute budget on 2 cores (SmolLM2-135M trains at roughly 20-50 tokens/s
+# Workload sizes. FULL fits the 40-minute budget on 2 cores (SmolLM2-135M trains at roughly 20-50 tokens/s
 # there, so training workloads are small); SMOKE only exercises the code paths.
 FULL: dict[str, dict[str, Any]] = {
     "gen": {"num_prompts": 64, "max_new_tokens": 128, "batch_size": 16},
@@ -29,10 +29,10 @@ FULL: dict[str, dict[str, Any]] = {
     "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 24, "train_batch_size": 2,
               "accumulation": 4, "max_length": 256, "rounds": 2},
     "gen32": {"num_prompts": 32, "max_new_tokens": 128, "batch_size": 16},
-    "batch": {"num_prompts": 128, "max_new_tokens": 48, "pairs": 2},
+    "batch": {"num_prompts": 128, "max_new_tokens": 32, "pairs": 2},
     "llamacpp": {"num_prompts": 64, "max_new_tokens": 64},
-    "sft": {"num_examples": 12, "batch_size": 4, "max_length": 512},
-    "rollouts": {"agent_questions": 8, "max_steps": 4, "step_tokens": 48, "rise_problems": 6, "eval_problems": 6,
+    "sft": {"num_examples": 8, "batch_size": 4, "max_length": 512},
+    "rollouts": {"agent_questions": 6, "max_steps": 4, "step_tokens": 48, "rise_problems": 4, "eval_problems": 4,
                  "turn_tokens": 96, "pairs": 2},
     "contention": {"prompts": 24, "max_new_tokens": 48, "rounds": 2, "batch_size": 16},
 }
