@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report_sections as sections
+
 # (what, results path, comparison, target): checked against the median of per-pair ratios (per-run
 # fractions for the decode limit).
 TARGETS = [
@@ -12,6 +14,21 @@ TARGETS = [
     ("training tokens/s, ours / TRL default", ("training", "ratios", "ours_over_trl_default"), ">=", 1.5),
     ("training tokens/s, ours / TRL precompute", ("training", "ratios", "ours_over_trl_precompute"), ">=", 1.0),
     ("training peak memory, ours / TRL default", ("training", "ratios", "memory_ours_over_trl_default"), "<=", 0.7),
+    ("generation tokens/s in fp32, ours / SPIN recipe", ("generation_fp32", "ratio_ours_over_spin"), ">=", 2.0),
+    ("generation tokens/s, ours / llama.cpp (each at its fastest batch)", ("llamacpp", "ratio_ours_over_llama_cpp"),
+     ">=", 1.0),
+    ("generation tokens/s, the generate stage's default batch / the fastest swept", ("batch", "default_over_best"),
+     ">=", 0.9),
+    ("likelihood training tokens/s, ours / TRL SFTTrainer", ("sft", "ratios", "ours_over_trl"), ">=", 1.5),
+    ("likelihood training peak memory, ours / TRL SFTTrainer", ("sft", "ratios", "memory_ours_over_trl"), "<=", 0.7),
+    ("agent rollouts trajectories/s, ours / anchor loop", ("rollouts", "agent", "ratio_episodes"), ">=", 5.0),
+    ("RISE rollouts episodes/s, ours / anchor loop", ("rollouts", "rise", "ratio_episodes"), ">=", 5.0),
+    ("5-turn sequential evaluation problems/s, ours / anchor loop", ("rollouts", "multiturn", "ratio_episodes"),
+     ">=", 5.0),
+    ("generation with one competing process / alone (an even share: 0.5)", ("contention", "contended_over_alone"),
+     ">=", 0.4),
+    ("generation alone, thread policy / libgomp's default spin", ("contention", "policy_over_spinning_alone"),
+     ">=", 0.95),
 ]
 
 
@@ -270,12 +287,24 @@ def render(results: dict[str, Any]) -> str:
     lines += _machine(results["machine"]) + _load_note(meta, results["machine"])
     if "generation" in results:
         lines += _generation(results["generation"])
+    if "generation_fp32" in results:
+        lines += sections.generation_fp32(results["generation_fp32"])
+    if "batch" in results:
+        lines += sections.batch(results["batch"])
+    if "llamacpp" in results:
+        lines += sections.llamacpp(results["llamacpp"])
     if "training" in results:
         lines += _training(results["training"])
+    if "sft" in results:
+        lines += sections.sft(results["sft"])
     if "scaling" in results:
         lines += _scaling(results["scaling"])
     if "processes" in results:
         lines += _processes(results["processes"])
+    if "rollouts" in results:
+        lines += sections.rollouts(results["rollouts"])
+    if "contention" in results:
+        lines += sections.contention(results["contention"])
     notes = results.get("notes", [])
     profiles = _profile("Our sampler, one batch (top ops by self CPU time)",
                         results.get("generation", {}).get("profile_ours", ""))

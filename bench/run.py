@@ -2,7 +2,7 @@
 
 Runs each comparison as alternating pairs after a warm-up, writes every number to
 ``bench/out/results.json`` (git-ignored) and the tables to ``bench/RESULTS.md``. The full run is sized
-to finish within 30 minutes on a 2-core CPU; ``--smoke`` runs the same plumbing with minimal sizes
+to finish within 40 minutes on a 2-core CPU; ``--smoke`` runs the same plumbing with minimal sizes
 (seconds, numbers meaningless) and writes RESULTS.md into ``--out`` instead.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("gen", "train", "scale", "procs")
+SECTIONS = ("gen", "gen32", "batch", "llamacpp", "train", "sft", "rollouts", "contention", "scale", "procs")
 
-# Workload sizes. FULL fits the 30-minute budget on 2 cores (SmolLM2-135M trains at roughly 20-50 tokens/s
+# Workload sizes. FULL fits the 40-minute budget on 2 cores (SmolLM2-135M trains at roughly 20-50 tokens/s
 # there, so training workloads are small); SMOKE only exercises the code paths.
 FULL: dict[str, dict[str, Any]] = {
     "gen": {"num_prompts": 64, "max_new_tokens": 128, "batch_size": 16},
@@ -28,6 +28,13 @@ FULL: dict[str, dict[str, Any]] = {
               "eval_num": 8},
     "procs": {"prompts": 48, "n": 2, "max_new_tokens": 64, "gen_batch_size": 16, "pairs": 24, "train_batch_size": 2,
               "accumulation": 4, "max_length": 256, "rounds": 2},
+    "gen32": {"num_prompts": 32, "max_new_tokens": 128, "batch_size": 16},
+    "batch": {"num_prompts": 128, "max_new_tokens": 32, "pairs": 2},
+    "llamacpp": {"num_prompts": 64, "max_new_tokens": 64},
+    "sft": {"num_examples": 8, "batch_size": 4, "max_length": 512},
+    "rollouts": {"agent_questions": 6, "max_steps": 4, "step_tokens": 48, "rise_problems": 4, "eval_problems": 4,
+                 "turn_tokens": 96, "pairs": 2},
+    "contention": {"prompts": 24, "max_new_tokens": 48, "rounds": 2, "batch_size": 16},
 }
 SMOKE: dict[str, dict[str, Any]] = {
     "gen": {"num_prompts": 4, "max_new_tokens": 8, "batch_size": 2},
@@ -35,12 +42,19 @@ SMOKE: dict[str, dict[str, Any]] = {
     "scale": {"sizes": [2, 4], "iters": 2, "iter_prompts": 2, "max_new_tokens": 4, "max_length": 32, "eval_num": 2},
     "procs": {"prompts": 4, "n": 1, "max_new_tokens": 4, "gen_batch_size": 2, "pairs": 4, "train_batch_size": 1,
               "accumulation": 2, "max_length": 64, "rounds": 1},
+    "gen32": {"num_prompts": 4, "max_new_tokens": 8, "batch_size": 2},
+    "batch": {"num_prompts": 4, "max_new_tokens": 4, "pairs": 1, "batch_sizes": (2, 4)},
+    "llamacpp": {"num_prompts": 4, "max_new_tokens": 4, "probe_batches": (2, 4)},
+    "sft": {"num_examples": 2, "batch_size": 2, "max_length": 512},
+    "rollouts": {"agent_questions": 2, "max_steps": 2, "step_tokens": 6, "rise_problems": 2, "eval_problems": 2,
+                 "turn_tokens": 6, "pairs": 1},
+    "contention": {"prompts": 2, "max_new_tokens": 4, "rounds": 1, "batch_size": 2},
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of: gen, train, scale, procs")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--pairs", type=int, default=3, help="alternating measured rounds per comparison (after warm-up)")
     p.add_argument("--smoke", action="store_true", help="minimal sizes, in-process arms: checks the plumbing only")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model directory, hub id or offline alias")
@@ -107,10 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from selfplay.threads import wait_policy_env
+
+    # selfplay's OpenMP wait policy, before torch is imported: the in-process arms run as the CLI runs ours.
+    os.environ.update(wait_policy_env())
     import torch
 
     from bench.machine import describe_machine
     from bench.measure import console
+    from selfplay.core.memory import release_memory
     from selfplay.errors import UserError
     from selfplay.hardware import cpu_has_bf16, resolve_dtype_name
     from selfplay.io import write_json
@@ -152,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     # Measure only the peaks this run uses: an emulated dtype's peak is slow to measure and says nothing.
     gen_dtype = resolve_dtype_name(args.gen_dtype, "cpu").name
     bf16_train_arm = not (args.no_bf16 or args.smoke) and cpu_has_bf16()
-    used = ({gen_dtype} if "gen" in args.only else set()) | ({"float32"} if "train" in args.only else set())
+    decoding = {"gen", "batch", "llamacpp", "rollouts"}
+    used = ({gen_dtype} if decoding & set(args.only) else set()) | (
+        {"float32"} if {"train", "sft", "gen32"} & set(args.only) else set())
     used |= {"bfloat16"} if bf16_train_arm and "train" in args.only else set()
     results["machine"] = describe_machine(threads=threads, quick=args.smoke,
                                           dtypes=tuple(sorted(used)) or ("float32",))
@@ -177,8 +198,33 @@ def main(argv: list[str] | None = None) -> int:
         # The section's four model copies, compiled graphs and (with --profile) a whole run's profiler events
         # are garbage now; give the pages back before the training arms start beside this process (a run
         # with --profile on 2026-12-01 held 20.9 GB here and the training section was OOM-killed).
-        from selfplay.core.memory import release_memory
+        release_memory()
+    if "gen32" in args.only and gen_dtype != "float32" and available(gsm8k_test, "fp32 generation benchmark"):
+        from bench.gen_bench import run_generation_bench
 
+        section("1a. generation in fp32: ours vs the SPIN recipe")
+        results["generation_fp32"] = run_generation_bench(model, gsm8k_test, out / "gen32", results["machine"],
+                                                          pairs=min(pairs, 2), dtype="float32", profile=False,
+                                                          arms=(), **sizes["gen32"])
+        save()
+        release_memory()
+    if "batch" in args.only and available(gsm8k_test, "batch-size sweep"):
+        from bench.batch_bench import run_batch_bench
+
+        section("1b. decode throughput vs batch size: ours and the SPIN recipe")
+        results["batch"] = run_batch_bench(model, gsm8k_test, out / "batch", dtype=gen_dtype,
+                                           **{**sizes["batch"], "pairs": min(pairs, sizes["batch"]["pairs"])})
+        save()
+        release_memory()
+    if "llamacpp" in args.only and available(gsm8k_test, "llama.cpp comparison"):
+        from bench.llamacpp_bench import run_llamacpp_bench
+
+        section("1c. ours vs llama.cpp, each at its fastest batch size")
+        best = results.get("batch", {}).get("best_batch", {}).get("ours")
+        results["llamacpp"] = run_llamacpp_bench(model, gsm8k_test, out / "llamacpp", pairs=pairs, dtype=gen_dtype,
+                                                 threads=threads, ours_batch=int(best) if best else None,
+                                                 **sizes["llamacpp"])
+        save()  # without llama-cpp-python (or on another model) the section says why it did not run
         release_memory()
     if "train" in args.only and available(gsm8k_train, "training benchmark"):
         from bench.train_bench import build_spin_pairs, profile_ours, run_training_bench
@@ -199,6 +245,28 @@ def main(argv: list[str] | None = None) -> int:
                                                                batch_size=tr["batch_size"], max_length=tr["max_length"],
                                                                in_process=args.smoke)
             save()
+    if "sft" in args.only and available(gsm8k_train, "likelihood training benchmark"):
+        from bench.sft_bench import run_sft_bench
+
+        section("2c. likelihood training: ours (--method sft) vs TRL SFTTrainer")
+        results["sft"] = run_sft_bench(model, gsm8k_train, out / "sft", results["machine"], pairs=pairs,
+                                       warmup=not args.smoke, in_process=args.smoke, **sizes["sft"])
+        save()
+    if "rollouts" in args.only and available(args.data / "fireact" / "hotpotqa_alpaca_200.json", "rollout benchmark"):
+        from bench.rollout_bench import run_rollout_bench
+
+        section("5. rollouts: agent, RISE and the sequential evaluation vs the anchors' loops")
+        r = sizes["rollouts"]
+        results["rollouts"] = run_rollout_bench(model, args.data, out / "rollouts", dtype=gen_dtype,
+                                                **{**r, "pairs": min(pairs, r["pairs"])})
+        save()
+        release_memory()
+    if "contention" in args.only and available(gsm8k_train, "contention benchmark"):
+        from bench.contention_bench import run_contention_bench
+
+        section("6. generation beside a competing CPU-heavy process vs alone")
+        results["contention"] = run_contention_bench(model, gsm8k_train, out / "contention", **sizes["contention"])
+        save()
     if "scale" in args.only and available(gsm8k_train, "scaling benchmark"):
         from bench.scale_bench import run_scaling_bench
 

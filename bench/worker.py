@@ -1,7 +1,7 @@
 """One benchmark arm in a fresh process: ``python -m bench.worker TASK SPEC_JSON RESULT_PATH``.
 
-Tasks: ``train-ours`` (selfplay's ``run_train``), ``train-trl`` (TRL's ``DPOTrainer``, reference resident
-or precomputed), ``loop`` (selfplay's ``run_loop``, peak memory per iteration). Each writes one JSON
+Tasks: ``train-ours`` (selfplay's ``run_train``, any method), ``train-trl`` (TRL's ``DPOTrainer``, reference
+resident or precomputed), ``sft-trl`` (TRL's ``SFTTrainer``, completion-only loss), ``loop`` (selfplay's ``run_loop``, peak memory per iteration). Each writes one JSON
 object to RESULT_PATH. Memory is the peak RSS above the RSS measured after all imports and before any
 model is loaded, sampled every 20 ms (:class:`bench.measure.RssSampler`); ``ru_maxrss`` minus the same
 baseline is recorded as a cross-check (it also sees spikes shorter than 20 ms).
@@ -21,18 +21,21 @@ THREADS = 2
 
 
 def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time selfplay's SPIN training: reference precompute + policy-only training, model loading excluded.
+    """Time selfplay's training (``spec["method"]``, default SPIN): reference precompute (preference methods)
+    + policy-only training, model loading excluded.
 
     The stage's own functions are wrapped (not changed) to timestamp its phases and count the tokens of
     every batch it builds as separate prompt + response sequences (as TRL runs them and the TRL arm counts
-    them), whatever layout ours runs them in (packed: each prompt once, no padding).
+    them), whatever layout ours runs them in (packed: each prompt once, no padding). Without a reference
+    pass (likelihood methods) the loop's time starts when its first batch is built.
     """
     import selfplay.core.objectives as objectives
     import selfplay.stages.train as train_stage
     from selfplay.methods import load_config
 
     cfg = load_config(flags={
-        "method": "spin", "train.batch_size": spec["batch_size"], "train.max_length": spec["max_length"],
+        "method": spec.get("method", "spin"), "train.batch_size": spec["batch_size"],
+        "train.max_length": spec["max_length"],
         "train.max_prompt_length": spec["max_prompt_length"], "train.lr": spec["lr"],
         "train.precision": spec["precision"], "train.optimizer": spec["optimizer"], "train.epochs": 1.0,
         "train.max_steps": spec.get("max_steps", -1), "train.logging_steps": 10**6, "train.save_steps": 0,
@@ -57,8 +60,11 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         return original_finish(*args, **kwargs)
 
     def counted_batch(model: Any, examples: list[Any], pad_id: int) -> Any:
+        if "precompute_start" not in marks and "train_start" not in marks:
+            marks["train_start"] = time.perf_counter()  # no reference pass: the loop starts here
         batch = original_batch(model, examples, pad_id)
-        tokens["train" if "precompute_end" in marks else "reference"] += sequence_tokens(examples)
+        tokens["train" if "precompute_end" in marks or "train_start" in marks else "reference"] += \
+            sequence_tokens(examples)
         layout["packed"] = "label_index" in batch
         return batch
 
@@ -67,13 +73,14 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     objectives.training_batch = counted_batch
     try:
         with RssSampler() as rss, Profile(bool(spec.get("profile")), memory=True) as profile:
-            result = train_stage.run_train(cfg, spec["model"], Path(spec["pairs"]), Path(spec["out_dir"]))
+            result = train_stage.run_train(cfg, spec["model"], Path(spec.get("records") or spec["pairs"]),
+                                           Path(spec["out_dir"]))
     finally:  # in-process (smoke) runs call this again: leave the stage as it was
         train_stage.precompute_reference, train_stage.finish, train_stage.training_batch = (
             original_precompute, original_finish, original_batch)
         objectives.training_batch = original_batch
-    precompute_s = marks["precompute_end"] - marks["precompute_start"]
-    train_s = marks["train_end"] - marks["precompute_end"]
+    precompute_s = marks["precompute_end"] - marks["precompute_start"] if "precompute_end" in marks else 0.0
+    train_s = marks["train_end"] - marks.get("precompute_end", marks.get("train_start", 0.0))
     return {"tokens": float(tokens["train"]), "reference_tokens": float(tokens["reference"]),
             "precompute_s": precompute_s, "train_s": train_s, "seconds": precompute_s + train_s,
             "steps": float(result.steps), "loss": float(result.metrics.get("loss", float("nan"))),
@@ -144,6 +151,45 @@ def train_trl(spec: dict[str, Any]) -> dict[str, Any]:
             "ru_maxrss_delta_mib": max_rss_mib() - rss.baseline}
 
 
+def sft_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time TRL's SFTTrainer on the same records and settings: conversational prompt-completion data with
+    ``completion_only_loss`` (the loss on the response tokens only, as ours); model loading and tokenization
+    excluded, ``trainer.train()`` timed."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from selfplay.io import read_jsonl
+    from selfplay.models import ensure_special_tokens, resolve_model
+
+    path = resolve_model(spec["model"])
+    rows = read_jsonl(Path(spec["records"]))
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["response"]}]}
+                                 for r in rows])
+    args = SFTConfig(
+        output_dir=spec["out_dir"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+        learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=0.1,
+        optim={"adamw": "adamw_torch"}.get(spec["optimizer"], spec["optimizer"]),  # torch's AdamW, as ours
+        weight_decay=0.0, max_grad_norm=1.0, num_train_epochs=1, max_length=spec["max_length"],
+        completion_only_loss=True, packing=False, bf16=spec["precision"] == "bf16", fp16=False,
+        gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=10**6,
+        disable_tqdm=True, seed=42, dataloader_num_workers=0,
+    )
+    with RssSampler() as rss:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        ensure_special_tokens(policy, tokenizer)
+        trainer = SFTTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer)
+        t0 = time.perf_counter()
+        out = trainer.train()
+        train_s = time.perf_counter() - t0
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    return {"tokens": float(tokens), "precompute_s": 0.0, "train_s": train_s, "seconds": train_s,
+            "steps": float(out.global_step), "loss": float(out.training_loss), "peak_rss_mib": rss.peak_delta,
+            "ru_maxrss_delta_mib": max_rss_mib() - rss.baseline}
+
+
 def loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``selfplay loop`` in-process; split time and peak RSS by iteration (the iter_k dir appearing)."""
     from selfplay.methods import load_config
@@ -175,7 +221,7 @@ def loop(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-TASKS = {"train-ours": train_ours, "train-trl": train_trl, "loop": loop}
+TASKS = {"train-ours": train_ours, "train-trl": train_trl, "sft-trl": sft_trl, "loop": loop}
 
 
 def main() -> None:

@@ -67,7 +67,9 @@ class GenerateConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    batch_size: int = 16
+    # Prompts decoded at once (HF backend; n rows each); unset: the device's default (64 on a CPU, 256 on a GPU,
+    # core.samplers.default_batch_size), the KV-cache budget bounding the rows either way.
+    batch_size: int | None = None
     seed: int = 0
     # chat (the model's template) | spin-instruct (SPIN's "### Instruction:") | alpaca (FireAct / SPIN-agents)
     prompt_format: Literal["chat", "spin-instruct", "alpaca"] = "chat"

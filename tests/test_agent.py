@@ -140,10 +140,12 @@ class ScriptedAgent:
     tokenizer = None
 
     def __init__(self, script) -> None:
-        self.script, self.attempts = script, {}
+        self.script, self.attempts, self.released = script, {}, []
 
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, stop=None, progress=True):
-        assert stop == ["\nObservation:"] and n == 1
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, stop=None, progress=True,
+                 cache_keys=None):
+        assert stop == ["\nObservation:"] and n == 1 and len(set(cache_keys)) == len(prompts)
+        assert not set(cache_keys) & set(self.released)  # an ended episode is never sampled again
         out = []
         for p in prompts:
             question = re.search(r"### Instruction:\n(.*?)\n\n### Response:", p, re.DOTALL)[1]
@@ -153,6 +155,9 @@ class ScriptedAgent:
             self.attempts[key] = attempt + 1
             out.append([self.script(question, step, attempt)])
         return out
+
+    def release(self, keys) -> None:
+        self.released += keys
 
 
 def _agent_cfg(shared_data: Path, **agent):
@@ -199,6 +204,8 @@ def test_scripted_policy_retries_step_cap_and_finish(shared_data: Path) -> None:
     assert sampler.attempts[("q-fail", 0)] == 6  # the first try and 5 retries
     assert not loop.finished and len(loop.steps) == 11 and loop.reward == 0.0
     assert all(s.observation == cache[query] for s in loop.steps)
+    # Every episode released its cache exactly once, as it ended (finished or out of steps).
+    assert sorted(sampler.released) == sorted(ep.key for ep in episodes)
 
 
 def test_rollout_resumes_after_sigkill_and_reads_back(tiny_model: Path, tmp_path: Path, shared_data: Path, cli) -> None:

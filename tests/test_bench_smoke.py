@@ -21,11 +21,12 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     # would double this test's time on a fresh machine.
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--model", str(tiny_model),
                            "--data", str(shared_data), "--out", str(out), "--gen-arms", "hf_continuous"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert {"meta", "machine", "generation", "training", "scaling", "processes"} <= results.keys()
+    assert {"meta", "machine", "generation", "training", "scaling", "processes", "generation_fp32", "batch",
+            "llamacpp", "sft", "rollouts", "contention"} <= results.keys()
     assert results["meta"]["smoke"] is True and results["meta"]["skipped"] == []
     machine = results["machine"]
     assert machine["matmul_peak_gflops"]["float32"] > 0 and machine["memory_bandwidth"]["read_gbs"] > 0
@@ -61,9 +62,29 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
         assert all(v[key]["median"] > 0 for v in procs[work].values())
     assert procs["speedup"]["generation_tokens_per_s"]["n"] == 1
 
+    assert results["generation_fp32"]["settings"]["dtype"] == "float32" and results["generation_fp32"]["runs"]["ours"]
+    batch = results["batch"]
+    assert set(batch["tokens_per_s"]) == {"2", "4"} and batch["best_batch"]["ours"] in {"2", "4"}
+    assert batch["default_batch_size"] >= 1
+    assert "smollm2-135m-instruct alias" in results["llamacpp"]["unavailable"]  # the tiny model has no GGUF file
+    sft = results["sft"]
+    assert set(sft["summary"]) == {"ours", "trl"} and {"ours_over_trl", "memory_ours_over_trl"} <= sft["ratios"].keys()
+    # The same records: nearly the same tokens (TRL's chat template adds a newline after EOS).
+    assert 0.8 < sft["runs"]["ours"][0]["tokens"] / sft["runs"]["trl"][0]["tokens"] <= 1.0
+    for work in ("agent", "rise", "multiturn"):
+        arm = results["rollouts"][work]
+        assert arm["runs"]["ours"][0]["episodes"] == arm["runs"]["anchor"][0]["episodes"] == 2, work
+        assert arm["ratio_episodes"]["n"] == 1 and arm["tokens_per_s"]["anchor"]["median"] > 0, work
+    contention = results["contention"]
+    assert set(contention["runs"]) == {"alone", "contended", "alone_spinning", "contended_spinning"}
+    assert contention["contended_over_alone"]["n"] == 1
+
     markdown = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling", "## 4. Scale-out"):
+    for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling", "## 4. Scale-out",
+                    "## 1a. Generation in fp32", "## 1b. Decode throughput vs batch size", "## 1c. Ours vs llama.cpp",
+                    "## 2c. Likelihood training", "## 5. Rollouts", "## 6. Generation beside a competing"):
         assert heading in markdown
+    assert "| agent rollouts trajectories/s, ours / anchor loop | >= 5.0 |" in markdown
     for arm in ("hf_continuous",):
         assert f"ratio ours / {arm}" in markdown
     # A smoke run never overwrites the real results.

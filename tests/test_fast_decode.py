@@ -101,19 +101,21 @@ def test_a_wrong_step_is_caught_by_the_one_time_check(loaded, monkeypatch: pytes
     assert fast is None and "differ from the model's forward" in why
 
 
-def test_bfloat16_lean_step_equals_the_sdpa_forward(tiny_model: Path) -> None:
-    """In bf16 the lean step's logits are the forward's (with the same SDPA attention), bit for bit."""
+def test_bfloat16_lean_step_equals_the_grouped_forward(tiny_model: Path) -> None:
+    """In bf16 the lean step's logits are the forward's with the same attention (grouped_query_attention, the
+    eager order), bit for bit; against the SDPA forward they agree within the one-time check's tolerance."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("oneDNN has no bf16 kernels for this CPU (the lean step is not used in bf16 here)")
     from selfplay.config import ModelConfig
     from selfplay.core import fast_decode
+    from selfplay.core.decoding import GROUPED_ATTENTION
     from selfplay.core.samplers import make_sampler
 
     model = make_sampler("hf", str(tiny_model), model_cfg=ModelConfig(dtype="bfloat16"), batch_size=4,
                          device="cpu").model
     with torch.inference_mode():
-        lean = fast_decode.step_logits(model, "sdpa", fast_decode.FastStep(model, 4))
-        assert torch.equal(lean, fast_decode.step_logits(model, "sdpa"))
+        lean = fast_decode.step_logits(model, GROUPED_ATTENTION, fast_decode.FastStep(model, 4))
+        assert torch.equal(lean, fast_decode.step_logits(model, GROUPED_ATTENTION))
         assert fast_decode._agrees_with_forward(model, fast_decode.FastStep(model, 4)) is None
 
 

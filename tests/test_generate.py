@@ -196,23 +196,6 @@ def test_batch_surgery_keeps_each_rows_logits(loaded) -> None:
         torch.testing.assert_close(batch.logits[1], alone(2, [17]), atol=1e-5, rtol=1e-4)
 
 
-def test_grouped_attention_equals_eager_attention() -> None:
-    import torch
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    from selfplay.core.decoding import grouped_query_attention
-
-    torch.manual_seed(0)
-    query, key, value = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)  # 3 groups
-    mask = torch.zeros(2, 1, 5, 7)
-    mask[0, :, :, :3] = torch.finfo(torch.float32).min  # row 0 is left-padded by 3 positions
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.training = 3, False
-    ours, _ = grouped_query_attention(module, query, key, value, mask, scaling=0.35)
-    theirs, _ = eager_attention_forward(module, query, key, value, mask, scaling=0.35)
-    torch.testing.assert_close(ours, theirs)
-
-
 def test_cpu_sampler_keeps_the_models_answers(loaded, tiny_model: Path) -> None:
     """make_sampler's CPU setup (grouped attention, in-place KV cache) decodes what the plain model does."""
     from selfplay.core.samplers import HFSampler, format_prompt, make_sampler

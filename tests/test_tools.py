@@ -75,7 +75,7 @@ def _steps_for(script):
     """A StepSampler that answers each episode's prompt by script(question, step, observations so far)."""
     seen: list[tuple[str, int]] = []
 
-    def respond(prompts: list[str], temperature: float, seed: int) -> list[str]:
+    def respond(prompts: list[str], temperature: float, seed: int, keys: list) -> list[str]:
         out = []
         for prompt in prompts:
             question = re.search(r"Question (\w+)", prompt)[1]

@@ -61,12 +61,14 @@ def test_arguments_and_output_order(fake_vllm, tiny_model: Path) -> None:
     assert isinstance(sampler, VLLMSampler)
     (llm,) = FakeLLM.instances
     assert llm.kwargs == {"model": str(tiny_model), "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8,
-                          "seed": 3, "dtype": "bfloat16"}  # no trust_remote_code unless asked
+                          "seed": 3, "dtype": "bfloat16",  # no trust_remote_code unless asked
+                          "enable_prefix_caching": True}  # an episode's next step reuses its prompt's KV blocks
     prompts = [format_prompt(sampler.tokenizer, [{"role": "user", "content": "x " * k}]) for k in (5, 1, 9)]
     lengths = [len(sampler.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     seen = []
     out = sampler.generate(prompts, n=3, temperature=0.7, top_p=0.9, max_new_tokens=17, seed=11,
-                           progress=False, on_result=lambda i, texts: seen.append(i))
+                           progress=False, on_result=lambda i, texts: seen.append(i), cache_keys=["a", "b", "c"])
+    sampler.release(["a", "b", "c"])  # episode keys are accepted; the engine caches prefixes by itself
     assert out == [[f"{n}:0", f"{n}:1", f"{n}:2"] for n in lengths] and seen == [0, 1, 2]
     (inputs, params, kw) = llm.calls[0]
     assert [len(i["prompt_token_ids"]) for i in inputs] == lengths and kw == {"use_tqdm": False}

@@ -21,6 +21,9 @@ class _Root(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
+            from selfplay.threads import setup
+
+            setup()  # threads and their wait policy, before any command imports torch
             return super().invoke(ctx)
         except Exception as e:
             error = e if isinstance(e, UserError) else disk_full_error(e)

@@ -4,7 +4,8 @@
 room; :func:`new_cache` builds a cache of them where the model allows it, and :func:`cache_kwarg` names the
 forward() keyword that takes a cache in the installed transformers. The generation loop
 (:mod:`selfplay.core.decoding`) and the lean decode step (:mod:`selfplay.core.fast_decode`) both import
-this module; neither imports the other's internals.
+this module; neither imports the other's internals. :class:`Admission` bounds how much cache a decode call
+may hold (:func:`kv_bytes_per_token` per token and row).
 
 Tensor shapes: B = rows, H = key/value heads, T = cached positions, D = head size.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -70,3 +72,47 @@ def new_cache(model: Any) -> Any:
     if model.device.type == "cpu" and all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [GrowingLayer() for _ in cache.layers]
     return cache
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of KV cache one token of one row takes in ``model`` (keys and values of every layer)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
+class Admission:
+    """How many waiting prompts may join the batch: at most ``max_prompts`` running, and the KV cache the batch
+    could reach (rows x (width + max_new_tokens), width = the longest row's positions) within ``cache_bytes``.
+    Admitting costs a prefill call and a copy of the cache, so prompts join in groups: once a quarter of what
+    fits is free (or every waiting prompt fits). A prompt always runs when nothing else does, whatever its size.
+    The bound holds up to the left padding a batch keeps (under a quarter of its positions, see
+    :meth:`selfplay.core.decoding.Batch.keep`) and the growing buffers' spare room.
+    """
+
+    def __init__(self, model: Any, prompt_ids: list[list[int]], *, n: int, max_new_tokens: int, max_prompts: int,
+                 cache_bytes: int) -> None:
+        self.prompt_ids, self.n, self.max_new_tokens, self.max_prompts = prompt_ids, n, max_new_tokens, max_prompts
+        self.cache_bytes, self.token_bytes = cache_bytes, kv_bytes_per_token(model)
+        longest = max((len(ids) for ids in prompt_ids), default=1)
+        fits = max(1, cache_bytes // max(1, n * (longest + max_new_tokens) * self.token_bytes))
+        self.group = max(1, min(max_prompts, fits) // 4)
+
+    def count(self, pending: Iterable[int], running: int, rows: int, width: int) -> int:
+        """How many prompts from the head of ``pending`` to admit now (0: wait for rows to finish), with
+        ``running`` prompts in ``rows`` rows of ``width`` cached positions decoding (0 rows: nothing runs)."""
+        pending = list(pending)
+        k = 0
+        for p in pending:
+            if running + k >= self.max_prompts:
+                break
+            width = max(width, len(self.prompt_ids[p]))
+            grown = (rows + (k + 1) * self.n) * (width + self.max_new_tokens) * self.token_bytes
+            if grown > self.cache_bytes and (k or rows):
+                break
+            k += 1
+        if rows and k < min(self.group, len(pending)):
+            return 0
+        return k

@@ -32,6 +32,7 @@ from typing import Any
 
 from selfplay.config import LaunchConfig
 from selfplay.errors import UserError
+from selfplay.threads import process_threads, worker_env
 
 PARENT_ENV = "SELFPLAY_PARENT_PID"
 
@@ -99,18 +100,15 @@ def accelerate_command(launch: LaunchConfig, module: str, args: list[str], *,
             env["ACCELERATE_USE_CPU"] = "true"
         else:
             cmd += ["--cpu"]
-    if not cuda and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(cpu_threads_per_process(local_processes(launch)))
+    if not cuda:
+        env.update(worker_env(local_processes(launch)))
     return cmd + ["-m", module, *args], env
 
 
 def cpu_threads_per_process(processes: int) -> int:
-    """This machine's cores shared out, so N processes do not oversubscribe them."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, processes))
+    """Threads for each of N processes on this machine, so they share its cores instead of each taking all
+    of them (:mod:`selfplay.threads`: ``SELFPLAY_NUM_THREADS``, ``OMP_NUM_THREADS``, affinity, cgroup quota)."""
+    return process_threads(processes)[0]
 
 
 def run_launched(launch: LaunchConfig, module: str, args: list[str]) -> None:
@@ -212,13 +210,13 @@ def run_workers(launch: LaunchConfig, module: str, worker_args: list[list[str]],
     """Run ``python -m module ARGS`` once per entry of ``worker_args`` on this machine, concurrently, and wait.
 
     Each worker sees its own GPUs (``devices_per_worker`` of them) or, without CUDA, an equal share of the
-    cores (``OMP_NUM_THREADS``, unless already set). If one fails, the others are stopped (what they
+    threads (:func:`selfplay.threads.worker_env`). If one fails, the others are stopped (what they
     finished is on disk; a rerun resumes) and a UserError names it.
     """
     devices = worker_devices(len(worker_args), devices_per_worker)
     base = {**os.environ, "SELFPLAY_LAUNCHED": "1", PARENT_ENV: str(os.getpid())}
-    if devices[0] is None and "OMP_NUM_THREADS" not in os.environ:
-        base["OMP_NUM_THREADS"] = str(cpu_threads_per_process(len(worker_args)))
+    if devices[0] is None:
+        base.update(worker_env(len(worker_args)))
     procs = []
     for args, dev in zip(worker_args, devices):
         env = dict(base, CUDA_VISIBLE_DEVICES=dev) if dev is not None else base

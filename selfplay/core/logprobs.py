@@ -36,8 +36,9 @@ from selfplay.core.packing import block_attention_mask, collate_packed, is_packe
 if TYPE_CHECKING:
     from selfplay.core.examples import TokenizedExample
 
-# Vocabulary rows projected at once in the chunked path: chunk tokens x V floats ~ 128 MiB in fp32.
-_CHUNK_FLOATS = 2**25
+# Vocabulary rows projected at once in the chunked path: chunk tokens x V floats ~ 64 MiB in fp32 (a chunk's
+# backward holds its logits, their bf16 copy under autocast and their gradient: ~3x that at once).
+_CHUNK_FLOATS = 2**24
 _MIN_CHUNK_TOKENS = 64
 # Per model: whether the decoder + lm_head split reproduced the model's own log-probs (checked once), and
 # whether the packed layout did.

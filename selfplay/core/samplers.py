@@ -13,13 +13,14 @@ batched kernels (which can flip a near-tied token, more often in bf16); vLLM see
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import time
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from selfplay.core.prefix_cache import PrefixStore
 from selfplay.errors import MissingExtraError, UserError, suggest
 
 if TYPE_CHECKING:
@@ -87,18 +88,26 @@ class Sampler(Protocol):
     """n completions per prompt, in input order; temperature 0 = greedy (then the n copies are equal).
 
     ``stop``: texts that end a sample (excluded from it), e.g. ``["\nObservation:"]`` for a ReAct step.
-    ``complete`` returns :class:`Completion` objects, ``generate`` only their texts.
+    ``complete`` returns :class:`Completion` objects, ``generate`` only their texts. ``cache_keys`` (one per
+    prompt, unique, e.g. an episode's id) let a backend keep what it computed for a prompt and its samples until
+    the same key's next prompt, which extends it (an agent's next step, a RISE turn): the HF backend keeps the
+    rows' KV caches (:mod:`selfplay.core.prefix_cache`), vLLM finds shared prefixes itself (prefix caching);
+    ``release(keys)`` says the episodes ended. Samples do not depend on them.
     """
 
     tokenizer: Any
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]: ...
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]: ...
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: OnResult | None = None) -> list[list[str]]: ...
+                 on_result: OnResult | None = None, cache_keys: list[Hashable] | None = None) -> list[list[str]]: ...
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Forget what ``complete(cache_keys=...)`` kept for ``keys`` (their episodes ended)."""
 
 
 class _Texts(ABC):
@@ -189,16 +198,22 @@ class HFSampler(_Texts):
     """Sampling with transformers through the continuous-batching loop of :mod:`selfplay.core.decoding`.
 
     Prompts are admitted longest first (similar lengths share a prefill, little padding); up to
-    ``batch_size`` prompts (n rows each) decode at once, finished rows leave and waiting prompts take
+    ``batch_size`` prompts (n rows each) decode at once while their KV cache fits ``cache_bytes``
+    (:func:`selfplay.core.memory.kv_cache_budget`), finished rows leave and waiting prompts take
     their place. Results come back in input order; ``on_result`` fires as each prompt finishes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, cache_bytes: int | None = None) -> None:
+        from selfplay.core.memory import kv_cache_budget
         from selfplay.models import eos_token_ids, pad_token_id
 
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # The KV cache of a decode call and the caches kept between an episode's calls (cache_keys; at most half
+        # of it) stay within this together: prompts wait for room, one always runs.
+        self.cache_bytes = cache_bytes if cache_bytes is not None else kv_cache_budget(str(model.device))
+        self.prefix_store = PrefixStore(self.cache_bytes // 2)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
         # Totals of the last generate call (prompts, tokens, seconds), for benchmarks and logs.
@@ -207,25 +222,43 @@ class HFSampler(_Texts):
         self.decode_step = ""
 
     @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, batch_size: int = 16) -> HFSampler:
+    def from_loaded(cls, model: Any, tokenizer: Any, batch_size: int = 16, cache_bytes: int | None = None) -> HFSampler:
         """Wrap an already loaded (model, tokenizer) pair, e.g. the policy being evaluated."""
-        return cls(model, tokenizer, batch_size)
+        return cls(model, tokenizer, batch_size, cache_bytes)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]:
         """n completions per prompt (special tokens, the final EOS and a stop text removed), in input order;
-        ``progress``: show a bar, or advance the caller's (:func:`generation_progress`)."""
+        ``progress``: show a bar, or advance the caller's (:func:`generation_progress`); ``cache_keys``: see
+        :class:`Sampler` (each prompt continues the cached row of its key it shares the most tokens with, and its
+        rows' caches are kept under the key for the next call)."""
         from selfplay.core.decoding import decode
+        from selfplay.core.prefix_cache import CachedRow
 
         _check_params(n, temperature, top_p, max_new_tokens, stop)
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         if any(not ids for ids in encoded):
             raise UserError("a prompt encodes to no tokens; check the data for empty prompts.")
+        if cache_keys is not None and (len(cache_keys) != len(prompts) or len(set(cache_keys)) != len(cache_keys)):
+            raise ValueError("cache_keys needs one distinct key per prompt")
+        prefixes = {}
+        for i, key in enumerate(cache_keys or []):
+            hit = self.prefix_store.take(key, encoded[i])
+            if hit is not None:
+                prefixes[i] = hit
+        reused = sum(m for _, m in prefixes.values())
+        kept: dict[int, list[CachedRow]] = {}
         greedy = temperature == 0
         results: list[list[Completion]] = [[] for _ in prompts]
         with generation_progress(len(prompts), progress) as bar:
+            def keep(row: Any, layers: list[Any]) -> None:
+                kept.setdefault(row.prompt, []).append(CachedRow(encoded[row.prompt] + row.tokens[:-1], layers))
+
             def done(i: int, rows: list[Any]) -> None:
+                if cache_keys is not None:
+                    self.prefix_store.put(cache_keys[i], kept.pop(i))
                 completions = [self._completion(row.tokens, row.finish, stop) for row in rows]
                 results[i] = completions * n if greedy else completions  # greedy decodes one row and copies it
                 if on_result is not None:
@@ -235,11 +268,18 @@ class HFSampler(_Texts):
             self.decode_step = decode(
                 self.model, encoded, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])),
                 n=1 if greedy else n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                max_prompts=self.batch_size, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                max_prompts=self.batch_size, cache_bytes=self.cache_bytes - self.prefix_store.nbytes,
+                eos_ids=self.eos_ids, pad_id=self.pad_id,
                 seeds=lambda i, j: sample_seed(seed, prompts[i], j), on_tokens=lambda k: bar.add(tokens=k),
-                on_done=done, stopped=self._stop_matcher(stop) if stop else None)
-            self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds}
+                on_done=done, stopped=self._stop_matcher(stop) if stop else None, prefixes=prefixes,
+                on_cache=keep if cache_keys is not None else None)
+            self.last_stats = {"prompts": bar.prompts, "tokens": bar.tokens, "seconds": bar.seconds,
+                               "prompt_tokens": sum(map(len, encoded)), "reused_prompt_tokens": reused}
         return results
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Drop the KV caches kept for ``keys`` (their episodes ended)."""
+        self.prefix_store.release(keys)
 
     def _stop_matcher(self, stop: list[str]) -> Callable[[list[int]], bool]:
         """Whether a row's text ends in a stop sequence. Only the last few tokens are decoded: a stop of L
@@ -286,12 +326,17 @@ class VLLMSampler(_Texts):
         kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
         # Our own tokenizer encodes prompts, so both backends see exactly the same token ids.
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
+        # Prefix caching: an agent's next step or a RISE turn extends the previous prompt, and the engine then
+        # reuses the KV blocks it already holds for that prefix instead of prefilling it again.
         self.llm = self._vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
-                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype, **kwargs)
+                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=dtype,
+                                  enable_prefix_caching=True, **kwargs)
 
     def complete(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, stop: list[str] | None = None, progress: bool | GenerationProgress = True,
-                 on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+                 on_result: Callable[[int, list[Completion]], None] | None = None,
+                 cache_keys: list[Hashable] | None = None) -> list[list[Completion]]:
+        # cache_keys: nothing to do, the engine's prefix caching finds every shared prompt prefix by itself.
         _check_params(n, temperature, top_p, max_new_tokens, stop)
         greedy = temperature == 0
         bar = progress if isinstance(progress, GenerationProgress) else None  # a caller's bar: advance it
@@ -314,6 +359,9 @@ class VLLMSampler(_Texts):
                     on_result(start + offset, results[-1])
         return results
 
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Nothing to drop: vLLM evicts cached prefix blocks itself when it needs the room."""
+
 
 def _vllm_finish(output: Any) -> str:
     """vLLM's finish_reason/stop_reason as ours: "length", "stop" (a stop text) or "eos"."""
@@ -324,8 +372,28 @@ def _vllm_finish(output: Any) -> str:
 
 # --------------------------------------------------------------------------- factory
 
+# Prompts decoded at once (n rows each) when ``generate.batch_size`` is unset. On a CPU a decode step reads
+# every weight once whatever the rows, so more rows are nearly free until their KV-cache reads and the
+# vocabulary-sized sampling per row catch up with the weights (SmolLM2-135M in bf16: 270 MB of weights, ~7 MB
+# of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128.
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 256
 
-def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = None, batch_size: int = 16,
+
+def default_batch_size(device: str = "auto") -> int:
+    """Prompts a decode call runs at once on ``device`` when the config leaves ``generate.batch_size`` unset."""
+    from selfplay.models import resolve_device
+
+    return GPU_BATCH_SIZE if resolve_device(device).startswith("cuda") else CPU_BATCH_SIZE
+
+
+def batch_size_for(batch_size: int | None, device: str = "auto") -> int:
+    """``batch_size`` as configured, or the device's default when unset (None)."""
+    return batch_size if batch_size is not None else default_batch_size(device)
+
+
+
+def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = None, batch_size: int | None = None,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, seed: int = 0,
                  device: str = "auto") -> Sampler:
     """A sampler for ``model`` (directory, hub id or alias); ``model_cfg`` gives dtype, revision, remote code."""
@@ -340,7 +408,7 @@ def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = No
             from selfplay.core.decoding import use_grouped_attention
 
             use_grouped_attention(loaded)
-        return HFSampler(loaded, tokenizer, batch_size=batch_size)
+        return HFSampler(loaded, tokenizer, batch_size=batch_size_for(batch_size, str(loaded.device)))
     if backend == "vllm":
         return VLLMSampler(resolve_model(model, cfg.revision), tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=cfg.dtype,

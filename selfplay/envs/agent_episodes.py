@@ -24,7 +24,7 @@ both drive it with their own model (:func:`sampler_steps` wraps a sampler) and n
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +38,11 @@ if TYPE_CHECKING:
     from selfplay.config import AgentConfig, Config, GenerateConfig, RemoteConfig
 
 Messages = list[dict[str, str]]
-# (prompt texts, temperature, seed) -> one step text per prompt: what the model writes after "Thought:",
-# ending before "\nObservation:".
-StepSampler = Callable[[list[str], float, int], list[str]]
+# (prompt texts, temperature, seed, episode keys) -> one step text per prompt: what the model writes after
+# "Thought:", ending before "\nObservation:". A step sampler may keep per-episode state between an episode's
+# steps under its key (a KV cache: the next step's prompt extends this one); if it has a ``release(keys)``
+# method the loop calls it as each episode ends.
+StepSampler = Callable[[list[str], float, int, list[Hashable]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ class AgentEpisode:
     def text(self) -> str:
         return self.prompt + render_steps(self.steps)
 
+    @property
+    def key(self) -> tuple[str, int]:
+        """The episode among a call's: its question and its seed (samples of one question differ by seed)."""
+        return (str(self.record["id"]), self.seed)
+
     def to_json(self) -> dict[str, Any]:
         traj = self.text()
         return {"reward": bool(self.reward), "em": self.info.get("em", 0.0), "f1": self.info.get("f1", 0.0),
@@ -122,15 +129,28 @@ def new_episodes(records: list[dict[str, Any]], render: Callable[[Messages], str
     return out
 
 
-def sampler_steps(sampler: Any, generate: GenerateConfig) -> StepSampler:
+class SamplerSteps:
     """A :data:`StepSampler` over a sampler (:class:`selfplay.core.samplers.Sampler`) with the run's top_p and
-    length limit, stopping each step at ``"\\nObservation:"``."""
-    def respond(prompts: list[str], temperature: float, seed: int) -> list[str]:
-        texts = sampler.generate(prompts, n=1, temperature=temperature, top_p=generate.top_p,
-                                 max_new_tokens=generate.max_new_tokens, seed=seed, stop=[OBSERVATION_STOP],
-                                 progress=False)
+    length limit, stopping each step at ``"\\nObservation:"``. The episode keys reach the sampler as cache
+    keys: on the HF backend an episode's next step prefills only the observation and ``Thought:`` it
+    appended (:mod:`selfplay.core.prefix_cache`), and :meth:`release` frees an ended episode's cache."""
+
+    def __init__(self, sampler: Any, generate: GenerateConfig) -> None:
+        self.sampler, self.generate = sampler, generate
+
+    def __call__(self, prompts: list[str], temperature: float, seed: int, keys: list[Hashable]) -> list[str]:
+        texts = self.sampler.generate(prompts, n=1, temperature=temperature, top_p=self.generate.top_p,
+                                      max_new_tokens=self.generate.max_new_tokens, seed=seed, stop=[OBSERVATION_STOP],
+                                      progress=False, cache_keys=keys)
         return [text for (text,) in texts]
-    return respond
+
+    def release(self, keys: list[Hashable]) -> None:
+        self.sampler.release(keys)
+
+
+def sampler_steps(sampler: Any, generate: GenerateConfig) -> SamplerSteps:
+    """The :data:`StepSampler` of ``sampler`` (see :class:`SamplerSteps`)."""
+    return SamplerSteps(sampler, generate)
 
 
 def _sample_steps(respond: StepSampler, episodes: list[AgentEpisode], temperature: float, attempt: int) -> list[str]:
@@ -141,7 +161,8 @@ def _sample_steps(respond: StepSampler, episodes: list[AgentEpisode], temperatur
         # A dropped step leaves the text as it was: another seed, so a sampled step is drawn anew.
         by_seed.setdefault(ep.seed + 7919 * attempt + 15485863 * ep.dropped_steps, []).append(i)
     for seed, idx in by_seed.items():
-        for i, text in zip(idx, respond([episodes[i].text() + "Thought:" for i in idx], temperature, seed)):
+        prompts = [episodes[i].text() + "Thought:" for i in idx]
+        for i, text in zip(idx, respond(prompts, temperature, seed, [episodes[i].key for i in idx])):
             out[i] = text
     return out
 
@@ -197,7 +218,15 @@ def _call_tools(agent: Agent, episodes: list[AgentEpisode], steps: list[Step]) -
 def play_agent_episodes(agent: Agent, respond: StepSampler, episodes: list[AgentEpisode], settings: AgentConfig,
                         on_done: Callable[[AgentEpisode], None], temperature: float) -> None:
     """Play ``episodes`` step by step, all together; ``on_done(episode)`` fires as each one ends.
-    ``settings`` gives max_steps, retries and the retry temperature; ``temperature`` is the first try's."""
+    ``settings`` gives max_steps, retries and the retry temperature; ``temperature`` is the first try's.
+    An ending episode is released from ``respond`` (its kept cache freed at once) before ``on_done``."""
+    release = getattr(respond, "release", None)
+
+    def end(ep: AgentEpisode) -> None:
+        if release is not None:
+            release([ep.key])
+        on_done(ep)
+
     live = list(episodes)
     for _ in range(settings.max_steps):
         if not live:
@@ -218,14 +247,14 @@ def play_agent_episodes(agent: Agent, respond: StepSampler, episodes: list[Agent
                 ep.reward, ep.info, ep.finished = observation.reward, observation.info, True
             ep.steps.append(step)
             if ep.finished:
-                on_done(ep)
+                end(ep)
             else:
                 still.append(ep)
         live = still
     for ep in live:  # out of steps: unfinished, reward 0 (the anchor counts them as failures)
         ep.info = agent.task.score("", agent.task.gold(ep.record))[1]
         ep.reward = 0.0
-        on_done(ep)
+        end(ep)
 
 
 def trajectory_row(record: dict[str, Any], episodes: list[AgentEpisode], info: dict[str, Any]) -> dict[str, Any]:

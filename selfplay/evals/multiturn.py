@@ -114,9 +114,12 @@ def parallel_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: lis
 
 
 def evaluate_multiturn(env: AnswerEnv, respond: Respond, records: list[dict[str, Any]], *, turns: int,
-                       context_window: int, parallel: int, seed: int, out_dir: Path | None = None) -> dict[str, Any]:
+                       context_window: int, parallel: int, seed: int, out_dir: Path | None = None,
+                       release: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
     """Both evaluations; per-problem results go to ``out_dir/multiturn.jsonl`` and the per-turn plot to
-    ``out_dir/multiturn.png`` when ``out_dir`` is given."""
+    ``out_dir/multiturn.png`` when ``out_dir`` is given. ``respond`` gets the problem ids as episode ids (a
+    model may keep each problem's cache from turn to turn: a turn's prompt extends the question the previous
+    one answered); ``release(ids)`` is called once both evaluations are done."""
     from selfplay.io import write_json, write_jsonl
 
     sequential = run_sequential(env, respond, records, turns, context_window, seed)
@@ -131,6 +134,8 @@ def evaluate_multiturn(env: AnswerEnv, respond: Respond, records: list[dict[str,
         for row, p, rec in zip(rows, par, records):
             row["parallel"] = p
             row["outcomes"]["parallel"] = parallel_outcomes(env, rec, p)
+    if release is not None:
+        release([r["id"] for r in records])
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "multiturn.jsonl", rows)
         write_json(Path(out_dir) / "multiturn.json", metrics)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfplay.config import Config
+from selfplay.core.samplers import batch_size_for
 from selfplay.envs.agent_episodes import (
     Agent,
     AgentEpisode,
@@ -55,7 +56,7 @@ def _play_into(plan: ShardPlan, agent: Agent, info: dict[str, Any], sampler: Any
 
     sampler = sampler or load_sampler(cfg, model, plan.label)
     respond = sampler_steps(sampler, cfg.generate)
-    chunk = max(1, cfg.generate.batch_size) * 2
+    chunk = batch_size_for(cfg.generate.batch_size) * 2
     totals = {"reward": 0.0, "done": 0, "approximate": 0}
     with JsonlAppender(plan.path) as out, progress_bar(f"{plan.label} ({agent.task.name})", total=plan.total,
                                                        completed=plan.total - len(plan.todo)) as bar:

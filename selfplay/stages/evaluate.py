@@ -17,7 +17,6 @@ reloading this model.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,9 +104,9 @@ def multiturn_evaluation(cfg: Config, sampler: Any, records: list[dict[str, Any]
     sampling = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens))
     console.print(f"eval: multi-turn, {len(usable)} problems x {r.eval_turns} turns"
                   + (f" + {r.eval_parallel} parallel samples" if r.eval_parallel else ""))
-    metrics = evaluate_multiturn(env, LocalTurnModel(sampler, sampling).respond, usable, turns=r.eval_turns,
-                                 context_window=r.context_window, parallel=r.eval_parallel, seed=cfg.seed + 7919,
-                                 out_dir=out_dir)
+    model = LocalTurnModel(sampler, sampling)
+    metrics = evaluate_multiturn(env, model.respond, usable, turns=r.eval_turns, context_window=r.context_window,
+                                 parallel=r.eval_parallel, seed=cfg.seed + 7919, out_dir=out_dir, release=model.release)
     per_prompt = metrics.pop("outcomes")
     return {**table_metrics(metrics), "multiturn": metrics, "per_prompt": per_prompt}
 
@@ -140,7 +139,8 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     from selfplay.models import load_model, resolve_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = load_model(resolve_model(str(model_path), cfg.model.revision), dtype="float32", device=device)
+    path = resolve_model(str(model_path), cfg.model.revision)
+    model, tok = load_model(path, dtype="float32", device=device)
     model.eval()
     sample_dtype = resolve_dtype_name(cfg.model.dtype, device)
     console.print(f"eval: log-probs in float32, answers sampled in {sample_dtype}")
@@ -148,14 +148,23 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     kw = {"batch_size": cfg.eval.batch_size, "max_length": cfg.train.max_length}
     real_sum, real_n = response_logps(model, tok, prompts, [r["reference"] for r in records], **kw)
     # Log-probs are scored in fp32; answers are generated in model.dtype when it asks for half precision
-    # (about 2x faster sampling on CPUs with bf16 units), from a copy so the fp32 weights stay exact.
+    # (about 2x faster sampling on CPUs with bf16 units), from a second copy loaded in that dtype (the same
+    # rounding as converting the fp32 weights; a deepcopy would first hold a second fp32 copy).
     gen_model = model
     if sample_dtype.name != "float32":
-        gen_model = copy.deepcopy(model).to(getattr(torch, sample_dtype.name))
+        gen_model, _ = load_model(path, dtype=sample_dtype.name, device=device)
     sampler = HFSampler.from_loaded(gen_model, tok, batch_size=cfg.eval.batch_size)
     answers = [s[0] for s in sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0,
                                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)]
     own_sum, _ = response_logps(model, tok, prompts, answers, **kw)
+    prev = {p["id"]: p for p in read_jsonl(previous)} if previous is not None and Path(previous).exists() else None
+    have = [i for i, r in enumerate(records) if prev is not None and r["id"] in prev]
+    prev_sum = response_logps(model, tok, [prompts[i] for i in have], [prev[records[i]["id"]]["answer"] for i in have],
+                              **kw)[0] if have else []
+    if gen_model is not model:
+        # Every log-prob is computed: what follows only samples, so one copy of the model stays (not fp32 + bf16).
+        model = None
+        release_memory()
     metrics: dict[str, Any] = {
         "model": str(model_path), "n": len(records),
         "real_loglik": sum(real_sum) / max(1, sum(real_n)),
@@ -192,11 +201,7 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
                 per_prompt[r["id"]][score_key] = sum(s) / len(s) if s else None
     rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
             for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
-    if previous is not None and Path(previous).exists():
-        prev = {p["id"]: p for p in read_jsonl(previous)}
-        have = [i for i, r in enumerate(records) if r["id"] in prev]
-        prev_sum, _ = response_logps(model, tok, [prompts[i] for i in have],
-                                     [prev[records[i]["id"]]["answer"] for i in have], **kw)
+    if prev is not None:
         margins = [(real_sum[i] - prev[records[i]["id"]]["real_logp"]) - (ps - prev[records[i]["id"]]["answer_logp"])
                    for i, ps in zip(have, prev_sum)]
         metrics["spin_margin"] = sum(margins) / max(1, len(margins))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import Config
+from selfplay.core.samplers import batch_size_for
 from selfplay.io import JsonlAppender
 from selfplay.stages.shards import ShardJob, ShardPlan, load_sampler, open_shard, with_one_sampler
 
@@ -46,7 +47,7 @@ def _sample_into(plan: ShardPlan, cfg: Config, model: str, sampler: Any, sampler
     g = cfg.generate
     sampler = sampler or load_sampler(cfg, model, plan.label)
     todo = plan.todo
-    chunk = max(SAMPLE_CHUNK_MIN, g.batch_size * SAMPLE_CHUNK_BATCHES)
+    chunk = max(SAMPLE_CHUNK_MIN, batch_size_for(g.batch_size) * SAMPLE_CHUNK_BATCHES)
 
     with JsonlAppender(plan.path) as out, generation_progress(len(todo), description=plan.label) as bar:
         for start in range(0, len(todo), chunk):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from selfplay.config import Config
+from selfplay.core.samplers import batch_size_for
 from selfplay.envs.answer_envs import AnswerEnv, env_for_records, is_degenerate
 from selfplay.errors import DataError, UserError
 from selfplay.io import JsonlAppender
@@ -32,7 +33,9 @@ RESAMPLE_TRIES = 3
 
 
 class TurnModel(Protocol):
-    """Answers conversations: n candidates each."""
+    """Answers conversations: n candidates each. ``ids`` name the episodes (one per conversation): a model may
+    keep what it computed for an episode until its next turn, whose conversation extends this one, and an
+    optional ``release(ids)`` method is told when episodes end."""
 
     def respond(self, conversations: list[Messages], n: int, seed: int, ids: list[str]) -> list[list[str]]: ...
 
@@ -48,8 +51,13 @@ class LocalTurnModel:
 
         g = self.cfg.generate
         prompts = [format_prompt(self.sampler.tokenizer, c, g.prompt_format) for c in conversations]
+        # The episode ids as cache keys: the next turn prefills only the answer's end and the feedback it appends.
         return self.sampler.generate(prompts, n=n, temperature=g.temperature, top_p=g.top_p,
-                                     max_new_tokens=g.max_new_tokens, seed=seed, progress=False)
+                                     max_new_tokens=g.max_new_tokens, seed=seed, progress=False, cache_keys=ids)
+
+    def release(self, ids: list[str]) -> None:
+        """The episodes ``ids`` ended: free what the sampler kept for them."""
+        self.sampler.release(ids)
 
 
 class APITurnModel:
@@ -93,6 +101,13 @@ class TurnModels:
     def spec(self, turn: int) -> str:
         models = self.cfg.rise.models
         return models[min(turn, len(models) - 1)].strip()
+
+    def release(self, ids: list[str]) -> None:
+        """Episodes ``ids`` ended: every loaded model that keeps per-episode state frees it."""
+        for model in self.loaded.values():
+            release = getattr(model, "release", None)
+            if release is not None:
+                release(ids)
 
     def __getitem__(self, turn: int) -> TurnModel:
         from selfplay.stages.shards import load_sampler
@@ -164,8 +179,13 @@ def _candidates(model: TurnModel, episodes: list[Episode], n: int, seed: int, ma
 def play_episodes(env: AnswerEnv, records: list[dict[str, Any]], models: TurnModels, cfg: Config,
                   on_done: Any) -> None:
     """Run the episodes of ``records`` turn by turn, all problems together; ``on_done(episode)`` fires as
-    each episode ends (solved, blocked, or out of turns)."""
+    each episode ends (solved, blocked, or out of turns), after the turn models released it."""
     r = cfg.rise
+
+    def end(ep: Episode) -> None:
+        models.release([ep.record["id"]])
+        on_done(ep)
+
     live = [Episode(rec, env.reset(rec)) for rec in records]
     for t in range(r.max_turns):
         if not live:
@@ -178,7 +198,7 @@ def play_episodes(env: AnswerEnv, records: list[dict[str, Any]], models: TurnMod
             if not texts:
                 ep.blocked = True
                 ep.actions[key], ep.rewards[key], ep.observations[key] = [], [], []
-                on_done(ep)
+                end(ep)
                 continue
             steps = [env.step(ep.record, text) for text in texts]
             ep.actions[key] = texts
@@ -189,7 +209,7 @@ def play_episodes(env: AnswerEnv, records: list[dict[str, Any]], models: TurnMod
             ep.best_rewards.append(steps[best].reward)
             ep.best_observations.append(steps[best].feedback)
             if steps[best].done or t == r.max_turns - 1:
-                on_done(ep)
+                end(ep)
             else:
                 still.append(ep)
         live = still
@@ -262,7 +282,7 @@ def _play_into(plan: ShardPlan, env: AnswerEnv, info: dict[str, Any], models: Tu
     """Play the shard's remaining problems, appending each episode as it ends."""
     from selfplay.progress import console, progress_bar
 
-    chunk = max(1, cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
+    chunk = batch_size_for(cfg.generate.batch_size) * 4  # problems per round: finished work reaches disk regularly
     solved = 0
     with JsonlAppender(plan.path, lazy=True) as out, progress_bar(f"{plan.label} ({env.name})", total=plan.total,
                                                        completed=plan.total - len(plan.todo)) as bar:

@@ -280,7 +280,7 @@ def load_sampler(cfg: Config, model: str, label: str) -> Any:
     if g.backend == "hf" and sampler.model.device.type == "cpu":
         from selfplay.core.fast_decode import fast_step_for
 
-        step, why = fast_step_for(sampler.model, g.batch_size * g.n)  # built now, reused by every decode call
+        step, why = fast_step_for(sampler.model, sampler.batch_size * g.n)  # built now, reused by every decode call
         console.print(f"{label}: decode steps by " + (why if step is not None else f"the model's forward ({why})"))
     return sampler
 

@@ -32,7 +32,7 @@ import torch
 from selfplay.config import Config, save_config
 from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample
 from selfplay.core.logprobs import training_batch
-from selfplay.core.memory import release_memory
+from selfplay.core.memory import large_blocks_unmapped, release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
 from selfplay.core.packing import sequence_tokens
 from selfplay.hardware import fast_bf16
@@ -95,6 +95,15 @@ def precompute_reference(accelerator: Any, scorer: torch.nn.Module, policy: torc
         write_json(meta_path, {"fingerprint": fp, "count": len(ref)})
     accelerator.wait_for_everyone()
     return ref
+
+
+def _autocast_kwargs() -> Any:
+    """bf16 autocast without its weight cache: the cache keeps a bf16 copy of every weight until the step's
+    backward ends (~270 MB for a 135M model), and under gradient checkpointing the recomputed forward casts
+    again anyway; without checkpointing each weight is cast once per forward either way."""
+    from accelerate.utils import AutocastKwargs
+
+    return AutocastKwargs(cache_enabled=False)
 
 
 def _accelerator(cfg: Config, out_dir: Path) -> Any:
@@ -296,15 +305,15 @@ def _train_loop(run: _Training, state: dict[str, Any], logger: MetricLogger | No
     window: list[dict[str, float]] = []
     last: dict[str, float] = {}
     t0, tokens0 = time.perf_counter(), state["tokens"]
-    with progress_bar("train", total=run.total_steps, completed=state["step"],
-                      disable=not accelerator.is_main_process) as bar:
+    with large_blocks_unmapped(), progress_bar("train", total=run.total_steps, completed=state["step"],
+                                               disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
             exs = [run.examples[i] for i in run.order[int(b)]]
             # The objective's layout: for log-probs packed (each prompt once) where the model allows it, else
             # left-padded (same log-probs); for a judge's head, whole conversations left-padded.
             batch = run.objective.batch(run.policy, exs, run.tok.pad_token_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(run.scorer), accelerator.autocast():
+            with accelerator.accumulate(run.scorer), accelerator.autocast(autocast_handler=_autocast_kwargs()):
                 logps, ntok = run.scorer(**batch)
                 ref_t = torch.tensor([run.ref[e.id] for e in exs], device=logps.device) if run.ref else None
                 loss, metrics = run.objective.compute(run.loss_name, logps, ntok,

@@ -57,6 +57,9 @@ def _run(cfg: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from selfplay.threads import setup
+
+    setup()  # this worker's share of the threads (set by its launcher), before torch is imported
     from selfplay.core.launchers import exit_with_parent
     from selfplay.methods import load_config
     from selfplay.progress import quiet_libraries
