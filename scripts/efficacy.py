@@ -135,7 +135,7 @@ def _paired_vs(summary: dict[str, Any], other: dict[str, Any], iteration: str) -
     return {"delta": d.estimate, "lo": d.lo, "hi": d.hi, "significant": d.significant, "n": d.n}
 
 
-def render_page(summaries: dict[str, dict[str, Any]], order: list[str]) -> str:
+def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Efficacy: does self-play improve the model?",
         "",
@@ -153,9 +153,11 @@ def render_page(summaries: dict[str, dict[str, Any]], order: list[str]) -> str:
         "problems reported here.",
         "",
     ]
-    for name in order:
+    for name, spec in manifest.items():
         s = summaries.get(name)
-        if s is None:
+        if s is None:  # listed, never silently dropped: a recipe without a run says so
+            lines += [f"## {spec.get('title', name)}", "",
+                      f"Not run in this release (`{spec['config']}`): `python scripts/efficacy.py run {name}`.", ""]
             continue
         baseline = summaries.get(s.get("baseline") or "")
         lines += [f"## {s['title']}", "",
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         summarize(args.name, manifest[args.name], args.run_dir, f"(summarized from {args.run_dir})", None, [], [])
     if args.command in ("run", "report"):
         summaries = {p.stem: json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))}
-        PAGE.write_text(render_page(summaries, [n for n in manifest if n in summaries]) + "\n")
+        PAGE.write_text(render_page(summaries, manifest) + "\n")
         print(f"[efficacy] page -> {PAGE.relative_to(REPO)}")
     return 0
 

@@ -43,12 +43,16 @@ class ScriptedAgent:
     def __init__(self, script) -> None:
         self.script = script
 
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, stop=None, progress=True):
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, stop=None, progress=True,
+                 cache_keys=None):
         out = []
         for p in prompts:
             question = re.search(r"### Instruction:\n(.*?)\n\n### Response:", p, re.DOTALL)[1]
             out.append([self.script(question, p.count("\nObservation:"))])
         return out
+
+    def release(self, keys) -> None:  # the Sampler protocol: a stand-in keeps no KV cache to free
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +278,7 @@ def test_an_action_without_a_bracket_is_dropped_as_fireact_drops_it(shared_data:
     agent = load_agent(settings)
     seeds: list[int] = []
 
-    def respond(prompts: list[str], temperature: float, seed: int) -> list[str]:
+    def respond(prompts: list[str], temperature: float, seed: int, keys: list | None = None) -> list[str]:
         seeds.append(seed)
         first = len(seeds) == 1
         return [" let me think\nAction: I will answer Paris" if first else " so\nAction: finish[Paris]" for _ in prompts]

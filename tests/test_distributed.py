@@ -106,8 +106,8 @@ def test_chunked_logps_inside_ddp_match_the_full_logits(tiny_model, tmp_path, mo
     tests = str(Path(__file__).parent)
     cmd, extra = accelerate_command(LaunchConfig(num_processes=2), "distributed_checks", [str(tiny_model), str(tmp_path)],
                                     cuda=False)
-    env = dict(os.environ, **extra, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([tests, str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, **extra, "OMP_NUM_THREADS": "1",  # the launcher's thread share, pinned to 1 per rank here
+           "PYTHONPATH": os.pathsep.join([tests, str(REPO), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -1,0 +1,55 @@
+"""docs/RESULTS-efficacy.md's generator (scripts/efficacy.py): changes are paired by prompt, a change whose
+interval includes 0 is printed as no measurable change, and a recipe without a run is listed as not run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "efficacy.py"
+
+
+@pytest.fixture(scope="module")
+def efficacy():
+    spec = importlib.util.spec_from_file_location("efficacy_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(name: str, per_prompt: dict[str, dict[str, float]], stats: dict[str, dict], baseline=None) -> dict:
+    rows = [{"iteration": it, "n": len(v), "accuracy": sum(v.values()) / len(v), "real_loglik": -1.0,
+             "iteration_seconds": 10.0, "stats": {"accuracy": stats[it]}} for it, v in per_prompt.items()]
+    return {"name": name, "title": name, "metric": "accuracy", "baseline": baseline, "command": f"selfplay {name}",
+            "wall_seconds": 61.0, "load_average": {"before": [1.0], "after": [1.0]}, "commit": "0123456789abc",
+            "dirty": False, "machine": {"cores": 2, "cpu_flags": ["avx2"]}, "date": "2026-12-05 00:00",
+            "rows": rows, "per_prompt": per_prompt}
+
+
+def test_page_pairs_against_the_baseline_and_never_shows_zero_effect_as_a_gain(efficacy):
+    ids = [f"p{i}" for i in range(40)]
+    same = {i: float(k % 2) for k, i in enumerate(ids)}      # half right
+    better = {i: 1.0 for i in ids}                            # every problem right
+    flat = {"lo": 0.3, "hi": 0.7, "delta": 0.0, "delta_lo": -0.1, "delta_hi": 0.1, "significant": False}
+    up = {"lo": 0.9, "hi": 1.0, "delta": 0.5, "delta_lo": 0.35, "delta_hi": 0.65, "significant": True}
+    base = {"lo": 0.3, "hi": 0.7}
+    summaries = {
+        "sft": _summary("sft", {"base": same, "0": same}, {"base": base, "0": flat}),
+        "spin": _summary("spin", {"base": same, "0": better}, {"base": base, "0": up}, baseline="sft"),
+    }
+    manifest = {"spin": {"title": "spin", "config": "c/spin.yaml"}, "sft": {"title": "sft", "config": "c/sft.yaml"},
+                "rise": {"title": "RISE recipe", "config": "c/rise.yaml"}}
+    page = efficacy.render_page(summaries, manifest)
+    spin_rows = page.split("## spin")[1].split("## sft")[0]
+    sft_rows = page.split("## sft")[1].split("## RISE")[0]
+    # SPIN's change against base and against SFT (paired by prompt: +0.5 exactly) both exclude 0: bold.
+    assert "**+0.500 [+0.350, +0.650]**" in spin_rows
+    assert spin_rows.count("**+0.500") == 2
+    # SFT's zero change is marked n.s. and never bold.
+    assert "+0.000 [-0.100, +0.100] n.s." in sft_rows
+    assert "**+0.000" not in page
+    # A manifest entry without a run is listed as not run, with the command that runs it.
+    assert "Not run in this release" in page.split("## RISE recipe")[1]
+    assert "python scripts/efficacy.py run rise" in page
