@@ -183,9 +183,9 @@ def test_a_machine_whose_heartbeat_stopped_is_named(tmp_path, monkeypatch):
         liveness.check_peers()  # a heartbeat of an earlier attempt
         write_json(beat, {"pid": 1, "host": "elsewhere", "time": time.time(), "started": 0, "finished": False})
         liveness.check_peers()  # alive
-        time.sleep(1.2)
+        time.sleep(1.2)  # the age printed is at least 1 s: more on a loaded machine (seen: 5 s)
         with pytest.raises(liveness.MachineLostError, match=r"machine 1 of 2 stopped: no heartbeat from it "
-                                                            r"\(PID 1 on elsewhere\) for 1s \(launch.heartbeat_timeout=1\)"):
+                                                            r"\(PID 1 on elsewhere\) for \d+s \(launch.heartbeat_timeout=1\)"):
             liveness.check_peers()
         write_json(beat, {"pid": 1, "host": "elsewhere", "time": time.time() - 5, "started": 0, "finished": True})
         liveness.check_peers()  # it finished its part
