@@ -30,6 +30,8 @@ MANIFEST = REPO / "configs" / "experiments" / "experiments.yaml"
 SUMMARIES = REPO / "docs" / "efficacy"
 PAGE = REPO / "docs" / "RESULTS-efficacy.md"
 RUNS = REPO / "runs" / "experiments"
+# What a run's results depend on: an uncommitted change here marks its summary (edits to docs do not).
+CODE_PATHS = ("selfplay", "configs", "scripts", "pyproject.toml")
 
 
 def load_manifest() -> dict[str, dict[str, Any]]:
@@ -90,7 +92,7 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
         "name": name, "title": spec.get("title", name), "metric": metric, "baseline": spec.get("baseline"),
         "command": command, "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
         "wall_seconds": wall, "load_average": {"before": load_before, "after": load_after},
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)),
         "machine": {"cores": os.cpu_count(), "cpu_flags": _cpu_flags(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
         "rows": [{k: r[k] for k in keep if k in r} | {"stats": r.get("stats", {})} for r in rows],
