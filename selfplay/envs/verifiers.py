@@ -183,10 +183,12 @@ def math_vote_key(text: str) -> str | None:
 
 
 def check_score(check: Callable[[str, str], bool], extract: Callable[[str], str | None]) -> Score:
-    """A checker as a score: reward 1.0 or 0.0, and the agents' info fields (em, the extracted answer)."""
+    """A checker as a score: reward 1.0 or 0.0, and the agents' info fields (em, the extracted answer). F1 is
+    the reward too: a checked answer (a number, an expression) is right or wrong as a whole, as StrategyQA's
+    yes/no (token overlap would credit "18" against "180" nothing and "1 8" half)."""
     def score(answer: str, gold: str) -> tuple[float, dict[str, Any]]:
         reward = float(check(answer, gold))
-        return reward, {"em": reward, "pred": extract(answer) or "", "gt": gold}
+        return reward, {"em": reward, "f1": reward, "pred": extract(answer) or "", "gt": gold}
     return score
 
 
