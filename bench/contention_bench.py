@@ -40,16 +40,22 @@ while True:
 SPIN_DEFAULT = "300000"  # libgomp's own busy-wait count when OMP_WAIT_POLICY is unset
 
 
-def _competitor() -> subprocess.Popen:
+def _competitor(threads: int | None) -> subprocess.Popen:
+    """The competing process: PyTorch's thread defaults (all cores) unless ``threads`` is given."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
                                                               "SELFPLAY_NUM_THREADS")}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def run_contention_bench(model_name: str, source: Path, out_dir: Path, *, prompts: int, max_new_tokens: int,
-                         rounds: int, batch_size: int) -> dict[str, Any]:
-    """Tokens/s of ``selfplay generate`` alone and beside a competitor, with our thread policy and with spinning."""
+                         rounds: int, batch_size: int, competitor_threads: int | None = None) -> dict[str, Any]:
+    """Tokens/s of ``selfplay generate`` alone and beside a competitor, with our thread policy and with spinning.
+
+    ``competitor_threads``: None (the measurement) lets the competitor take every core; the smoke run gives it
+    one thread, so checking the plumbing does not stall whatever else runs on the machine (a test suite)."""
     from bench.procs_bench import _data, _sample_tokens
     from selfplay.models import resolve_model
 
@@ -65,7 +71,7 @@ def run_contention_bench(model_name: str, source: Path, out_dir: Path, *, prompt
             env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
             if spinning:
                 env["GOMP_SPINCOUNT"] = SPIN_DEFAULT
-            competitor = _competitor() if contended else None
+            competitor = _competitor(competitor_threads) if contended else None
             try:
                 if competitor is not None:
                     time.sleep(1.0)  # it has started and spun up its threads
@@ -97,7 +103,7 @@ def run_contention_bench(model_name: str, source: Path, out_dir: Path, *, prompt
     return {
         "settings": {"model": model_name, "source": str(source), "prompts": prompts, "max_new_tokens": max_new_tokens,
                      "batch_size": batch_size, "rounds": rounds, "competitor": COMPETITOR.strip(),
-                     "spin_default": SPIN_DEFAULT},
+                     "competitor_threads": competitor_threads or "all cores", "spin_default": SPIN_DEFAULT},
         "runs": runs,
         "tokens_per_s": {a: summarize([r["tokens_per_s"] for r in rs]) for a, rs in runs.items()},
         "load": {a: summarize([r["load_start"] for r in rs]) for a, rs in runs.items()},

@@ -48,7 +48,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "sft": {"num_examples": 2, "batch_size": 2, "max_length": 512},
     "rollouts": {"agent_questions": 2, "max_steps": 2, "step_tokens": 6, "rise_problems": 2, "eval_problems": 2,
                  "turn_tokens": 6, "pairs": 1},
-    "contention": {"prompts": 2, "max_new_tokens": 4, "rounds": 1, "batch_size": 2},
+    "contention": {"prompts": 2, "max_new_tokens": 4, "rounds": 1, "batch_size": 2, "competitor_threads": 1},
 }
 
 

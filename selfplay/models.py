@@ -259,6 +259,23 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
     return getattr(torch, resolve_dtype_name(dtype, device).name)
 
 
+def _freeze_import_time_objects() -> None:
+    """Before a process's first model: collect garbage once, then exempt every surviving object from later
+    collections (``gc.freeze``) — the modules, classes and functions that torch and transformers imported,
+    which live as long as the process.
+
+    Why: the stages call ``release_memory`` (a full ``gc.collect``) between stages so a loop's peak stays
+    flat, and a full collection walks every tracked object: ~400k after these imports, 0.2-0.3 s a call
+    (measured; 6.4 s of a 13.5 s two-iteration loop on the tiny model). Frozen, it walks only what the run
+    made since. Done once, before any model exists, so no model, optimizer or sampler is ever frozen; a
+    process that froze already (a test session) is left as it is."""
+    import gc
+
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
+
+
 def load_model(path_or_alias: str, *, dtype: str = "auto", device: str | None = "cpu",
                trust_remote_code: bool = False, revision: str | None = None) -> tuple[Any, Any]:
     """Load (model, tokenizer) for generation: eval mode, left padding, pad/eos set.
@@ -268,6 +285,7 @@ def load_model(path_or_alias: str, *, dtype: str = "auto", device: str | None = 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _freeze_import_time_objects()
     path = resolve_model(path_or_alias, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     if not (Path(path) / "config.json").is_file():

@@ -12,22 +12,32 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.distributed  # its scale-out section starts 1- and 2-process arms
-def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench"
+def run_smoke(tiny_model: Path, shared_data: Path, out: Path, sections: str) -> tuple[dict, str]:
+    """``python -m bench.run --smoke --only SECTIONS`` -> (results.json, RESULTS.md); checks that a smoke run
+    never overwrites the committed results."""
     committed = REPO / "bench" / "RESULTS.md"
     committed_before = committed.read_text() if committed.exists() else None
     # The compiled arm is left to tests/test_bench.py (a one-layer model): compiling the tiny model here
     # would double this test's time on a fresh machine.
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--model", str(tiny_model),
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", sections, "--model", str(tiny_model),
                            "--data", str(shared_data), "--out", str(out), "--gen-arms", "hf_continuous"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
+    assert (committed.read_text() if committed.exists() else None) == committed_before
     results = json.loads((out / "results.json").read_text())
-    assert {"meta", "machine", "generation", "training", "scaling", "processes", "generation_fp32", "batch",
-            "llamacpp", "sft", "rollouts", "contention"} <= results.keys()
     assert results["meta"]["smoke"] is True and results["meta"]["skipped"] == []
+    markdown = (out / "RESULTS.md").read_text()
+    assert "## Targets" in markdown and "## Machine" in markdown
+    return results, markdown
+
+
+# The sections in three tests, so the two pytest-xdist workers can share them (together ~100 s on 2 cores).
+@pytest.mark.distributed  # scheduled first with the multi-process tests (it runs its arms in this process)
+def test_bench_smoke_decoding_and_training_sections(tiny_model: Path, shared_data: Path, tmp_path: Path) -> None:
+    results, markdown = run_smoke(tiny_model, shared_data, tmp_path / "bench",
+                                  "gen,gen32,batch,llamacpp,train,sft,rollouts")
+    assert {"meta", "machine", "generation", "training", "generation_fp32", "batch", "llamacpp", "sft",
+            "rollouts"} <= results.keys()
     machine = results["machine"]
     assert machine["matmul_peak_gflops"]["float32"] > 0 and machine["memory_bandwidth"]["read_gbs"] > 0
 
@@ -52,16 +62,6 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
     assert "self cpu" in train["profile_ours"]["time"].lower()
     assert "cpu mem" in train["profile_ours"]["memory"].lower()
 
-    scale = results["scaling"]
-    assert list(scale["by_prompts"]) == ["2", "4"] and list(scale["by_iteration"]) == ["1", "2"]
-    assert all(v["seconds"] > 0 for v in scale["by_prompts"].values())
-
-    procs = results["processes"]
-    for work, key in (("generation", "tokens_per_s"), ("training", "loop_tokens_per_s")):
-        assert set(procs[work]) == {"1 process", "2 processes"}
-        assert all(v[key]["median"] > 0 for v in procs[work].values())
-    assert procs["speedup"]["generation_tokens_per_s"]["n"] == 1
-
     assert results["generation_fp32"]["settings"]["dtype"] == "float32" and results["generation_fp32"]["runs"]["ours"]
     batch = results["batch"]
     assert set(batch["tokens_per_s"]) == {"2", "4"} and batch["best_batch"]["ours"] in {"2", "4"}
@@ -75,18 +75,37 @@ def test_bench_smoke_writes_results(tiny_model: Path, shared_data: Path, tmp_pat
         arm = results["rollouts"][work]
         assert arm["runs"]["ours"][0]["episodes"] == arm["runs"]["anchor"][0]["episodes"] == 2, work
         assert arm["ratio_episodes"]["n"] == 1 and arm["tokens_per_s"]["anchor"]["median"] > 0, work
-    contention = results["contention"]
-    assert set(contention["runs"]) == {"alone", "contended", "alone_spinning", "contended_spinning"}
-    assert contention["contended_over_alone"]["n"] == 1
-
-    markdown = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Machine", "## 1. Generation", "## 2. Training", "## 3. Scaling", "## 4. Scale-out",
-                    "## 1a. Generation in fp32", "## 1b. Decode throughput vs batch size", "## 1c. Ours vs llama.cpp",
-                    "## 2c. Likelihood training", "## 5. Rollouts", "## 6. Generation beside a competing"):
+    for heading in ("## 1. Generation", "## 2. Training", "## 1a. Generation in fp32",
+                    "## 1b. Decode throughput vs batch size", "## 1c. Ours vs llama.cpp", "## 2c. Likelihood training",
+                    "## 5. Rollouts"):
         assert heading in markdown
     assert "| agent rollouts trajectories/s, ours / anchor loop | >= 5.0 |" in markdown
     for arm in ("hf_continuous",):
         assert f"ratio ours / {arm}" in markdown
-    # A smoke run never overwrites the real results.
-    assert (committed.read_text() if committed.exists() else None) == committed_before
 
+
+@pytest.mark.distributed  # its scale-out section starts 1- and 2-process arms
+def test_bench_smoke_scaling_and_process_sections(tiny_model: Path, shared_data: Path, tmp_path: Path) -> None:
+    results, markdown = run_smoke(tiny_model, shared_data, tmp_path / "bench", "scale,procs")
+    assert {"meta", "machine", "scaling", "processes"} <= results.keys()
+    scale = results["scaling"]
+    assert list(scale["by_prompts"]) == ["2", "4"] and list(scale["by_iteration"]) == ["1", "2"]
+    assert all(v["seconds"] > 0 for v in scale["by_prompts"].values())
+
+    procs = results["processes"]
+    for work, key in (("generation", "tokens_per_s"), ("training", "loop_tokens_per_s")):
+        assert set(procs[work]) == {"1 process", "2 processes"}
+        assert all(v[key]["median"] > 0 for v in procs[work].values())
+    assert procs["speedup"]["generation_tokens_per_s"]["n"] == 1
+    for heading in ("## 3. Scaling", "## 4. Scale-out"):
+        assert heading in markdown
+
+
+@pytest.mark.distributed  # a competing process beside `selfplay generate` processes
+def test_bench_smoke_contention_section(tiny_model: Path, shared_data: Path, tmp_path: Path) -> None:
+    results, markdown = run_smoke(tiny_model, shared_data, tmp_path / "bench", "contention")
+    contention = results["contention"]
+    assert set(contention["runs"]) == {"alone", "contended", "alone_spinning", "contended_spinning"}
+    assert contention["contended_over_alone"]["n"] == 1
+    assert contention["settings"]["competitor_threads"] == 1  # the smoke's competitor leaves the other core free
+    assert "## 6. Generation beside a competing" in markdown

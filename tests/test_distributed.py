@@ -370,6 +370,7 @@ def test_sigkill_of_one_ddp_rank_stops_the_run_in_seconds_naming_it_and_the_reru
     assert read_json(tmp_path / "two" / "summary.json")["steps"] == 20
 
 
+@pytest.mark.xdist_group("one_process_loop")  # one worker builds the module fixture once
 def test_sigkill_of_the_follower_machine_stops_machine_0_naming_it_and_the_rerun_equals_one_process(
         tiny_model, tmp_path, one_process_loop):
     """Two "machines" on this host: kill machine 1's loop while it samples its shard. Machine 0 must not wait
