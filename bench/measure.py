@@ -173,3 +173,20 @@ def run_worker(task: str, spec: dict[str, Any], log_path: Path, timeout: float =
         raise RuntimeError(f"bench worker '{task}' failed (exit {proc.returncode}); log {log_path}:\n"
                            + "\n".join(tail))
     return json.loads(result_path.read_text())
+
+
+def worker_arm(task: str, name: str, spec: dict[str, Any], data_key: str, data: Path, warm_data: Path,
+               out_dir: Path, in_process: bool = False) -> Callable[[int], dict[str, Any]]:
+    """One arm of a training benchmark for :func:`alternate`: round ``rep`` runs ``task`` on ``spec`` with
+    ``data`` under ``data_key`` (``warm_data`` in the warm-up round, ``rep < 0``) in a fresh work directory
+    under ``out_dir/work/name``, logs to ``out_dir/logs/name_<rep+1>.log``, and adds tokens/s."""
+    import shutil
+
+    def call(rep: int) -> dict[str, Any]:
+        work = out_dir / "work" / name
+        shutil.rmtree(work, ignore_errors=True)
+        run = {**spec, data_key: str(warm_data if rep < 0 else data), "out_dir": str(work)}
+        r = run_worker(task, run, out_dir / "logs" / f"{name}_{rep + 1}.log", in_process=in_process)
+        shutil.rmtree(work, ignore_errors=True)
+        return {**r, "tokens_per_s": r["tokens"] / r["seconds"]}
+    return call

@@ -17,11 +17,10 @@ peak memory = peak RSS above the post-import baseline, as for the DPO arms.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.measure import alternate, console, ratios, run_worker, summarize
+from bench.measure import alternate, console, ratios, summarize, worker_arm
 
 
 def write_sft_records(source: Path, num: int, dest: Path, tokenizer: Any, max_length: int) -> Path:
@@ -60,17 +59,9 @@ def run_sft_bench(model_name: str, source: Path, out_dir: Path, machine: dict[st
     warm = write_sft_records(source, batch_size, out_dir / "warmup_records.jsonl", tokenizer, max_length)
     base = {"model": model_name, "batch_size": batch_size, "max_length": max_length,
             "max_prompt_length": max_length // 2, "lr": lr, "optimizer": "adamw", "precision": "fp32"}
-    logs = out_dir / "logs"
 
     def arm(task: str, name: str, **extra: Any):
-        def call(rep: int) -> dict[str, Any]:
-            work = out_dir / "work" / name
-            shutil.rmtree(work, ignore_errors=True)
-            spec = {**base, **extra, "records": str(warm if rep < 0 else records), "out_dir": str(work)}
-            r = run_worker(task, spec, logs / f"{name}_{rep + 1}.log", in_process=in_process)
-            shutil.rmtree(work, ignore_errors=True)
-            return {**r, "tokens_per_s": r["tokens"] / r["seconds"]}
-        return call
+        return worker_arm(task, name, {**base, **extra}, "records", records, warm, out_dir, in_process)
 
     arms = {"ours": arm("train-ours", "ours", method="sft"), "trl": arm("sft-trl", "trl")}
     if warmup:

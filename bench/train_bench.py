@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.measure import alternate, console, ratios, run_worker, summarize
+from bench.measure import alternate, console, ratios, run_worker, summarize, worker_arm
 
 
 def build_spin_pairs(model_name: str, source: Path, num: int, max_new_tokens: int, cache_dir: Path) -> Path:
@@ -137,17 +137,9 @@ def run_training_bench(model_name: str, pairs_path: Path, out_dir: Path, machine
     # warm is the page cache (libraries, model file), shared by all arms: one arm is enough.
     warm_pairs = out_dir / "warmup_pairs.jsonl"
     write_jsonl(warm_pairs, read_jsonl(pairs_path)[:1])
-    logs = out_dir / "logs"
 
     def arm(task: str, name: str, **extra: Any):
-        def call(rep: int) -> dict[str, Any]:
-            work = out_dir / "work" / name
-            shutil.rmtree(work, ignore_errors=True)
-            spec = {**base, **extra, "pairs": str(warm_pairs if rep < 0 else pairs_path), "out_dir": str(work)}
-            r = run_worker(task, spec, logs / f"{name}_{rep + 1}.log", in_process=in_process)
-            shutil.rmtree(work, ignore_errors=True)
-            return {**r, "tokens_per_s": r["tokens"] / r["seconds"]}
-        return call
+        return worker_arm(task, name, {**base, **extra}, "pairs", pairs_path, warm_pairs, out_dir, in_process)
 
     arms = {"ours": arm("train-ours", "ours"),
             "trl_default": arm("train-trl", "trl_default", precompute=False),
