@@ -208,11 +208,21 @@ def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[dict
     ``tolerate_torn_tail``: for append-only files of our own that a kill may have cut mid-line,
     silently drop an unterminated last line instead of failing.
     """
+    for _, _, obj in iter_jsonl_offsets(path, tolerate_torn_tail=tolerate_torn_tail):
+        yield obj
+
+
+def iter_jsonl_offsets(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """:func:`iter_jsonl` that also yields each object's line number and byte offset: ``(line, offset, obj)``.
+    :func:`read_jsonl_at` reads the object at an offset back, so a merge can hold offsets instead of records."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             if tolerate_torn_tail and not line.endswith("\n"):
@@ -223,7 +233,23 @@ def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[dict
                 raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
             if not isinstance(obj, dict):
                 raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
-            yield obj
+            yield lineno, start, obj
+
+
+def read_jsonl_at(locations: Iterable[tuple[Path, int]]) -> Iterator[dict[str, Any]]:
+    """The JSON objects on the lines starting at ``(path, byte offset)``, in the order given (offsets from
+    :func:`iter_jsonl_offsets`, which already checked those lines); one open handle per file."""
+    handles: dict[Path, Any] = {}
+    try:
+        for path, offset in locations:
+            f = handles.get(path)
+            if f is None:
+                f = handles[path] = Path(path).open("rb")
+            f.seek(offset)
+            yield json.loads(f.readline())
+    finally:
+        for f in handles.values():
+            f.close()
 
 
 def read_jsonl(path: Path, **kw: Any) -> list[dict[str, Any]]:

@@ -99,3 +99,35 @@ def test_generate_in_chunks_draws_the_same_samples(tiny_model: Path, tmp_path: P
     chunked = generate.run_generate(cfg, str(tiny_model), data, tmp_path / "chunked")
     by_id = [{r["id"]: r for r in read_jsonl(path)} for path in (whole, chunked)]
     assert by_id[0] == by_id[1] and len(by_id[0]) == 11
+
+
+def test_shard_merges_hold_offsets_not_records(tmp_path: Path) -> None:
+    """Merging generate shards (and rank shards) reads each record back by its byte offset: the merged file is
+    in data order while the merge allocates far less than the records would take (holding them: ~2x the
+    shards' size)."""
+    from selfplay.io import write_json
+    from selfplay.stages.rank import merge_rank_shards
+    from selfplay.stages.shards import MANIFEST, merge_shards, shard_indices, shard_name
+
+    n, count = 3000, 3
+    ids = [f"p{i}" for i in range(n)]
+    rows = {i: {"id": i, "prompt_messages": [{"role": "user", "content": f"question {i} é " * 20}],
+                "samples": [f"answer {i} ✓ " * 25, f"other {i} " * 25]} for i in ids}
+    out = tmp_path / "gen"
+    manifest = {"prompt_ids": ids, "sharding": {"num_fracs": count}, "shuffle_seed": 7}
+    write_json(out / MANIFEST, manifest)
+    for k in range(count):  # each shard in completion order (reversed), as parallel decoding writes them
+        write_jsonl(out / shard_name(k, count), [rows[ids[i]] for i in reversed(shard_indices(manifest, k))])
+    size_mib = sum(p.stat().st_size for p in out.glob("shard-*")) / 2**20
+    peak = _peak_mib(lambda: merge_shards(out))
+    assert peak < size_mib / 2, f"the merge allocated {peak:.1f} MiB for {size_mib:.1f} MiB of shards"
+    merged = tmp_path / "gen.jsonl"
+    assert read_jsonl(merged) == [rows[i] for i in ids]
+
+    ranked = tmp_path / "rank"  # rank shards: contiguous slices of the sample file, judged in any order
+    for k, part in enumerate((ids[:1000], ids[1000:2000], ids[2000:])):
+        write_jsonl(ranked / f"shard-{k:05d}-of-{count:05d}.jsonl", [{**rows[i], "scores": [1.0, 0.0]}
+                                                                      for i in reversed(part)])
+    peak = _peak_mib(lambda: merge_rank_shards(ranked, merged, count, tmp_path / "rank.jsonl"))
+    assert peak < size_mib / 2, f"the rank merge allocated {peak:.1f} MiB for {size_mib:.1f} MiB of shards"
+    assert [r["id"] for r in read_jsonl(tmp_path / "rank.jsonl")] == ids

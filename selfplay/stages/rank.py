@@ -22,7 +22,7 @@ from selfplay.config import Config, save_config
 from selfplay.core.preference import symmetrize, win_prob_from_scores
 from selfplay.data.schema import RowRef, check_messages
 from selfplay.errors import DataError, UserError
-from selfplay.io import JsonlAppender, iter_jsonl
+from selfplay.io import JsonlAppender, iter_jsonl, iter_jsonl_offsets, read_jsonl_at
 from selfplay.judges import Judge, JudgeItem, JudgeResult, checks_reference, make_judge, parse_judge_spec
 from selfplay.stages.shards import SHARD_PATTERN, OnFirstUse, ShardJob, merge_shards
 
@@ -220,10 +220,12 @@ def rank_shard_count(shard_dir: Path) -> int | None:
     return counts.pop() if counts else None
 
 
-def _read_rank_shards(shard_dir: Path, samples_path: Path, count: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Scored records in the order of ``samples_path`` and what is missing; DataError for foreign or doubled ids."""
+def _read_rank_shards(shard_dir: Path, samples_path: Path,
+                      count: int) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Where the scored records are (shard file, byte offset), in the order of ``samples_path``, and what is
+    missing; DataError for foreign or doubled ids. Offsets rather than records, so merging holds no sample sets."""
     ids = [str(row["id"]) for row in iter_jsonl(samples_path)]
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, tuple[Path, int]] = {}
     problems = []
     for k in range(count):
         path = Path(shard_dir) / f"shard-{k:05d}-of-{count:05d}.jsonl"
@@ -231,12 +233,12 @@ def _read_rank_shards(shard_dir: Path, samples_path: Path, count: int) -> tuple[
         if not path.is_file():
             problems.append(f"{path.name} is missing")
             continue
-        for line, row in enumerate(iter_jsonl(path, tolerate_torn_tail=True), start=1):
+        for line, offset, row in iter_jsonl_offsets(path, tolerate_torn_tail=True):
             row_id = str(row.get("id"))
             if row_id not in expected or row_id in rows:
                 why = "does not belong to this shard" if row_id not in expected else "is duplicated"
                 raise DataError(f"id {row_id!r} {why}", path=path, line=line, field="id")
-            rows[row_id] = row
+            rows[row_id] = (path, offset)
         if (have := len(expected & rows.keys())) < len(expected):
             problems.append(f"{path.name} has {have} of {len(expected)} prompts")
     return [rows[i] for i in ids if i in rows], problems
@@ -249,11 +251,11 @@ def unfinished_rank_shards(shard_dir: Path, samples_path: Path, count: int) -> l
 
 def merge_rank_shards(shard_dir: Path, samples_path: Path, count: int, dest: Path) -> Path:
     """Join the ``count`` rank shards of ``shard_dir`` into ``dest`` in the order of ``samples_path``."""
-    rows, problems = _read_rank_shards(shard_dir, samples_path, count)
+    where, problems = _read_rank_shards(shard_dir, samples_path, count)
     if problems:
         raise UserError(f"cannot merge {shard_dir}: " + "; ".join(problems))
     from selfplay.io import write_jsonl
 
-    write_jsonl(dest, rows)
+    write_jsonl(dest, read_jsonl_at(where))
     return dest
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from selfplay.config import Config, save_config
 from selfplay.errors import DataError, UserError
-from selfplay.io import iter_jsonl, read_json, write_json, write_jsonl
+from selfplay.io import iter_jsonl, iter_jsonl_offsets, read_json, read_jsonl_at, write_json, write_jsonl
 from selfplay.runs import output_lock
 
 MANIFEST = "manifest.json"
@@ -294,11 +294,11 @@ def merge_shards(out_dir: Path, dest: Path | None = None) -> Path:
     if not (out_dir / MANIFEST).is_file():
         raise UserError(f"{out_dir} is not a generate output directory (no {MANIFEST}); "
                         "run `selfplay generate --out DIR` first.")
-    rows, problems = _read_shards(out_dir)
+    where, problems = _read_shards(out_dir)
     if problems:
         raise UserError(f"cannot merge {out_dir}: " + "; ".join(problems))
     dest = Path(dest) if dest is not None else out_dir.parent / f"{out_dir.name}.jsonl"
-    write_jsonl(dest, (rows[i] for i in read_json(out_dir / MANIFEST)["prompt_ids"]))
+    write_jsonl(dest, read_jsonl_at(where[i] for i in read_json(out_dir / MANIFEST)["prompt_ids"]))
     return dest
 
 
@@ -310,9 +310,10 @@ def unfinished_shards(out_dir: Path) -> list[str]:
     return _read_shards(Path(out_dir))[1]
 
 
-def _read_shards(out_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Every shard's records by id, and the shards that are missing or incomplete; DataError for duplicated
-    or foreign ids."""
+def _read_shards(out_dir: Path) -> tuple[dict[str, tuple[Path, int]], list[str]]:
+    """Where every shard record is (id -> (shard file, byte offset)), and the shards that are missing or
+    incomplete; DataError for duplicated or foreign ids. Offsets, not records: a merge of 100k prompts held
+    every record before (peak RSS +360 MiB at 100k UltraChat-style rows, `python -m bench.stream_bench`)."""
     manifest = read_json(out_dir / MANIFEST)
     ids = manifest["prompt_ids"]
     count = Sharding(**manifest["sharding"]).count(len(ids))
@@ -323,17 +324,17 @@ def _read_shards(out_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
             raise UserError(f"{path} does not belong to this output's {count} shard(s); remove it or use a new --out.")
         found[int(match.group(1))] = path
 
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, tuple[Path, int]] = {}
     problems = [f"{shard_name(k, count)} is missing" for k in range(count) if k not in found]
     for k, path in sorted(found.items()):
         expected = {ids[i] for i in shard_indices(manifest, k)}
-        for line, row in enumerate(iter_jsonl(path, tolerate_torn_tail=True), start=1):
+        for line, offset, row in iter_jsonl_offsets(path, tolerate_torn_tail=True):
             row_id = row.get("id")
             if row_id not in expected:
                 raise DataError(f"id {row_id!r} does not belong to this shard", path=path, line=line, field="id")
             if row_id in rows:
                 raise DataError(f"duplicate id {row_id!r}", path=path, line=line, field="id")
-            rows[row_id] = row
+            rows[row_id] = (path, offset)
         have = len(expected & rows.keys())
         if have < len(expected):
             problems.append(f"{path.name} has {have} of {len(expected)} prompts (rerun its generate command)")
