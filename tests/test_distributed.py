@@ -10,6 +10,7 @@ of the loop carry the same rounding through evaluation: 1e-5.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,6 +219,7 @@ def _workers(parent: int, stage: str) -> dict[str, int]:
 
 
 def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path):
+    import psutil
     from test_generate import write_sft
 
     data = write_sft(tmp_path / "sft.jsonl", 40)
@@ -228,12 +230,17 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     cmd = [sys.executable, "-m", "selfplay.cli.main", *map(str, gen), "--out", str(out), "--set", "launch.num_processes=2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shards = [out / "shard-00000-of-00002.jsonl", out / "shard-00001-of-00002.jsonl"]
+    # Find the workers first (a process-tree scan takes a while on a busy machine: a worker can finish its
+    # shard during it), then kill worker 0 the moment both shards hold 2 records.
     deadline = time.monotonic() + 120
+    workers: dict[str, int] = {}
     while time.monotonic() < deadline and proc.poll() is None:
-        if all(s.is_file() and s.read_text().count("\n") >= 2 for s in shards):
+        if len(workers) < 2:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a launcher process may exit during the scan
+                workers = _workers(proc.pid, "generate")
+        elif all(s.is_file() and s.read_text().count("\n") >= 2 for s in shards):
             break
         time.sleep(0.02)
-    workers = _workers(proc.pid, "generate")
     assert sorted(workers) == ["0", "1"], "both workers should be running, one shard each"
     os.kill(workers["0"], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
