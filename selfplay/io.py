@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from selfplay.errors import DataError, DiskFullError, free_bytes, is_disk_full
 
@@ -208,13 +208,22 @@ def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[dict
     ``tolerate_torn_tail``: for append-only files of our own that a kill may have cut mid-line,
     silently drop an unterminated last line instead of failing.
     """
-    for _, _, obj in iter_jsonl_offsets(path, tolerate_torn_tail=tolerate_torn_tail):
-        yield obj
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path=path)
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            obj = _json_line(line, path, lineno, tolerate_torn_tail)
+            if obj is _TORN:
+                return
+            if obj is not None:
+                yield obj
 
 
 def iter_jsonl_offsets(path: Path, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """:func:`iter_jsonl` that also yields each object's line number and byte offset: ``(line, offset, obj)``.
-    :func:`read_jsonl_at` reads the object at an offset back, so a merge can hold offsets instead of records."""
+    """:func:`iter_jsonl` over a file of ours (``\\n`` line ends) that also yields each object's line number and
+    byte offset: ``(line, offset, obj)``. :func:`read_jsonl_at` reads the object at an offset back, so a merge
+    can hold offsets instead of records."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
@@ -222,24 +231,35 @@ def iter_jsonl_offsets(path: Path, *, tolerate_torn_tail: bool = False) -> Itera
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
-            line = raw.decode("utf-8")
-            if not line.strip():
-                continue
-            if tolerate_torn_tail and not line.endswith("\n"):
+            obj = _json_line(raw.decode("utf-8"), path, lineno, tolerate_torn_tail)
+            if obj is _TORN:
                 return
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
-            yield lineno, start, obj
+            if obj is not None:
+                yield lineno, start, obj
+
+
+_TORN: Any = object()  # an unterminated last line that ``tolerate_torn_tail`` drops
+
+
+def _json_line(line: str, path: Path, lineno: int, tolerate_torn_tail: bool) -> dict[str, Any] | None:
+    """The object on one JSONL line; None for a blank line, ``_TORN`` for a torn tail that is tolerated."""
+    if not line.strip():
+        return None
+    if tolerate_torn_tail and not line.endswith("\n"):
+        return _TORN
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+    return obj
 
 
 def read_jsonl_at(locations: Iterable[tuple[Path, int]]) -> Iterator[dict[str, Any]]:
     """The JSON objects on the lines starting at ``(path, byte offset)``, in the order given (offsets from
     :func:`iter_jsonl_offsets`, which already checked those lines); one open handle per file."""
-    handles: dict[Path, Any] = {}
+    handles: dict[Path, IO[bytes]] = {}
     try:
         for path, offset in locations:
             f = handles.get(path)

@@ -131,3 +131,21 @@ def test_shard_merges_hold_offsets_not_records(tmp_path: Path) -> None:
     peak = _peak_mib(lambda: merge_rank_shards(ranked, merged, count, tmp_path / "rank.jsonl"))
     assert peak < size_mib / 2, f"the rank merge allocated {peak:.1f} MiB for {size_mib:.1f} MiB of shards"
     assert [r["id"] for r in read_jsonl(tmp_path / "rank.jsonl")] == ids
+
+
+def test_offsets_read_back_the_records_iter_jsonl_reads(tmp_path: Path) -> None:
+    """iter_jsonl_offsets yields what iter_jsonl yields (blank lines skipped, a torn tail dropped when tolerated),
+    with real line numbers and byte offsets that read_jsonl_at reads back — multi-byte UTF-8 included."""
+    from selfplay.errors import DataError
+    from selfplay.io import iter_jsonl, iter_jsonl_offsets, read_jsonl_at
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "é1", "t": "✓"}\n\n{"id": 2}\n{"id": 3, "t', encoding="utf-8")
+    found = list(iter_jsonl_offsets(path, tolerate_torn_tail=True))
+    assert [obj for _, _, obj in found] == list(iter_jsonl(path, tolerate_torn_tail=True)) == [
+        {"id": "é1", "t": "✓"}, {"id": 2}]
+    assert [(line, offset) for line, offset, _ in found] == [(1, 0), (3, len('{"id": "é1", "t": "✓"}\n\n'.encode()))]
+    assert list(read_jsonl_at([(path, offset) for _, offset, _ in reversed(found)])) == [{"id": 2},
+                                                                                         {"id": "é1", "t": "✓"}]
+    with pytest.raises(DataError, match="line 4"):
+        list(iter_jsonl_offsets(path))
