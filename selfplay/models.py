@@ -259,7 +259,7 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
     return getattr(torch, resolve_dtype_name(dtype, device).name)
 
 
-def _freeze_import_time_objects() -> None:
+def freeze_import_time_objects() -> None:
     """Before a process's first model: collect garbage once, then exempt every surviving object from later
     collections (``gc.freeze``) — the modules, classes and functions that torch and transformers imported,
     which live as long as the process.
@@ -285,7 +285,7 @@ def load_model(path_or_alias: str, *, dtype: str = "auto", device: str | None = 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _freeze_import_time_objects()
+    freeze_import_time_objects()
     path = resolve_model(path_or_alias, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     if not (Path(path) / "config.json").is_file():

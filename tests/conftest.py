@@ -20,17 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def _freeze_import_time_objects() -> None:
-    """Import the libraries nearly every test loads, then move their objects out of the garbage collector's
-    reach (``gc.freeze``): they live as long as the process anyway.
-
-    Why: the stages call ``release_memory`` (a full ``gc.collect``) between stages, and a full collection
-    walks every tracked object. With torch, transformers, datasets and matplotlib imported that is ~400k
-    objects and 0.2-0.3 s per call: 6.4 s of the 13.5 s of a two-iteration loop test, measured with
-    cProfile. Frozen, a collection walks only what the tests themselves made. Garbage made by tests is
-    still collected; only module-level objects are frozen (nothing a test frees)."""
-    import gc
-
+def _import_then_freeze() -> None:
+    """Import the libraries nearly every test loads, then exempt their objects from garbage collection
+    (:func:`selfplay.models.freeze_import_time_objects`, which says why): the stages' ``release_memory`` then
+    walks only what the tests made, not ~400k import-time objects (6.4 s of a 13.5 s loop test)."""
     import datasets  # noqa: F401
     import matplotlib
 
@@ -46,12 +39,12 @@ def _freeze_import_time_objects() -> None:
     import selfplay.stages.evaluate  # noqa: F401
     import selfplay.stages.loop  # noqa: F401
     import selfplay.stages.train  # noqa: F401
+    from selfplay.models import freeze_import_time_objects
 
-    gc.collect()
-    gc.freeze()
+    freeze_import_time_objects()
 
 
-_freeze_import_time_objects()
+_import_then_freeze()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
