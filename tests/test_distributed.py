@@ -47,29 +47,6 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
-def test_two_ddp_processes_train_like_one_process_with_accumulation(tiny_model, tmp_path):
-    from test_train import make_pairs
-
-    pairs = make_pairs(tmp_path / "pairs.jsonl", n=16)
-    common = ["train", "--model", tiny_model, "--data", pairs, "--method", "spin", "--lr", "1e-3", "--batch-size", 2,
-              "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "train.warmup_ratio=0.5"]
-    run_cli([*common, "--out", tmp_path / "one", "--grad-accum", 2])
-    run_cli([*common, "--out", tmp_path / "two", "--set", "launch.num_processes=2"])
-    one, two = (read_json(tmp_path / d / "summary.json") for d in ("one", "two"))
-    assert (one["processes"], two["processes"]) == (1, 2)  # really two processes, each with its own batches
-    assert one["planned_steps"] == two["planned_steps"] == one["steps"] == two["steps"] == 4  # 8 batches of 2
-    m1, m2 = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
-    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [1, 2, 3, 4]
-    for a, b in zip(m1, m2):
-        assert abs(a["loss"] - b["loss"]) < ATOL and abs(a["lr"] - b["lr"]) < 1e-12
-        assert abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-5
-    assert m1[-1]["loss"] < 0.6  # it trained (0.693 at the start)
-    w1, w2, w0 = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model"), weights(tiny_model)
-    assert w1.keys() == w2.keys()
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < ATOL
-    assert max((w1[k] - w0[k]).abs().max().item() for k in w1) > 1e-3  # the weights did move
-
-
 def test_evaluation_inside_training_on_two_processes_equals_one_process(tiny_model, tmp_path):
     """train.eval_every with loop.select: best and patience on 2 DDP processes: every process evaluates its share
     of the validation prompts and takes the same decision from the gathered values, so none waits in a collective
@@ -172,40 +149,6 @@ def test_loop_on_two_processes_equals_one_process(tiny_model, tmp_path, one_proc
     assert rows2[-1]["real_loglik"] > rows2[0]["real_loglik"] + 0.5  # training moved the held-out likelihood
 
 
-@pytest.mark.xdist_group("one_process_loop")  # one worker builds the module fixture once
-def test_loop_on_two_machines_equals_one_process(tiny_model, tmp_path, one_process_loop):
-    """Two "machines" on this host, one process each, one shared run directory: machine 0 keeps the books
-    (state, merges, evaluation), machine 1 samples its shard and joins training through accelerate's
-    multi-node rendezvous at machine 0's address."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = tmp_path / "run"
-    args = loop_args(tiny_model, run, "--set", "launch.num_processes=2", "--set", "launch.num_machines=2",
-                     "--set", "launch.main_process_ip=127.0.0.1", "--set", f"launch.main_process_port={port}", iters=1)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    machines = [subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, args), "--set",
-                                  f"launch.machine_rank={r}"], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    logs = [m.communicate(timeout=900)[1] for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
-    assert "generate shard 1/2" in logs[0] and "generate shard 2/2" in logs[1]  # each sampled its own shard
-    assert "machine 1 of 2" in logs[1] and (run / "iter_0" / "train" / "launch_config.machine1.yaml").is_file()
-    summary = read_json(run / "iter_0" / "train" / "summary.json")
-    assert summary["processes"] == 2 and summary["planned_steps"] == read_json(
-        one_process_loop / "iter_0" / "train" / "summary.json")["planned_steps"]
-    assert samples(run / "iter_0" / "generate.jsonl") == samples(one_process_loop / "iter_0" / "generate.jsonl")
-    rows, ref = read_jsonl(run / "eval" / "iterations.jsonl"), read_jsonl(one_process_loop / "eval" / "iterations.jsonl")
-    assert [r["iteration"] for r in rows] == ["base", 0]
-    for a, b in zip(rows, ref):
-        for key in ("real_loglik", "spin_margin", "accuracy", "train_loss"):
-            if b.get(key) is not None:
-                assert abs(a[key] - b[key]) < METRIC_ATOL, (a["iteration"], key, a[key], b[key])
-    assert all(u["done"] for u in read_json(run / "state.json")["units"].values())
-
-
 def _workers(parent: int, stage: str) -> dict[str, int]:
     """{shards: pid} of the stage's worker processes under ``parent``."""
     import psutil
@@ -264,40 +207,6 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
 
 
-def test_two_process_training_killed_then_resumed_finishes_its_steps(tiny_model, tmp_path):
-    """Kill the command once a checkpoint exists: its training processes exit with it, and the rerun resumes
-    each process at its own next batch (the checkpoint counts the batches of both)."""
-    import psutil
-    from test_train import make_pairs
-
-    pairs = make_pairs(tmp_path / "pairs.jsonl", n=80)  # 20 steps: ranks that outlive the kill by a poll
-    out = tmp_path / "out"                                # interval (50 ms) cannot finish them
-    args = ["train", "--model", tiny_model, "--data", pairs, "--out", out, "--batch-size", 2, "--set", "train.save_steps=2",
-            "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "launch.num_processes=2"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = out / "checkpoint" / "trainer_state.json"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not state.exists():
-        time.sleep(0.05)
-    launched = {p: p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)}
-    launched = {p: cmd for p, cmd in launched.items() if "selfplay.stages.worker" in cmd}
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state.exists() and not (out / "summary.json").exists(), "killed too late (or before any checkpoint)"
-    done_before = read_json(state)
-    assert done_before["batches_done"] == 2 * done_before["step"] >= 4  # 2 processes x 1 batch per step
-    ranks = [p for p, cmd in launched.items() if "accelerate.commands.launch" not in cmd]
-    _, alive = psutil.wait_procs(list(launched), timeout=15)
-    assert len(ranks) == 2 and not alive  # the ranks (and accelerate's launcher) did not outlive the command
-    res = run_cli(args)
-    assert "resuming training at step" in res.stdout + res.stderr
-    summary = read_json(out / "summary.json")
-    assert summary["processes"] == 2 and summary["steps"] == summary["planned_steps"] == 20  # 40 batches / 2
-    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == list(range(1, 21))
-
-
 def test_rank_and_rollout_workers_equal_one_process(tiny_model, tiny_reward, tmp_path):
     """The other sampling stages on 2 workers: a reward model ranks (one replica per worker) and RISE rollouts,
     each merged into what one process writes."""
@@ -341,24 +250,43 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_of_one_ddp_rank_stops_the_run_in_seconds_naming_it_and_the_rerun_equals_one_process(
-        tiny_model, tmp_path):
-    """Kill rank 1 of 2 mid-training: torchrun stops rank 0 within seconds (its all-reduce fails when the
-    dead rank's socket closes, no 30-minute collective timeout), one message names rank 1 and SIGKILL,
-    and the rerun resumes from the checkpoint to the weights of one process with 2 accumulation steps."""
+def test_two_ddp_processes_killed_twice_then_resumed_train_like_one_process_with_accumulation(tiny_model, tmp_path):
+    """One 20-step run on 2 DDP processes, interrupted twice, against 1 process with 2 accumulation steps.
+
+    1. Kill rank 1 of 2 mid-training: torchrun stops rank 0 within seconds (its all-reduce fails when the
+       dead rank's socket closes, no 30-minute collective timeout) and one message names rank 1 and SIGKILL.
+    2. Rerun, and kill the command itself once a later checkpoint exists: its training processes (and
+       accelerate's launcher) exit with it; the checkpoint counts the batches of both processes.
+    3. Rerun to the end: each process resumes at its own next batch, and the per-step losses, learning rates
+       and margins and the final weights are those of one process with 2 accumulation steps.
+    """
     import psutil
     from test_train import make_pairs
 
-    pairs = make_pairs(tmp_path / "pairs.jsonl", n=80)  # 20 steps of 2 x 2
-    common = ["train", "--model", tiny_model, "--data", pairs, "--method", "spin", "--lr", "1e-3", "--batch-size", 2,
-              "--set", "train.precision=fp32", "--set", "train.logging_steps=1", "--set", "train.save_steps=2"]
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=80)  # 20 steps of 2 x 2: ranks that outlive a kill by a
+    common = ["train", "--model", tiny_model, "--data", pairs,  # poll interval (50 ms) cannot finish them
+              "--method", "spin", "--lr", "1e-3", "--batch-size", 2, "--set", "train.precision=fp32",
+              "--set", "train.logging_steps=1", "--set", "train.warmup_ratio=0.5", "--set", "train.save_steps=2"]
     two = [*common, "--out", tmp_path / "two", "--set", "launch.num_processes=2"]
+    state = tmp_path / "two" / "checkpoint" / "trainer_state.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, two)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (tmp_path / "two" / "checkpoint" / "trainer_state.json").exists(), 180, "a checkpoint")
-    ranks = {p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children(recursive=True)
-             if "selfplay.stages.worker" in p.cmdline() and "accelerate.commands.launch" not in p.cmdline()}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, two)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def launched(proc: subprocess.Popen) -> dict[psutil.Process, list[str]]:
+        found = {}
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper may exit during the scan
+                if "selfplay.stages.worker" in (cmd := p.cmdline()):
+                    found[p] = cmd
+        return found
+
+    # 1. one rank killed
+    proc = start()
+    _wait_for(state.exists, 180, "a checkpoint")
+    ranks = {p.environ().get("RANK"): p for p, cmd in launched(proc).items() if "accelerate.commands.launch" not in cmd}
     assert sorted(ranks) == ["0", "1"]
     victim = ranks["1"].pid
     killed_at = time.monotonic()
@@ -369,20 +297,47 @@ def test_sigkill_of_one_ddp_rank_stops_the_run_in_seconds_naming_it_and_the_reru
     assert f"Error: training process rank 1 (PID {victim} on " in err and "was killed by SIGKILL" in err, err[-3000:]
     assert "Traceback" not in err and "ChildFailedError" not in err, err[-3000:]
     assert not (tmp_path / "two" / "summary.json").exists()
+    first_step = read_json(state)["step"]
+
+    # 2. the command killed
+    proc = start()
+    _wait_for(lambda: state.exists() and read_json(state)["step"] > first_step, 180, "a later checkpoint")
+    children = launched(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (tmp_path / "two" / "summary.json").exists(), "killed too late"
+    done_before = read_json(state)
+    assert done_before["batches_done"] == 2 * done_before["step"] >= 4  # 2 processes x 1 batch per step
+    _, alive = psutil.wait_procs(list(children), timeout=15)
+    assert len([c for c in children.values() if "accelerate.commands.launch" not in c]) == 2 and not alive
+
+    # 3. resumed to the end, against one process
     res = run_cli(two)
     assert "resuming training at step" in res.stdout + res.stderr
     run_cli([*common, "--out", tmp_path / "one", "--grad-accum", 2])
-    w1, w2 = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
-    assert read_json(tmp_path / "two" / "summary.json")["steps"] == 20
+    one, two_summary = (read_json(tmp_path / d / "summary.json") for d in ("one", "two"))
+    assert (one["processes"], two_summary["processes"]) == (1, 2)  # really two processes, each with its batches
+    assert one["planned_steps"] == two_summary["planned_steps"] == one["steps"] == two_summary["steps"] == 20
+    m1, m2 = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] == list(range(1, 21))
+    for a, b in zip(m1, m2):
+        assert abs(a["loss"] - b["loss"]) < ATOL and abs(a["lr"] - b["lr"]) < 1e-12, (a, b)
+        assert abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-5
+    assert m1[-1]["loss"] < 0.6  # it trained (0.693 at the start)
+    w1, w2, w0 = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model"), weights(tiny_model)
+    assert w1.keys() == w2.keys()
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < ATOL
+    assert max((w1[k] - w0[k]).abs().max().item() for k in w1) > 1e-3  # the weights did move
 
 
 @pytest.mark.xdist_group("one_process_loop")  # one worker builds the module fixture once
-def test_sigkill_of_the_follower_machine_stops_machine_0_naming_it_and_the_rerun_equals_one_process(
+def test_loop_on_two_machines_with_the_follower_killed_then_rerun_equals_one_process(
         tiny_model, tmp_path, one_process_loop):
-    """Two "machines" on this host: kill machine 1's loop while it samples its shard. Machine 0 must not wait
-    for that shard (or at the training rendezvous) forever: it stops within seconds naming machine 1, and
-    both machines' rerun ends where one process ends."""
+    """Two "machines" on this host, one process each, one shared run directory: machine 0 keeps the books
+    (state, merges, evaluation), machine 1 samples its shard and joins training through accelerate's
+    multi-node rendezvous at machine 0's address. Kill machine 1's loop while it samples its shard: machine 0
+    must not wait for that shard (or at the training rendezvous) forever: it stops within seconds naming
+    machine 1, and both machines' rerun ends where one process ends."""
     import socket
 
     with socket.socket() as s:
@@ -415,8 +370,15 @@ def test_sigkill_of_the_follower_machine_stops_machine_0_naming_it_and_the_rerun
     machines = [start(0), start(1)]
     logs = [m.communicate(timeout=900)[1] for m in machines]
     assert [m.returncode for m in machines] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert "generate shard 1/2" in logs[0] and "generate shard 2/2" in logs[1]  # each sampled its own shard
+    assert "machine 1 of 2" in logs[1] and (run / "iter_0" / "train" / "launch_config.machine1.yaml").is_file()
+    summary = read_json(run / "iter_0" / "train" / "summary.json")
+    assert summary["processes"] == 2 and summary["planned_steps"] == read_json(
+        one_process_loop / "iter_0" / "train" / "summary.json")["planned_steps"]
     assert samples(run / "iter_0" / "generate.jsonl") == samples(one_process_loop / "iter_0" / "generate.jsonl")
     rows, ref = read_jsonl(run / "eval" / "iterations.jsonl"), read_jsonl(one_process_loop / "eval" / "iterations.jsonl")
+    assert [r["iteration"] for r in rows] == ["base", 0]
+    assert all(u["done"] for u in read_json(run / "state.json")["units"].values())
     for a, b in zip(rows, ref):
         for key in ("real_loglik", "spin_margin", "accuracy", "train_loss"):
             if b.get(key) is not None:

@@ -3,8 +3,8 @@
 Services: the LLM judge of ``selfplay rank``, the judge of ``selfplay eval winrate``, a RISE teacher in
 ``selfplay rollout`` and SerpAPI search. Faults: malformed JSON forever, 200 with an empty ``choices``
 (search: a JSON reply that is not an object), 500 forever, 429 with ``Retry-After`` for one second, a
-server that accepts and never answers, one that answers one byte a second, and one that drops the
-connection mid-body. Settings: ``remote.timeout=2``, ``remote.max_retries=2``, ``remote.backoff=0.1``.
+server that accepts and never answers, one that answers a byte every 0.4 s, and one that drops the
+connection mid-body. Settings: ``remote.timeout=1``, ``remote.max_retries=2``, ``remote.backoff=0.1``.
 
 Each cell checks: the outcome (an error naming the record, exit code 2, no traceback — or, for search, an
 observation counted as a tool error), the time to it (bounded by the timeout and retries), one "retrying"
@@ -29,9 +29,10 @@ import pytest
 from chat_server import ChatServer, Reply, completion
 
 SECRET = "sk-fault-SECRET-77aa"
-SETTINGS = ["--set", "remote.timeout=2", "--set", "remote.max_retries=2", "--set", "remote.backoff=0.1",
-            "--set", "remote.search_timeout=2", "--set", "remote.search_retries=2"]
-TIMEOUT, RETRIES, BACKOFF = 2.0, 2, 0.1
+SETTINGS = ["--set", "remote.timeout=1", "--set", "remote.max_retries=2", "--set", "remote.backoff=0.1",
+            "--set", "remote.search_timeout=1", "--set", "remote.search_retries=2"]
+TIMEOUT, RETRIES, BACKOFF = 1.0, 2, 0.1
+DRIP_S = 0.4  # under the timeout: each byte comes in time, only the deadline on the whole reply can stop it
 # The longest a failing command may take: every try runs into the deadline, plus the backoff rounds and
 # the command's own start (in-process: no interpreter start-up).
 WORST_S = (RETRIES + 1) * TIMEOUT + sum(BACKOFF * 2 ** r for r in range(RETRIES)) + 10
@@ -43,7 +44,7 @@ FAULTS: dict[str, Callable[[float], Reply | None]] = {
     "500 forever": lambda t: Reply(500, json.dumps({"error": {"message": f"internal error, key {SECRET}"}}), headers={}),
     "429 + Retry-After: 1 for 1 s": lambda t: Reply(429, "{}", headers={"Retry-After": "1"}) if t < 1.0 else None,
     "accepts, never answers": lambda t: Reply(fault="hang"),
-    "1 byte per second": lambda t: Reply(200, completion("[[A]]"), fault="drip", drip_s=1.0),
+    f"a byte every {DRIP_S:g} s": lambda t: Reply(200, completion("[[A]]"), fault="drip", drip_s=DRIP_S),
     "drops mid-body": lambda t: Reply(200, completion("x" * 300), fault="drop"),
 }
 RECOVERS = {"429 + Retry-After: 1 for 1 s"}
@@ -150,8 +151,8 @@ def _search(url: str, work: Path, model: Path) -> tuple[bool, str, list[Path]]:
 
 # search: "200, empty choices" means a 200 reply that is JSON but not an object; a drip of a good reply
 SEARCH_FAULTS = {"200, empty choices": lambda t: Reply(200, "[]"),
-                 "1 byte per second": lambda t: Reply(200, json.dumps({"answer_box": {"answer": "Paris"}}),
-                                                      fault="drip", drip_s=1.0)}
+                 f"a byte every {DRIP_S:g} s": lambda t: Reply(200, json.dumps({"answer_box": {"answer": "Paris"}}),
+                                                      fault="drip", drip_s=DRIP_S)}
 
 SERVICES: dict[str, tuple[Callable, Callable]] = {
     "rank judge (llm-judge)": (_rank, _judge_reply),
