@@ -6,7 +6,7 @@ Layers, highest first (a module may import its own layer or any lower one, never
     cli  ->  stages  ->  evals, methods, htmlreport, model_card  ->  judges  ->  envs  ->  core  ->  data  ->  base
 
 where *base* is the top-level modules (config, config_ranges, config_tree, errors, hardware, io, liveness, model_meta,
-models, progress, remote, runs, testing, threads, trackers). What is checked, by reading the source (nothing is
+models, progress, remote, resources, runs, testing, threads, trackers). What is checked, by reading the source (nothing is
 imported):
 
 * every ``import selfplay...`` / ``from selfplay... import ...`` statement of every file under
@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
     ("data",),
     ("config", "config_ranges", "config_tree", "errors", "hardware", "io", "liveness", "model_meta", "models",
-     "progress", "remote", "runs", "testing", "threads", "trackers", "__init__"),
+     "progress", "remote", "resources", "runs", "testing", "threads", "trackers", "__init__"),
 )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from selfplay.errors import UserError
 from selfplay.io import read_json, write_json, writing
 from selfplay.liveness import check_peers
+from selfplay.resources import measure_unit
 
 LOCK_NAME = ".selfplay.lock"
 # Outputs this process holds (resolved path -> depth): a stage called inside another stage's output
@@ -77,9 +78,16 @@ class RunState:
         self.units[unit] = {"fingerprint": fp, "done": False}
         self._save()
 
-    def finish(self, unit: str, fp: str, info: dict[str, Any] | None = None) -> None:
-        self.units[unit] = {"fingerprint": fp, "done": True, "info": info or {}}
+    def finish(self, unit: str, fp: str, info: dict[str, Any] | None = None,
+               resources: dict[str, float] | None = None) -> None:
+        """Mark ``unit`` done with its ``info`` and what it cost (``resources``: :func:`measure_unit`)."""
+        self.units[unit] = {"fingerprint": fp, "done": True, "info": info or {},
+                            **({"resources": resources} if resources else {})}
         self._save()
+
+    def resources(self, unit: str) -> dict[str, float]:
+        """Seconds and peak memory of a done unit's last run (empty for units recorded before they were)."""
+        return self.units.get(unit, {}).get("resources", {})
 
     def ensure(self, unit: str, fp: str, outputs: list[Path], work: Callable[[], dict[str, Any] | None], *,
                every_machine: bool = False) -> dict[str, Any]:
@@ -92,7 +100,9 @@ class RunState:
             return self._follow(unit, fp, work if every_machine else None)
         if not self.done(unit, fp):
             self.begin(unit, fp, outputs)
-            self.finish(unit, fp, work() or {})
+            with measure_unit() as cost:
+                info = work() or {}
+            self.finish(unit, fp, info, cost)
         return self.info(unit)
 
     def _follow(self, unit: str, fp: str, work: Callable[[], Any] | None) -> dict[str, Any]:

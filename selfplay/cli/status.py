@@ -39,6 +39,8 @@ def _print(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from selfplay.stages.status import cost_text
+
     out = Console()  # stdout: the status is the command's output
     lock = info["lock"]
     held = (f"[cyan]in use[/cyan] by PID {lock.get('pid')} ({lock.get('command', '?')}, since {lock.get('since', '?')})"
@@ -52,12 +54,16 @@ def _print(info: dict[str, Any]) -> None:
     out.print(f"lock: {held}")
     out.print(f"at: {where}")
     table = Table(title="units")
-    for col in ("unit", "state", "on disk", "a rerun"):
+    for col in ("unit", "state", "on disk", "time, peak RSS", "a rerun"):
         table.add_column(col, overflow="fold")
     for u in info["units"]:
         style = STYLE.get(u["state"], "")
-        table.add_row(u["unit"], f"[{style}]{u['state']}[/{style}]", u.get("detail", ""), u["rerun"])
+        table.add_row(u["unit"], f"[{style}]{u['state']}[/{style}]", u.get("detail", ""),
+                      cost_text(u.get("resources") or {}), u["rerun"])
     out.print(table)
+    if info.get("peak_unit"):
+        top = info["peak_unit"]
+        out.print(f"peak memory: {top['peak_rss_mb'] / 1024:.2f} GB, in {top['unit']}")
     out.print(f"a rerun with this config: {info['rerun']}")
     row = info["last_row"]
     if row:

@@ -16,6 +16,7 @@ from typing import Any
 from selfplay.evals.per_prompt import METRICS, PER_PROMPT_FILE, Table, attach_stats, read_per_prompt
 from selfplay.evals.stats_format import change_text, with_interval
 from selfplay.io import atomic_write_text, save_figure, write_jsonl
+from selfplay.runs import RunState
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 
@@ -243,6 +244,24 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, extra: tuple[Co
     return path
 
 
+def costs_table(run_dir: Path) -> str:
+    """The report's "time and peak memory by unit" section, from state.json (empty before any unit recorded them)."""
+    state = RunState(run_dir, follower=True)
+    lines = []
+    for unit in state.units:
+        res = state.resources(unit)
+        if not res:
+            continue
+        own = f"{res['peak_rss_mb'] / 1024:.2f}" if "peak_rss_mb" in res else "–"
+        workers = f"{res['children_peak_rss_mb'] / 1024:.2f}" if "children_peak_rss_mb" in res else "–"
+        lines.append(f"| {unit} | {res.get('seconds', 0):.1f} | {own} | {workers} |")
+    if not lines:
+        return ""
+    return ("\n## Time and peak memory by unit\n\nPeak RSS of the loop's process during the unit, and of its "
+            "worker processes where they did the work (GB = 2^30 bytes).\n\n"
+            "| unit | seconds | peak RSS GB | workers' peak RSS GB |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
 def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = ()) -> Path:
     """run_dir/eval/iterations.jsonl, run_dir/eval/report.md, report.html and plots/iterations.png."""
     from selfplay.htmlreport import write_html_report
@@ -253,6 +272,7 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column,
     text = f"# selfplay run: {Path(run_dir).name}\n\n" + markdown_table(rows, extra)
     if plot:
         text += "\n![iterations](plots/iterations.png)\n"
+    text += costs_table(Path(run_dir))
     atomic_write_text(eval_dir / "report.md", text)
     write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra})
     return eval_dir / "report.md"

@@ -137,11 +137,13 @@ def run_status(run_dir: Path, cfg: Any | None = None) -> dict[str, Any]:
         cfg, config_note = load_config(run_dir / "config.yaml"), "the run's saved config.yaml"
     holder = lock_holder(run_dir)
     units = plan_run(cfg, run_dir)
+    recorded = RunState(run_dir, follower=True)
     for u in units:
         if u["state"] == "resume" and holder is not None:
             u["state"] = "running"
         u["detail"] = unit_detail(run_dir, u["unit"], u["state"]) if u["state"] in ("resume", "running", "done") else ""
         u["rerun"] = WHAT_A_RERUN_DOES[u["state"]]
+        u["resources"] = recorded.resources(u["unit"]) if u["state"] == "done" else {}
     current = next((u for u in units if u["state"] not in ("done", "unused")), None)
     rows_path = run_dir / "eval" / "iterations.jsonl"
     rows = list(iter_jsonl(rows_path, tolerate_torn_tail=True)) if rows_path.is_file() else []
@@ -150,7 +152,33 @@ def run_status(run_dir: Path, cfg: Any | None = None) -> dict[str, Any]:
         "run_dir": str(run_dir), "method": cfg.method, "iterations": cfg.loop.iters, "config": config_note,
         "lock": holder, "current": _where(current), "counts": {k: v for k, v in counts.items() if v},
         "rerun": _rerun_summary(units, holder), "units": units, "last_row": rows[-1] if rows else None,
+        "peak_unit": peak_unit(units),
     }
+
+
+def peak_unit(units: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The done unit with the largest peak memory (its own process or a child's): the one that sets the run's peak."""
+    def peak(u: dict[str, Any]) -> float:
+        res = u.get("resources") or {}
+        return max(res.get("peak_rss_mb", 0.0), res.get("children_peak_rss_mb", 0.0))
+
+    measured = [u for u in units if peak(u) > 0]
+    if not measured:
+        return None
+    top = max(measured, key=peak)
+    return {"unit": top["unit"], "peak_rss_mb": peak(top)}
+
+
+def cost_text(resources: dict[str, float]) -> str:
+    """``12.3 s, 2.41 GB`` (``+ 1.9 GB in workers`` where child processes did the work); empty if not recorded."""
+    if not resources:
+        return ""
+    parts = [f"{resources['seconds']:.1f} s"] if "seconds" in resources else []
+    if "peak_rss_mb" in resources:
+        parts.append(f"{resources['peak_rss_mb'] / 1024:.2f} GB")
+    if "children_peak_rss_mb" in resources:
+        parts.append(f"workers {resources['children_peak_rss_mb'] / 1024:.2f} GB")
+    return ", ".join(parts)
 
 
 def _where(unit: dict[str, Any] | None) -> dict[str, Any] | None:
