@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,36 +272,44 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
 
     from selfplay.stages.status import run_status
 
-    def run(name: str, kill_then: str | None = None) -> Path:
-        cmd = [sys.executable, "-m", "selfplay.cli.main", *loop_args(tiny_model, tmp_path / name, *select)]
-        train = tmp_path / name / "iter_0" / "train"
-        if kill_then is not None:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 300
-            while time.time() < deadline and not (train / "best" / "best.json").exists():
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            assert (train / "best" / "best.json").exists() and not (train / "summary.json").exists(), "killed too late"
-            state = read_json(train / "checkpoint" / "trainer_state.json")
-            assert state["best"]["step"] == state["step"] and state["evaluations"]  # the checkpoint of the best
-            detail = {u["unit"]: u["detail"] for u in run_status(tmp_path / name)["units"]}["iter_0/train"]
-            assert detail.endswith(f"best evaluation so far at step {state['best']['step']} "
-                                   f"({state['best']['value']:.4g})"), detail
-            if kill_then == "between the saves":
-                (train / "best").rename(train / "best.lost")  # as if killed before best/ was written
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-m", "selfplay.cli.main", *loop_args(tiny_model, tmp_path / name, *select)]
+
+    def finish(name: str, resumes: bool = False) -> Path:
+        res = subprocess.run(command(name), env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
+        # a rerun that redid the iteration from scratch would end the same: it must continue the checkpoint
+        assert ("resuming training at step" in res.stdout + res.stderr) == resumes, res.stderr[-3000:]
         return tmp_path / name
 
-    clean = run("clean")
+    clean = finish("clean")
     kept = read_json(clean / "iter_0" / "train" / "summary.json")["kept"]
     rows = read_jsonl(clean / "iter_0" / "train" / "metrics.jsonl")
     evaluated = steps_of(rows, "eval/real_loglik")
     planned = kept["planned_steps"]
     assert evaluated == sorted(set(range(2, planned + 1, 2)) | {planned}) and kept["evaluations"] == len(evaluated)
+
+    # One kill, once the best weights of an evaluation are saved; a copy of what it left, with best/ taken away,
+    # is a run killed between the checkpoint and the weights.
+    train = tmp_path / "killed" / "iter_0" / "train"
+    proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (train / "best" / "best.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (train / "best" / "best.json").exists() and not (train / "summary.json").exists(), "killed too late"
+    state = read_json(train / "checkpoint" / "trainer_state.json")
+    assert state["best"]["step"] == state["step"] and state["evaluations"]  # the checkpoint of the best
+    detail = {u["unit"]: u["detail"] for u in run_status(tmp_path / "killed")["units"]}["iter_0/train"]
+    assert detail.endswith(f"best evaluation so far at step {state['best']['step']} "
+                           f"({state['best']['value']:.4g})"), detail
+    shutil.copytree(tmp_path / "killed", tmp_path / "killed_between", symlinks=True)
+    between = tmp_path / "killed_between" / "iter_0" / "train"
+    (between / "best").rename(between / "best.lost")  # as if killed before best/ was written
+
     for name, how in (("killed", "after the saves"), ("killed_between", "between the saves")):
-        resumed = run(name, how)
+        resumed = finish(name, resumes=True)
         train = resumed / "iter_0" / "train"
         assert read_json(train / "summary.json")["kept"] == kept, how
         assert [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_jsonl(train / "metrics.jsonl")] == \
