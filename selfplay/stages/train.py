@@ -242,7 +242,11 @@ def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> _Trainin
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer_cls = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.AdamW
     betas = {"betas": tuple(t.adam_betas)} if t.optimizer == "adamw" else {}
-    optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay, **betas)
+    # AdamW's fused kernel (all tensors in one pass) where torch has it for the device: on a CPU the default
+    # per-tensor loop took 1.93 s per step of SmolLM2-135M's 128M weights against 0.45 s fused (measured on
+    # 2 cores; the same update up to float rounding). HF's Trainer, and so TRL, defaults to it as well.
+    fused = {"fused": True} if t.optimizer == "adamw" and all(p.device.type in ("cpu", "cuda") for p in params) else {}
+    optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay, **betas, **fused)
     total_steps = max(1, math.ceil(len(order) / (t.grad_accum * processes)))
     # accelerate steps a prepared scheduler once per process at every optimizer step (it assumes a schedule
     # written for one process), so the schedule is laid out over total_steps x P scheduler steps.
