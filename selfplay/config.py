@@ -173,6 +173,14 @@ class LoopConfig:
     select_metric: Literal["auto", "accuracy", "real_loglik"] = "auto"
     # select: best stops the iteration's training after this many evaluations without improvement (0: never).
     patience: int = 0
+    # Stop the loop after this many iterations in a row whose validation stop_metric is not above the best so
+    # far (the base model's included; every model also answers the data.val_num validation prompts); the run's
+    # result is then the best model, named in eval/final.json. 0: run every iteration (selfplay/stages/loop_stop.py).
+    stop_patience: int = 0
+    # A metric of the validation evaluation, higher is better (accuracy, sample_accuracy, mean_score,
+    # real_loglik, a method's own such as RISE's mt_acc_tlast or agent_em); auto: accuracy where the records have a task, else
+    # real_loglik.
+    stop_metric: str = "auto"
 
 
 @dataclass

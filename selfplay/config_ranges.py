@@ -47,6 +47,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "loop.iters": (0, True, None, False),
     "loop.prompts_per_iter": (1, True, None, False),
     "loop.patience": (0, True, None, False),
+    "loop.stop_patience": (0, True, None, False),
     "eval.max_new_tokens": (1, True, None, False),
     "eval.batch_size": (1, True, None, False),
     "eval.num_samples": (0, True, None, False),
@@ -122,6 +123,9 @@ def check_selection(cfg: Any, where: str = "") -> None:
     if cfg.loop.patience and cfg.loop.select != "best":
         raise ConfigError(f"loop.patience {cfg.loop.patience} stops training when the selected metric stops "
                           f"improving: it needs loop.select: best (the model kept is the best one){where}")
+    if cfg.loop.stop_metric != "auto" and not cfg.loop.stop_patience:
+        raise ConfigError(f"loop.stop_metric '{cfg.loop.stop_metric}' names what loop.stop_patience watches on the "
+                          f"validation split; loop.stop_patience is 0 (never stop){where}")
     if cfg.loop.select_metric != "auto" and cfg.loop.select != "best":
         raise ConfigError(f"loop.select_metric '{cfg.loop.select_metric}' names what loop.select: best picks by; "
                           f"loop.select is '{cfg.loop.select}'{where}")

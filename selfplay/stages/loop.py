@@ -20,12 +20,14 @@ from typing import Any
 from selfplay.config import Config, for_iteration, save_config
 from selfplay.core.objectives import get_objective
 from selfplay.errors import ConfigError, UserError
-from selfplay.io import read_json, read_jsonl, write_jsonl
+from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
 from selfplay.liveness import heartbeat
 from selfplay.runs import RunState, fingerprint, output_lock
+from selfplay.progress import console
 from selfplay.stages.collect import COLLECTORS, Iteration
+from selfplay.stages.loop_stop import FINAL_FILE, StopRule, final_text
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
@@ -84,6 +86,11 @@ def _validation_split(cfg: Config, run: RunState, train: list[dict[str, Any]], d
 
     run.ensure("data/val", fingerprint(data_fp, n), [path], work)
     return [r for i, r in enumerate(train) if i not in chosen]
+
+
+def write_final(run_dir: Path, final: dict[str, Any]) -> None:
+    """``eval/final.json``: the run's result under ``loop.stop_patience`` (the best model on validation)."""
+    write_json(Path(run_dir) / "eval" / FINAL_FILE, final)
 
 
 def iteration_prompt_ids(cfg: Config, train: list[dict[str, Any]], k: int) -> list[str]:
@@ -174,6 +181,9 @@ def run_loop(cfg: Config) -> list[dict[str, Any]]:
     if evaluating and not cfg.data.val_num:
         raise ConfigError(f"train.eval_every evaluates inside iteration {evaluating[0]} on validation prompts: set "
                           "data.val_num (e.g. 32) to set them aside from the training records")
+    if cfg.loop.stop_patience and not cfg.data.val_num:
+        raise ConfigError(f"loop.stop_patience {cfg.loop.stop_patience} stops the loop when the validation metric stops "
+                          "improving: set data.val_num (e.g. 64) to set validation prompts aside from the training records")
     resolve_model(cfg.model.name_or_path, cfg.model.revision)  # a bad model fails before any output exists
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()
@@ -227,6 +237,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     from selfplay.model_meta import kept_text
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
+    from selfplay.data.records import load_sft
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
@@ -238,21 +249,39 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     sampling = (cfg.generate.temperature, cfg.generate.top_p) if cfg.eval.num_samples else None
     eval_inputs = (dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge, sampling, method.evaluations)
 
-    def evaluate(unit: str, model_path: str, fp: str, out_dir: Path, previous: Path | None, extra: dict) -> dict:
+    def evaluate(unit: str, model_path: str, fp: str, out_dir: Path, previous: Path | None, extra: dict,
+                 records: list[dict[str, Any]] = held_out) -> dict:
         def work() -> dict[str, Any]:
             t0 = time.perf_counter()
-            evaluate_model(cfg, model_path, held_out, out_dir, previous=previous, judge=judge,
+            evaluate_model(cfg, model_path, records, out_dir, previous=previous, judge=judge,
                            evaluations=method.evaluations)
             fresh.add(unit)
             return {"seconds": time.perf_counter() - t0, **extra}
 
+        if records is not held_out:  # the validation split: its own records in the fingerprint
+            fp = fingerprint(fp, "validation", data_fp, cfg.data.val_num)
         info = run.ensure(unit, fingerprint(fp, *eval_inputs), [out_dir], work)
         return {**(read_json(out_dir / "metrics.json") if (out_dir / "metrics.json").exists() else {}), **info}
 
+    # loop.stop_patience: every model also answers the validation split, and the loop stops when it stops improving.
+    stop = StopRule(cfg.loop.stop_metric, cfg.loop.stop_patience) if cfg.loop.stop_patience else None
+    validation = load_sft(validation_path(run_dir), "val") if stop else []
+    models: dict[str | int, str] = {"base": model}
+
+    def validate(iteration: str | int, unit: str, model_path: str, fp: str, out_dir: Path) -> None:
+        """The validation evaluation of one model into ``stop`` and its row (``validation``); a unit not run
+        yet (``selfplay status`` plans without running) adds nothing."""
+        metrics = evaluate(unit, model_path, fp, out_dir, None, {}, records=validation)
+        if stop is not None and "real_loglik" in metrics:
+            rows[-1]["validation"] = stop.add(iteration, metrics)
+
     base_dir = iteration_eval_dir(run_dir, "base")
     rows: list[dict[str, Any]] = [{"iteration": "base", **evaluate("eval/base", model, model_fp, base_dir, None, {})}]
+    if stop is not None:
+        validate("base", "val/base", model, model_fp, run_dir / "val" / "base")
     if logger is not None and "eval/base" in fresh:
         logger.log(rows[0], step=0)
+    stopped_after: int | None = None
     prev_eval = base_dir / "samples.jsonl"
     by_id = {r["id"]: r for r in train}
 
@@ -289,13 +318,26 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
                      "pairs": info.get("pairs", {}).get("train_records"), "steps": info.get("steps")})
         if isinstance(info.get("kept"), dict):  # loop.select: best: which evaluation inside the iteration
             rows[-1]["kept"] = kept_text(info["kept"])
+        models[k] = model
+        if stop is not None:
+            validate(k, f"iter_{k}/val", model, model_fp, it.dir / "val")
         if logger is not None and f"iter_{k}/eval" in fresh:
             logger.log(rows[-1], step=k + 1)
         if main:
             with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
             add_evaluation(train_dir, k, rows[-1])  # the iteration's held-out metrics into its model cards
+        if stop is not None and len(stop.values) == k + 2 and stop.should_stop() and k + 1 < cfg.loop.iters:
+            stopped_after = k
+        if main:
+            if stop is not None and len(stop.values) == k + 2:
+                write_final(run_dir, stop.final(models, stopped_after, cfg.loop.iters))
             print_iteration_table(rows, method.columns)
             write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
+        if stopped_after is not None:
+            console.print(final_text(stop.final(models, stopped_after, cfg.loop.iters)), highlight=False)
+            break
     if not cfg.loop.iters and main:
+        if stop is not None and stop.values:
+            write_final(run_dir, stop.final(models, None, 0))
         write_report(run_dir, with_stats(run_dir, rows), method.columns)
     return rows

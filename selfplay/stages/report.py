@@ -15,8 +15,9 @@ from typing import Any
 
 from selfplay.evals.per_prompt import METRICS, PER_PROMPT_FILE, Table, attach_stats, read_per_prompt
 from selfplay.evals.stats_format import change_text, with_interval
-from selfplay.io import atomic_write_text, save_figure, write_jsonl
+from selfplay.io import atomic_write_text, read_json, save_figure, write_jsonl
 from selfplay.runs import RunState
+from selfplay.stages.loop_stop import FINAL_FILE, final_text
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 
@@ -31,6 +32,7 @@ COLUMNS: list[Column] = [
     ("sample_score", "sample score", "{:.3f}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("train_reward_acc", "train acc", "{:.2f}"),
+    ("validation", "validation", "{:.4f}"),  # loop.stop_patience: the stop metric on the validation split
     ("kept", "kept", "{}"),  # loop.select: best: the evaluation inside the iteration whose weights were kept
     ("pairs", "examples", "{}"),
     ("iteration_seconds", "gen+train s", "{:.0f}"),
@@ -272,6 +274,9 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column,
     text = f"# selfplay run: {Path(run_dir).name}\n\n" + markdown_table(rows, extra)
     if plot:
         text += "\n![iterations](plots/iterations.png)\n"
+    final = eval_dir / FINAL_FILE
+    if final.is_file():  # loop.stop_patience: which model is the run's result
+        text += "\n" + final_text(read_json(final)) + "\n"
     text += costs_table(Path(run_dir))
     atomic_write_text(eval_dir / "report.md", text)
     write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra})
