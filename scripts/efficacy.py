@@ -79,7 +79,7 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
     """docs/efficacy/NAME.json from a finished run directory."""
     import yaml
 
-    from selfplay.io import read_jsonl, write_json
+    from selfplay.io import read_json, read_jsonl, write_json
     from selfplay.stages.report import run_tables, with_stats
 
     rows = with_stats(run_dir, read_jsonl(run_dir / "eval" / "iterations.jsonl"))
@@ -87,7 +87,7 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
     metric = spec["metric"]
     keep = ("iteration", "n", metric, "real_loglik", "accuracy", "sample_accuracy", "mt_acc_t1", "mt_acc_tlast",
             "mt_oracle", "mt_majority", "mt_pass_parallel", "mt_maj_parallel", "agent_em", "agent_f1", "agent_steps",
-            "agent_finished", "train_loss", "pairs", "steps", "iteration_seconds", "seconds", "selected")
+            "agent_finished", "train_loss", "pairs", "steps", "iteration_seconds", "seconds", "selected", "validation")
     summary = {
         "name": name, "title": spec.get("title", name), "metric": metric, "baseline": spec.get("baseline"),
         "command": command, "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
@@ -96,6 +96,8 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
         "machine": {"cores": os.cpu_count(), "cpu_flags": _cpu_flags(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
         "rows": [{k: r[k] for k in keep if k in r} | {"stats": r.get("stats", {})} for r in rows],
+        # loop.stop_patience: the model the run chose on its validation split, and where it stopped
+        "final": read_json(run_dir / "eval" / "final.json") if (run_dir / "eval" / "final.json").is_file() else None,
         "per_prompt": {str(r["iteration"]): {pid: v.get(_column(metric)) for pid, v in (t or {}).items()}
                        for r, t in zip(rows, tables)},
     }
@@ -168,8 +170,9 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
                   f"({', '.join(s['machine']['cpu_flags']) or 'no vector flags read'}), load average before/after "
                   f"{_load(s['load_average'])}; commit `{s['commit'][:10]}`{' (uncommitted changes)' if s['dirty'] else ''}, "
                   f"{s['date']}.", ""]
+        validated = any(row.get("validation") is not None for row in s["rows"])
         header = ["iteration", s["metric"], "Δ base"] + ([f"Δ SFT ({baseline['name']})"] if baseline else []) + \
-                 ["real loglik", "gen+train s"]
+                 ["real loglik"] + (["validation"] if validated else []) + ["gen+train s"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in s["rows"]:
             st = row["stats"].get(s["metric"])
@@ -182,8 +185,14 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
                 cells.append(_fmt_change(vs["delta"], vs["lo"], vs["hi"], vs["significant"]) if vs else "–")
             ll = row["stats"].get("real_loglik")
             cells.append(_fmt_interval(row["real_loglik"], ll["lo"], ll["hi"]) if ll else "–")
+            if validated:
+                cells.append(f"{row['validation']:.3f}" if row.get("validation") is not None else "–")
             cells.append(f"{row['iteration_seconds']:.0f}" if row.get("iteration_seconds") is not None else "–")
             lines.append("| " + " | ".join(cells) + " |")
+        if s.get("final"):
+            from selfplay.stages.loop_stop import final_text
+
+            lines += ["", final_text(s["final"]).replace(str(REPO) + "/", "")]
         lines.append("")
     return "\n".join(lines)
 
