@@ -5,7 +5,7 @@ Layers, highest first (a module may import its own layer or any lower one, never
 
     cli  ->  stages  ->  evals, methods, htmlreport, model_card  ->  judges  ->  envs  ->  core  ->  data  ->  base
 
-where *base* is the top-level modules (config, config_ranges, config_tree, errors, hardware, io, liveness, model_meta,
+where *base* is the top-level modules (config, config_ranges, config_tree, errors, hardware, io, liveness, loop_stop, model_meta,
 models, progress, remote, resources, runs, testing, threads, trackers). What is checked, by reading the source (nothing is
 imported):
 
@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("envs",),
     ("core",),
     ("data",),
-    ("config", "config_ranges", "config_tree", "errors", "hardware", "io", "liveness", "model_meta", "models",
+    ("config", "config_ranges", "config_tree", "errors", "hardware", "io", "liveness", "loop_stop", "model_meta", "models",
      "progress", "remote", "resources", "runs", "testing", "threads", "trackers", "__init__"),
 )
 

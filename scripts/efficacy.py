@@ -190,7 +190,7 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
             cells.append(f"{row['iteration_seconds']:.0f}" if row.get("iteration_seconds") is not None else "–")
             lines.append("| " + " | ".join(cells) + " |")
         if s.get("final"):
-            from selfplay.stages.loop_stop import final_text
+            from selfplay.loop_stop import final_text
 
             lines += ["", final_text(s["final"]).replace(str(REPO) + "/", "")]
         lines.append("")

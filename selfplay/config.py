@@ -175,7 +175,7 @@ class LoopConfig:
     patience: int = 0
     # Stop the loop after this many iterations in a row whose validation stop_metric is not above the best so
     # far (the base model's included; every model also answers the data.val_num validation prompts); the run's
-    # result is then the best model, named in eval/final.json. 0: run every iteration (selfplay/stages/loop_stop.py).
+    # result is then the best model, named in eval/final.json. 0: run every iteration (selfplay/loop_stop.py).
     stop_patience: int = 0
     # A metric of the validation evaluation, higher is better (accuracy, sample_accuracy, mean_score,
     # real_loglik, a method's own such as RISE's mt_acc_tlast or agent_em); auto: accuracy where the records have a task, else

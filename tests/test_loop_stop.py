@@ -8,7 +8,7 @@ import pytest
 
 from selfplay.errors import ConfigError
 from selfplay.io import read_json, read_jsonl
-from selfplay.stages.loop_stop import StopRule, final_text, resolve_stop_metric
+from selfplay.loop_stop import StopRule, final_text, resolve_stop_metric
 from test_select import loop_args
 
 
@@ -64,6 +64,7 @@ def test_loop_stops_after_a_worse_iteration_and_names_the_best_model(cli, tiny_m
     said = " ".join(res.output.split())  # the console wraps at its width
     assert "Result: iteration 0" in said and "stopped after iteration 1 of 3" in said
     assert "Result: iteration 0" in (run / "eval" / "report.md").read_text()
+    assert "Result: iteration 0" in (run / "eval" / "report.html").read_text()
     # The validation evaluations answered the validation records, none of the held-out ones.
     val_ids = {r["id"] for r in read_jsonl(run / "data" / "val.jsonl")}
     test_ids = {r["id"] for r in read_jsonl(run / "data" / "test.jsonl")}

@@ -27,7 +27,7 @@ from selfplay.liveness import heartbeat
 from selfplay.runs import RunState, fingerprint, output_lock
 from selfplay.progress import console
 from selfplay.stages.collect import COLLECTORS, Iteration
-from selfplay.stages.loop_stop import FINAL_FILE, StopRule, final_text
+from selfplay.loop_stop import FINAL_FILE, StopRule, final_text
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 

@@ -17,7 +17,7 @@ from selfplay.evals.per_prompt import METRICS, PER_PROMPT_FILE, Table, attach_st
 from selfplay.evals.stats_format import change_text, with_interval
 from selfplay.io import atomic_write_text, read_json, save_figure, write_jsonl
 from selfplay.runs import RunState
-from selfplay.stages.loop_stop import FINAL_FILE, final_text
+from selfplay.loop_stop import FINAL_FILE, final_text
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 

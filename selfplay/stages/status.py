@@ -185,7 +185,7 @@ def _where(unit: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     name = unit["unit"]
     head, _, stage = name.partition("/")
-    iteration = int(head.removeprefix("iter_")) if head.startswith("iter_") else ("base" if name == "eval/base" else None)
+    iteration = int(head.removeprefix("iter_")) if head.startswith("iter_") else ("base" if name in ("eval/base", "val/base") else None)
     return {"unit": name, "iteration": iteration, "stage": stage or name, "state": unit["state"]}
 
 
