@@ -24,10 +24,10 @@ from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
 from selfplay.liveness import heartbeat
-from selfplay.runs import RunState, fingerprint, output_lock
-from selfplay.progress import console
-from selfplay.stages.collect import COLLECTORS, Iteration
 from selfplay.loop_stop import FINAL_FILE, StopRule, final_text
+from selfplay.progress import console
+from selfplay.runs import RunState, fingerprint, output_lock
+from selfplay.stages.collect import COLLECTORS, Iteration
 from selfplay.trackers import MetricLogger, open_metric_logger, report_to
 
 
@@ -233,11 +233,11 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
                 logger: MetricLogger | None) -> list[dict[str, Any]]:
     """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
     evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
+    from selfplay.data.records import load_sft
     from selfplay.model_card import add_evaluation
     from selfplay.model_meta import kept_text
     from selfplay.stages.evaluate import evaluate_model
     from selfplay.stages.report import iteration_eval_dir, print_iteration_table, with_stats, write_report
-    from selfplay.data.records import load_sft
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
@@ -265,7 +265,8 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
 
     # loop.stop_patience: every model also answers the validation split, and the loop stops when it stops improving.
     stop = StopRule(cfg.loop.stop_metric, cfg.loop.stop_patience) if cfg.loop.stop_patience else None
-    validation = load_sft(validation_path(run_dir), "val") if stop else []
+    # (The file exists once data/val is done; `selfplay status` may plan a run whose split is not written yet.)
+    validation = load_sft(validation_path(run_dir), "val") if stop and validation_path(run_dir).is_file() else []
     models: dict[str | int, str] = {"base": model}
 
     def validate(iteration: str | int, unit: str, model_path: str, fp: str, out_dir: Path) -> None:
@@ -323,13 +324,13 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
             validate(k, f"iter_{k}/val", model, model_fp, it.dir / "val")
         if logger is not None and f"iter_{k}/eval" in fresh:
             logger.log(rows[-1], step=k + 1)
+        decided = stop is not None and len(stop.values) == k + 2  # base + every iteration evaluated on validation
+        if decided and stop.should_stop() and k + 1 < cfg.loop.iters:
+            stopped_after = k
         if main:
             with_stats(run_dir, rows)  # intervals and paired changes vs base, from the per-prompt files
             add_evaluation(train_dir, k, rows[-1])  # the iteration's held-out metrics into its model cards
-        if stop is not None and len(stop.values) == k + 2 and stop.should_stop() and k + 1 < cfg.loop.iters:
-            stopped_after = k
-        if main:
-            if stop is not None and len(stop.values) == k + 2:
+            if decided:
                 write_final(run_dir, stop.final(models, stopped_after, cfg.loop.iters))
             print_iteration_table(rows, method.columns)
             write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
