@@ -4,9 +4,9 @@ Self-play iterations do not improve a model without end: in our CPU experiments 
 iterative DPO and SPIN for agents each lose ground in a later iteration after a good one. With
 ``loop.stop_patience: p`` the loop evaluates the base model and every iteration's model on the validation split
 (``data.val_num`` training records set aside, never a held-out test prompt), and stops after p iterations in a
-row whose ``loop.stop_metric`` is not above the best so far (an accuracy tie goes to the
-higher log-likelihood of the real answers, as ``loop.select`` breaks it). The run's result is then the best model seen, the
-base model included: ``eval/final.json`` names it, and the table's ``validation`` column shows every value.
+row whose ``loop.stop_metric`` is not above the best so far (an accuracy tie goes to the higher log-likelihood of
+the real answers, as ``loop.select`` breaks it). The run's result is then the best model seen, the base model
+included: ``eval/final.json`` names it, and the table's ``validation`` column shows every value.
 
 The decision is a pure function of the recorded validation metrics, so a resumed run reaches the same one without
 evaluating anything again.
