@@ -79,7 +79,8 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
     """docs/efficacy/NAME.json from a finished run directory."""
     import yaml
 
-    from selfplay.io import read_json, read_jsonl, write_json
+    from selfplay.io import read_jsonl, write_json
+    from selfplay.loop_stop import read_final
     from selfplay.stages.report import run_tables, with_stats
 
     rows = with_stats(run_dir, read_jsonl(run_dir / "eval" / "iterations.jsonl"))
@@ -97,7 +98,7 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
         "rows": [{k: r[k] for k in keep if k in r} | {"stats": r.get("stats", {})} for r in rows],
         # loop.stop_patience: the model the run chose on its validation split, and where it stopped
-        "final": read_json(run_dir / "eval" / "final.json") if (run_dir / "eval" / "final.json").is_file() else None,
+        "final": read_final(run_dir),
         "per_prompt": {str(r["iteration"]): {pid: v.get(_column(metric)) for pid, v in (t or {}).items()}
                        for r, t in zip(rows, tables)},
     }

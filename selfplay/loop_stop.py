@@ -15,11 +15,24 @@ evaluating anything again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selfplay.errors import ConfigError
+from selfplay.io import read_json
 
 FINAL_FILE = "final.json"  # under run_dir/eval/
+
+
+def final_path(run_dir: str | Path) -> Path:
+    """``run_dir/eval/final.json``: the run's result under ``loop.stop_patience``."""
+    return Path(run_dir) / "eval" / FINAL_FILE
+
+
+def read_final(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's recorded result (:meth:`StopRule.final`), or None for a run without ``loop.stop_patience``."""
+    path = final_path(run_dir)
+    return read_json(path) if path.is_file() else None
 
 
 def resolve_stop_metric(setting: str, metrics: dict[str, Any]) -> str:

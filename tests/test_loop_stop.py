@@ -81,6 +81,12 @@ def test_loop_stops_after_a_worse_iteration_and_names_the_best_model(cli, tiny_m
     assert (run / "iter_1" / "val" / "metrics.json").stat().st_mtime_ns == mtime and not (run / "iter_2").exists()
     assert read_json(run / "eval" / "final.json") == final
 
+    # Rerun without the stop (only iteration 0 asked for): the earlier result no longer describes the run.
+    res = cli(loop_args(tiny_model, run, "--set", "data.val_num=4", "--set", 'loop.schedule={"train.lr": [3e-3, 1.0]}',
+                        iters=1))
+    assert res.exit_code == 0, res.output
+    assert not (run / "eval" / "final.json").exists() and "Result:" not in (run / "eval" / "report.md").read_text()
+
 
 def test_stop_settings_are_checked_before_any_output(cli, tiny_model, tmp_path):
     res = cli(loop_args(tiny_model, tmp_path / "a", "--set", "loop.stop_patience=1"))

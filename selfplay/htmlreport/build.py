@@ -15,8 +15,7 @@ from selfplay.htmlreport import runs as R
 from selfplay.htmlreport.charts import Series, line_chart
 from selfplay.htmlreport.markup import Html, el, fold, page
 from selfplay.htmlreport.views import EVAL_VIEWS, Checker, Training, render_eval_row, render_record
-from selfplay.io import read_json
-from selfplay.loop_stop import FINAL_FILE, final_text
+from selfplay.loop_stop import final_text, read_final
 
 Column = tuple[str, str, str]  # (row key, title, format), as in selfplay.stages.report
 # Records shown per file and iteration; the rest are a link away (the JSONL).
@@ -207,9 +206,9 @@ def render_run(run_dir: Path, rows: list[dict[str, Any]], columns: list[Column],
                max_prompts: int = MAX_PROMPTS, seed: int = 0) -> Html:
     run_dir = Path(run_dir)
     cfg = R.load_config(run_dir)
-    final = run_dir / "eval" / FINAL_FILE  # loop.stop_patience: the model the run chose on validation
+    final = read_final(run_dir)  # loop.stop_patience: the model the run chose on validation
     metrics = [el("h2", "Metrics on held-out prompts"), metrics_table(rows, columns) if rows else None,
-               el("p", final_text(read_json(final)), class_="final") if final.is_file() else None,
+               el("p", final_text(final), class_="final") if final is not None else None,
                metric_charts({"": rows}, columns, plotted) if rows else None, train_chart(run_dir),
                train_chart(run_dir, "eval/accuracy"), train_chart(run_dir, "eval/real_loglik")]
     body = [el("section", metrics, id="metrics")]

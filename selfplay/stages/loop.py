@@ -24,7 +24,7 @@ from selfplay.io import read_json, read_jsonl, write_json, write_jsonl
 from selfplay.methods import get_method
 from selfplay.methods.base import Method
 from selfplay.liveness import heartbeat
-from selfplay.loop_stop import FINAL_FILE, StopRule, final_text
+from selfplay.loop_stop import StopRule, final_path, final_text
 from selfplay.progress import console
 from selfplay.runs import RunState, fingerprint, output_lock
 from selfplay.stages.collect import COLLECTORS, Iteration
@@ -90,7 +90,7 @@ def _validation_split(cfg: Config, run: RunState, train: list[dict[str, Any]], d
 
 def write_final(run_dir: Path, final: dict[str, Any]) -> None:
     """``eval/final.json``: the run's result under ``loop.stop_patience`` (the best model on validation)."""
-    write_json(Path(run_dir) / "eval" / FINAL_FILE, final)
+    write_json(final_path(run_dir), final)
 
 
 def iteration_prompt_ids(cfg: Config, train: list[dict[str, Any]], k: int) -> list[str]:
@@ -265,6 +265,8 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
 
     # loop.stop_patience: every model also answers the validation split, and the loop stops when it stops improving.
     stop = StopRule(cfg.loop.stop_metric, cfg.loop.stop_patience) if cfg.loop.stop_patience else None
+    if stop is None and main:  # a rerun without the stop: an earlier run's result no longer describes this one
+        final_path(run_dir).unlink(missing_ok=True)
     # (The file exists once data/val is done; `selfplay status` may plan a run whose split is not written yet.)
     validation = load_sft(validation_path(run_dir), "val") if stop and validation_path(run_dir).is_file() else []
     models: dict[str | int, str] = {"base": model}

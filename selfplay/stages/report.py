@@ -15,9 +15,9 @@ from typing import Any
 
 from selfplay.evals.per_prompt import METRICS, PER_PROMPT_FILE, Table, attach_stats, read_per_prompt
 from selfplay.evals.stats_format import change_text, with_interval
-from selfplay.io import atomic_write_text, read_json, save_figure, write_jsonl
+from selfplay.io import atomic_write_text, save_figure, write_jsonl
+from selfplay.loop_stop import final_text, read_final
 from selfplay.runs import RunState
-from selfplay.loop_stop import FINAL_FILE, final_text
 
 Column = tuple[str, str, str]  # (row key, column title, format)
 
@@ -274,9 +274,9 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column,
     text = f"# selfplay run: {Path(run_dir).name}\n\n" + markdown_table(rows, extra)
     if plot:
         text += "\n![iterations](plots/iterations.png)\n"
-    final = eval_dir / FINAL_FILE
-    if final.is_file():  # loop.stop_patience: which model is the run's result
-        text += "\n" + final_text(read_json(final)) + "\n"
+    final = read_final(run_dir)
+    if final is not None:  # loop.stop_patience: which model is the run's result
+        text += "\n" + final_text(final) + "\n"
     text += costs_table(Path(run_dir))
     atomic_write_text(eval_dir / "report.md", text)
     write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra})
