@@ -87,7 +87,7 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
     tables = run_tables(run_dir, rows)
     metric = spec["metric"]
     keep = ("iteration", "n", metric, "real_loglik", "accuracy", "sample_accuracy", "mt_acc_t1", "mt_acc_tlast",
-            "mt_oracle", "mt_majority", "mt_pass_parallel", "mt_maj_parallel", "agent_em", "agent_f1", "agent_steps",
+            "mt_oracle", "mt_majority", "mt_fixed", "mt_broken", "mt_pass_parallel", "mt_maj_parallel", "agent_em", "agent_f1", "agent_steps",
             "agent_finished", "train_loss", "pairs", "steps", "iteration_seconds", "seconds", "selected", "validation")
     summary = {
         "name": name, "title": spec.get("title", name), "metric": metric, "baseline": spec.get("baseline"),
@@ -173,7 +173,7 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
                   f"{s['date']}.", ""]
         validated = any(row.get("validation") is not None for row in s["rows"])
         header = ["iteration", s["metric"], "Δ base"] + ([f"Δ SFT ({baseline['name']})"] if baseline else []) + \
-                 ["real loglik"] + (["validation"] if validated else []) + ["gen+train s"]
+                 ["real loglik"] + ([_validation_header(s)] if validated else []) + ["gen+train s"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in s["rows"]:
             st = row["stats"].get(s["metric"])
@@ -196,6 +196,13 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
             lines += ["", final_text(s["final"]).replace(str(REPO) + "/", "")]
         lines.append("")
     return "\n".join(lines)
+
+
+def _validation_header(summary: dict[str, Any]) -> str:
+    """The validation column's heading: its metric (loop.stop_metric) and its number of problems."""
+    metric = (summary.get("final") or {}).get("metric", "stop metric")
+    n = (summary["config"].get("data") or {}).get("val_num", "?")
+    return f"validation {metric} (n = {n})"
 
 
 def _minutes(seconds: float | None) -> str:

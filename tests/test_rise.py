@@ -202,9 +202,16 @@ def test_sequential_evaluation_metrics_exactly() -> None:
     # majority over turns <= t (ties: first seen): t1 p0,p3 right; t2 p0 (1 vs 9 tie -> 1), p1 (5 vs 2 -> 5 wrong),
     # p2 (7 only) wrong, p3 (4 vs 8 -> 4) right; t3 p0 9 wins, p1 2 wins, p2 7 vs 3 -> 7, p3 8 wins
     assert seq["majority"] == [0.5, 0.5, 0.25]
+    # Turn against turn: t2 fixes p1 and breaks p0, p3; t3 fixes p2. Turn 1 -> 3: p1, p2 fixed; p0, p3 broken.
+    assert seq["fixed"] == [0.0, 0.25, 0.25] and seq["broken"] == [0.0, 0.5, 0.0]
+    assert [a - b for a, b in zip(seq["acc"][1:], seq["acc"])] == [f - b for f, b in zip(seq["fixed"][1:],
+                                                                                         seq["broken"][1:])]
+    assert seq["first_to_last"] == {"fixed": 0.5, "broken": 0.5}
     # Per problem, the iteration-table columns (0/1), from which intervals and paired changes are computed.
-    assert m["outcomes"]["p0"] == {"mt_acc_t1": 1.0, "mt_acc_tlast": 0.0, "mt_oracle": 1.0, "mt_majority": 0.0}
-    assert m["outcomes"]["p2"] == {"mt_acc_t1": 0.0, "mt_acc_tlast": 1.0, "mt_oracle": 1.0, "mt_majority": 0.0}
+    assert m["outcomes"]["p0"] == {"mt_acc_t1": 1.0, "mt_acc_tlast": 0.0, "mt_oracle": 1.0, "mt_majority": 0.0,
+                                   "mt_fixed": 0.0, "mt_broken": 1.0}
+    assert m["outcomes"]["p2"] == {"mt_acc_t1": 0.0, "mt_acc_tlast": 1.0, "mt_oracle": 1.0, "mt_majority": 0.0,
+                                   "mt_fixed": 1.0, "mt_broken": 0.0}
     assert [sum(o["mt_acc_tlast"] for o in m["outcomes"].values()) / 4] == seq["acc"][-1:]
     # the context window of 2 keeps only the previous attempt, and the feedback never says "correct"
     third_turn_prompts = policy.seen[8:]

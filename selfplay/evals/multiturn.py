@@ -83,12 +83,17 @@ def majority_correct(env: AnswerEnv, answers: list[str], gold: str) -> bool:
 
 def sequential_outcomes(env: AnswerEnv, record: dict[str, Any], result: dict[str, Any]) -> dict[str, list[float]]:
     """One problem's sequential episode, per turn t = 1..T (1.0 or 0.0): ``acc`` (turn t correct),
-    ``oracle`` (some turn <= t correct), ``majority`` (the majority answer of turns <= t correct)."""
+    ``oracle`` (some turn <= t correct), ``majority`` (the majority answer of turns <= t correct), and what
+    RISE trains for, per turn against the turn before (0.0 at turn 1): ``fixed`` (wrong at t−1, right at t)
+    and ``broken`` (right at t−1, wrong at t). acc[t] − acc[t−1] = fixed[t] − broken[t]."""
     turns = len(result["answers"])
-    return {"acc": [float(result["rewards"][t] == 1.0) for t in range(turns)],
+    acc = [float(result["rewards"][t] == 1.0) for t in range(turns)]
+    return {"acc": acc,
             "oracle": [float(any(x == 1.0 for x in result["rewards"][:t])) for t in range(1, turns + 1)],
             "majority": [float(majority_correct(env, result["answers"][:t], env.gold(record)))
-                         for t in range(1, turns + 1)]}
+                         for t in range(1, turns + 1)],
+            "fixed": [0.0] + [float(acc[t - 1] == 0.0 and acc[t] == 1.0) for t in range(1, turns)],
+            "broken": [0.0] + [float(acc[t - 1] == 1.0 and acc[t] == 0.0) for t in range(1, turns)]}
 
 
 def parallel_outcomes(env: AnswerEnv, record: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
@@ -98,11 +103,20 @@ def parallel_outcomes(env: AnswerEnv, record: dict[str, Any], result: dict[str, 
 
 
 def sequential_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict:
-    """Per turn t = 1..T: ``acc``, ``oracle``, ``majority`` over the problems (lists of length T)."""
+    """Per turn t = 1..T, shares of the problems (lists of length T): ``acc``, ``oracle``, ``majority``,
+    ``fixed``, ``broken`` (:func:`sequential_outcomes`); and ``first_to_last``: the shares wrong at turn 1 and
+    right at turn T (``fixed``) and right at turn 1 and wrong at turn T (``broken``) — whether later turns
+    correct answers without an oracle, or only churn them."""
     outcomes = [sequential_outcomes(env, rec, r) for r, rec in zip(results, records)]
     turns = len(results[0]["answers"]) if results else 0
     n = max(1, len(results))
-    return {key: [sum(o[key][t] for o in outcomes) / n for t in range(turns)] for key in ("acc", "oracle", "majority")}
+    metrics: dict[str, Any] = {key: [sum(o[key][t] for o in outcomes) / n for t in range(turns)]
+                               for key in ("acc", "oracle", "majority", "fixed", "broken")}
+    if turns:
+        metrics["first_to_last"] = {
+            "fixed": sum(o["acc"][0] == 0.0 and o["acc"][-1] == 1.0 for o in outcomes) / n,
+            "broken": sum(o["acc"][0] == 1.0 and o["acc"][-1] == 0.0 for o in outcomes) / n}
+    return metrics
 
 
 def parallel_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict:
@@ -149,6 +163,8 @@ def table_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     seq = metrics["sequential"]
     row = {"mt_acc_t1": seq["acc"][0], "mt_acc_tlast": seq["acc"][-1], "mt_oracle": seq["oracle"][-1],
            "mt_majority": seq["majority"][-1], "mt_problems": metrics["problems"]}
+    if "first_to_last" in seq:
+        row.update(mt_fixed=seq["first_to_last"]["fixed"], mt_broken=seq["first_to_last"]["broken"])
     if "parallel" in metrics:
         row.update(mt_pass_parallel=metrics["parallel"]["pass"], mt_maj_parallel=metrics["parallel"]["majority"])
     return row
@@ -157,7 +173,9 @@ def table_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def table_outcomes(outcomes: dict[str, Any]) -> dict[str, float]:
     """One problem's values of the iteration-table columns (:func:`table_metrics`), from its ``outcomes``."""
     row = {"mt_acc_t1": outcomes["acc"][0], "mt_acc_tlast": outcomes["acc"][-1], "mt_oracle": outcomes["oracle"][-1],
-           "mt_majority": outcomes["majority"][-1]}
+           "mt_majority": outcomes["majority"][-1],
+           "mt_fixed": float(outcomes["acc"][0] == 0.0 and outcomes["acc"][-1] == 1.0),
+           "mt_broken": float(outcomes["acc"][0] == 1.0 and outcomes["acc"][-1] == 0.0)}
     if "parallel" in outcomes:
         row.update(mt_pass_parallel=outcomes["parallel"]["pass"], mt_maj_parallel=outcomes["parallel"]["majority"])
     return row
@@ -173,6 +191,11 @@ def _wilson_cell(p: float, n: int) -> str:
     return with_interval(p, wilson_interval(round(p * n), n).as_dict(), "{:.3f}")
 
 
+def _share(p: float, n: int) -> str:
+    """``0.125 (8)``: a share of n problems with its count."""
+    return f"{p:.3f} ({round(p * n)})"
+
+
 def print_multiturn(metrics: dict[str, Any], title: str = "multi-turn evaluation") -> None:
     """The per-turn table: turn, accuracy, with oracle, majority (and the parallel line)."""
     from rich.table import Table
@@ -184,11 +207,18 @@ def print_multiturn(metrics: dict[str, Any], title: str = "multi-turn evaluation
     console.print(f"{title} ({metrics['env']}, n = {n} problems, context window {metrics['context_window']}; "
                   "95% Wilson intervals)", style="bold", highlight=False)
     table = Table()
-    for name in ("turn", "accuracy", "with oracle", "majority (no oracle)"):
+    for name in ("turn", "accuracy", "with oracle", "majority (no oracle)", "wrong→right", "right→wrong"):
         table.add_column(name, justify="right")
-    for t, (a, o, m) in enumerate(zip(seq["acc"], seq["oracle"], seq["majority"]), start=1):
-        table.add_row(str(t), _wilson_cell(a, n), _wilson_cell(o, n), _wilson_cell(m, n))
+    # Runs written before the transitions were counted have no fixed/broken lists.
+    fixed, broken = seq.get("fixed", [None] * len(seq["acc"])), seq.get("broken", [None] * len(seq["acc"]))
+    for t, (a, o, m, f, b) in enumerate(zip(seq["acc"], seq["oracle"], seq["majority"], fixed, broken), start=1):
+        moves = ("", "") if t == 1 or f is None else (_share(f, n), _share(b, n))
+        table.add_row(str(t), _wilson_cell(a, n), _wilson_cell(o, n), _wilson_cell(m, n), *moves)
     console.print(table)
+    if "first_to_last" in seq and len(seq["acc"]) > 1:
+        moved = seq["first_to_last"]
+        console.print(f"turn 1 → turn {len(seq['acc'])}: {_share(moved['fixed'], n)} of the problems went from wrong "
+                      f"to right, {_share(moved['broken'], n)} from right to wrong", highlight=False)
     if "parallel" in metrics:
         p = metrics["parallel"]
         console.print(f"parallel, {p['samples']} samples of turn 1 (n = {n} problems): pass@{p['samples']} "

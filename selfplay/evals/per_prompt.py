@@ -13,9 +13,11 @@ The columns, and the table metric each one gives (its mean over prompts, except 
 - ``real_logp``, ``real_tokens``: summed log-prob of the real answer's scored tokens, and their number ->
   real_loglik = Σ real_logp / Σ real_tokens (a ratio of sums)
 - ``spin_margin``: the SPIN log-ratio margin against the previous iterate (iterations only) -> spin_margin
-- ``mt_acc_t1``, ``mt_acc_tlast``, ``mt_oracle``, ``mt_majority``, ``mt_pass_parallel``, ``mt_maj_parallel``
+- ``mt_acc_t1``, ``mt_acc_tlast``, ``mt_oracle``, ``mt_majority``, ``mt_fixed``, ``mt_broken``, ``mt_pass_parallel``,
+  ``mt_maj_parallel``
   (RISE, 0/1 per problem): turn 1 correct, turn T correct, some turn correct (oracle), the majority answer of
-  the T turns correct, any of the n parallel samples correct, their majority answer correct
+  the T turns correct, wrong at turn 1 and right at turn T, right at turn 1 and wrong at turn T, any of the n
+  parallel samples correct, their majority answer correct
 - ``agent_em`` (0/1), ``agent_f1``, ``agent_steps``, ``agent_finished`` (0/1): per episode
 
 Intervals (:mod:`selfplay.evals.stats`): a proportion (``accuracy``, ``sample_accuracy``, ``mt_*``,
@@ -71,8 +73,8 @@ METRICS: dict[str, MetricSpec] = {
     "mean_score": _m("mean_score"),
     "sample_accuracy": _p("sample_accuracy"),
     "sample_score": _m("sample_score"),
-    **{key: _p(key) for key in ("mt_acc_t1", "mt_acc_tlast", "mt_oracle", "mt_majority", "mt_pass_parallel",
-                                "mt_maj_parallel")},
+    **{key: _p(key) for key in ("mt_acc_t1", "mt_acc_tlast", "mt_oracle", "mt_majority", "mt_fixed", "mt_broken",
+                                "mt_pass_parallel", "mt_maj_parallel")},
     "agent_em": _p("agent_em"),
     "agent_f1": _m("agent_f1"),
     "agent_steps": _m("agent_steps", task=False),

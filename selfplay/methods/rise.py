@@ -200,6 +200,7 @@ METHOD = Method(
     names=("response", "response"),
     columns=(("mt_acc_t1", "acc@t1", "{:.3f}"), ("mt_acc_tlast", "acc@tT", "{:.3f}"),
              ("mt_oracle", "oracle@T", "{:.3f}"), ("mt_majority", "maj@T", "{:.3f}"),
+             ("mt_fixed", "wrong@t1→right@tT", "{:.3f}"), ("mt_broken", "right@t1→wrong@tT", "{:.3f}"),
              ("mt_pass_parallel", "pass@n", "{:.3f}"), ("mt_maj_parallel", "maj@n", "{:.3f}")),
     evaluations=("multiturn",),
     check=_check,
