@@ -178,8 +178,8 @@ class LoopConfig:
     # result is then the best model, named in eval/final.json. 0: run every iteration (selfplay/loop_stop.py).
     stop_patience: int = 0
     # A metric of the validation evaluation, higher is better (accuracy, sample_accuracy, mean_score,
-    # real_loglik, a method's own such as RISE's mt_acc_tlast or agent_em); auto: accuracy where the records have a task, else
-    # real_loglik.
+    # real_loglik, a method's own such as RISE's mt_acc_tlast or agent_em); auto: the method's target metric (RISE:
+    # mt_acc_tlast, agent methods: agent_em), else accuracy where the records have a task, else real_loglik.
     stop_metric: str = "auto"
 
 

@@ -35,11 +35,15 @@ def read_final(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def resolve_stop_metric(setting: str, metrics: dict[str, Any]) -> str:
-    """The metric key ``loop.stop_metric`` names in a validation evaluation's ``metrics``: auto is the task
+def resolve_stop_metric(setting: str, metrics: dict[str, Any], target: str | None = None) -> str:
+    """The metric key ``loop.stop_metric`` names in a validation evaluation's ``metrics``: auto is the method's
+    ``target`` metric where the evaluation has it (RISE: mt_acc_tlast; agents: agent_em), else the task
     accuracy where the records have a task, else the real answers' log-likelihood."""
     if setting == "auto":
-        return "accuracy" if isinstance(metrics.get("accuracy"), (int, float)) else "real_loglik"
+        for key in (target, "accuracy"):
+            if key is not None and isinstance(metrics.get(key), (int, float)):
+                return key
+        return "real_loglik"
     if not isinstance(metrics.get(setting), (int, float)):
         numeric = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         raise ConfigError(f"loop.stop_metric '{setting}' is not a metric of this run's validation evaluation; "
@@ -53,6 +57,7 @@ class StopRule:
 
     setting: str  # loop.stop_metric as configured
     patience: int  # loop.stop_patience (> 0)
+    target: str | None = None  # the method's target metric, which auto prefers (Method.target_metric)
     metric: str | None = None  # resolved on the first value
     # (iteration, comparison key): the metric, then (as loop.select breaks accuracy ties) the real answers'
     # log-likelihood; higher is better.
@@ -61,7 +66,7 @@ class StopRule:
     def add(self, iteration: str | int, metrics: dict[str, Any]) -> float:
         """Record one validation evaluation; returns its value of the stop metric."""
         if self.metric is None:
-            self.metric = resolve_stop_metric(self.setting, metrics)
+            self.metric = resolve_stop_metric(self.setting, metrics, self.target)
         key = [metrics.get(m) for m in dict.fromkeys((self.metric, "real_loglik"))]
         if not all(isinstance(v, (int, float)) for v in key):
             raise ConfigError(f"loop.stop_metric '{self.metric}' is missing from iteration {iteration}'s "

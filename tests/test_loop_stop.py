@@ -9,6 +9,7 @@ import pytest
 from selfplay.errors import ConfigError
 from selfplay.io import read_json, read_jsonl
 from selfplay.loop_stop import StopRule, final_text, resolve_stop_metric
+from selfplay.methods import get_method
 from test_select import loop_args
 
 
@@ -40,6 +41,12 @@ def test_stop_rule_counts_evaluations_since_the_best_and_breaks_ties_by_loglik()
 def test_stop_metric_is_resolved_against_what_the_validation_evaluation_has():
     assert resolve_stop_metric("auto", {"real_loglik": -1.0, "n": 4}) == "real_loglik"
     assert resolve_stop_metric("auto", {"accuracy": 0.5, "real_loglik": -1.0}) == "accuracy"
+    # auto prefers what the method trains for (Method.target_metric) where the evaluation has it
+    rise_metrics = {"accuracy": 0.5, "mt_acc_tlast": 0.2, "real_loglik": -1.0}
+    assert resolve_stop_metric("auto", rise_metrics, get_method("rise").target_metric) == "mt_acc_tlast"
+    assert resolve_stop_metric("auto", {"accuracy": 0.5}, get_method("spin-agent").target_metric) == "accuracy"
+    assert resolve_stop_metric("auto", rise_metrics, get_method("spin").target_metric) == "accuracy"
+    assert StopRule("auto", 1, "mt_acc_tlast").add("base", rise_metrics) == 0.2
     assert resolve_stop_metric("mt_acc_tlast", {"mt_acc_tlast": 0.1, "real_loglik": -1.0}) == "mt_acc_tlast"
     with pytest.raises(ConfigError, match=r"'mt_acc_tlast' is not a metric.*it has: accuracy, n, real_loglik"):
         resolve_stop_metric("mt_acc_tlast", {"accuracy": 0.5, "real_loglik": -1.0, "n": 4, "task": "arith"})

@@ -159,21 +159,22 @@ SPIN_AGENT = Method(
     summary="real ReAct trajectory vs. the agent's own, tool observations as context (SPIN + FireAct)",
     collects="trajectories", build=build_spin_agent_pairs, objective="preference", default_loss="sigmoid",
     preset=_PRESET, mixes_previous=True, names=("real", "generated"), columns=_COLUMNS, evaluations=("agent",),
-    check=_check,
+    target_metric="agent_em", check=_check,
 )
 AGENT_DPO = Method(
     name="agent-dpo",
     summary="DPO between the agent's reward-different trajectories of a question",
     collects="trajectories", build=build_agent_dpo_pairs, objective="preference", default_loss="sigmoid",
     preset={**_PRESET, "train": {**_PRESET["train"], "batch_size": 1}, "agent": {"samples": 2}}, columns=_COLUMNS,
-    evaluations=("agent",), check=_check_dpo,
+    evaluations=("agent",), target_metric="agent_em", check=_check_dpo,
 )
 AGENT_SFT = Method(
     name="agent-sft",
     summary="SFT on the agent's successful trajectories (FireAct-style)",
     collects="trajectories", build=build_agent_sft, objective="likelihood", default_loss="sft",
     preset=_SFT_PRESET,
-    names=("response", "response"), columns=_COLUMNS, evaluations=("agent",), check=_check,
+    names=("response", "response"), columns=_COLUMNS, evaluations=("agent",), target_metric="agent_em",
+    check=_check,
 )
 
 

@@ -49,6 +49,9 @@ class Method:
     names: tuple[str, str] = ("chosen", "rejected")
     columns: tuple[Column, ...] = ()
     evaluations: tuple[str, ...] = ()
+    # The evaluation metric that says whether the method did what it trains for (RISE: turn-T accuracy without
+    # an oracle); ``loop.stop_metric: auto`` watches it where the evaluation has it. None: the task accuracy.
+    target_metric: str | None = None
     # Extra config checks, run when the config is built (before any model is loaded).
     check: Callable[[Config], None] | None = None
     # False for methods that train a judge once (``selfplay train``), which ``loop`` refuses.

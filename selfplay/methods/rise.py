@@ -203,6 +203,7 @@ METHOD = Method(
              ("mt_fixed", "wrong@t1→right@tT", "{:.3f}"), ("mt_broken", "right@t1→wrong@tT", "{:.3f}"),
              ("mt_pass_parallel", "pass@n", "{:.3f}"), ("mt_maj_parallel", "maj@n", "{:.3f}")),
     evaluations=("multiturn",),
+    target_metric="mt_acc_tlast",
     check=_check,
 )
 

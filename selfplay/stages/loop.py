@@ -264,7 +264,8 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
         return {**(read_json(out_dir / "metrics.json") if (out_dir / "metrics.json").exists() else {}), **info}
 
     # loop.stop_patience: every model also answers the validation split, and the loop stops when it stops improving.
-    stop = StopRule(cfg.loop.stop_metric, cfg.loop.stop_patience) if cfg.loop.stop_patience else None
+    stop = (StopRule(cfg.loop.stop_metric, cfg.loop.stop_patience, method.target_metric)
+            if cfg.loop.stop_patience else None)
     if stop is None and main:  # a rerun without the stop: an earlier run's result no longer describes this one
         final_path(run_dir).unlink(missing_ok=True)
     # (The file exists once data/val is done; `selfplay status` may plan a run whose split is not written yet.)
