@@ -190,12 +190,38 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
                 cells.append(f"{row['validation']:.3f}" if row.get("validation") is not None else "–")
             cells.append(f"{row['iteration_seconds']:.0f}" if row.get("iteration_seconds") is not None else "–")
             lines.append("| " + " | ".join(cells) + " |")
+        lines += _also_table(s, spec.get("also") or [])
         if s.get("final"):
             from selfplay.loop_stop import final_text
 
             lines += ["", final_text(s["final"]).replace(str(REPO) + "/", "")]
         lines.append("")
     return "\n".join(lines)
+
+
+def _also_table(summary: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The manifest's ``also`` metrics (e.g. RISE's acc@t1, maj@5, wrong→right): one row per metric, one column
+    per iteration, each value with its interval and (after the base model) its paired change against the base."""
+    rows = [row for row in summary["rows"] if any(m in row for m in metrics)]
+    if not metrics or not rows:
+        return []
+    lines = ["", "Also measured on the same held-out problems:", "",
+             "| metric | " + " | ".join(str(row["iteration"]) for row in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    for metric in metrics:
+        cells = []
+        for row in rows:
+            st = row["stats"].get(metric)
+            if metric not in row:
+                cells.append("–")
+            elif not st:
+                cells.append(f"{row[metric]:.3f}")
+            else:
+                cell = _fmt_interval(row[metric], st["lo"], st["hi"])
+                if st.get("delta") is not None:
+                    cell += " · Δ " + _fmt_change(st["delta"], st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
+                cells.append(cell)
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _validation_header(summary: dict[str, Any]) -> str:

@@ -53,3 +53,22 @@ def test_page_pairs_against_the_baseline_and_never_shows_zero_effect_as_a_gain(e
     # A manifest entry without a run is listed as not run, with the command that runs it.
     assert "Not run in this release" in page.split("## RISE recipe")[1]
     assert "python scripts/efficacy.py run rise" in page
+
+
+def test_also_metrics_show_their_intervals_and_changes(efficacy):
+    """A manifest's ``also`` metrics (RISE: acc@t1, wrong→right, ...) get a table: value [lo, hi] per iteration
+    and, after the base model, the paired change — bold only when its interval excludes 0."""
+    ids = [f"p{i}" for i in range(10)]
+    half = {i: float(k % 2) for k, i in enumerate(ids)}
+    summary = _summary("rise", {"base": half, "0": half}, {"base": {"lo": 0.2, "hi": 0.8},
+                                                            "0": {"lo": 0.2, "hi": 0.8, "delta": 0.0, "delta_lo": -0.2,
+                                                                  "delta_hi": 0.2, "significant": False}})
+    summary["rows"][0].update(mt_fixed=0.0, stats={**summary["rows"][0]["stats"], "mt_fixed": {"lo": 0.0, "hi": 0.1}})
+    summary["rows"][1].update(mt_fixed=0.3, stats={**summary["rows"][1]["stats"], "mt_fixed": {
+        "lo": 0.2, "hi": 0.4, "delta": 0.3, "delta_lo": 0.2, "delta_hi": 0.4, "significant": True}})
+    manifest = {"rise": {"title": "rise", "config": "c/rise.yaml", "also": ["mt_fixed", "mt_broken"]}}
+    page = efficacy.render_page({"rise": summary}, manifest)
+    table = page.split("Also measured")[1]
+    assert "| metric | base | 0 |" in table
+    assert "| mt_fixed | 0.000 [0.000, 0.100] | 0.300 [0.200, 0.400] · Δ **+0.300 [+0.200, +0.400]** |" in table
+    assert "| mt_broken | – | – |" in table  # a metric the run did not record is a dash, not a zero
