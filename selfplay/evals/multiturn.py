@@ -113,10 +113,14 @@ def sequential_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: l
     metrics: dict[str, Any] = {key: [sum(o[key][t] for o in outcomes) / n for t in range(turns)]
                                for key in ("acc", "oracle", "majority", "fixed", "broken")}
     if turns:
-        metrics["first_to_last"] = {
-            "fixed": sum(o["acc"][0] == 0.0 and o["acc"][-1] == 1.0 for o in outcomes) / n,
-            "broken": sum(o["acc"][0] == 1.0 and o["acc"][-1] == 0.0 for o in outcomes) / n}
+        moves = [first_to_last(o["acc"]) for o in outcomes]
+        metrics["first_to_last"] = {"fixed": sum(f for f, _ in moves) / n, "broken": sum(b for _, b in moves) / n}
     return metrics
+
+
+def first_to_last(acc: list[float]) -> tuple[float, float]:
+    """(wrong at turn 1 and right at turn T, right at turn 1 and wrong at turn T), each 1.0 or 0.0."""
+    return float(acc[0] == 0.0 and acc[-1] == 1.0), float(acc[0] == 1.0 and acc[-1] == 0.0)
 
 
 def parallel_metrics(env: AnswerEnv, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict:
@@ -173,9 +177,8 @@ def table_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def table_outcomes(outcomes: dict[str, Any]) -> dict[str, float]:
     """One problem's values of the iteration-table columns (:func:`table_metrics`), from its ``outcomes``."""
     row = {"mt_acc_t1": outcomes["acc"][0], "mt_acc_tlast": outcomes["acc"][-1], "mt_oracle": outcomes["oracle"][-1],
-           "mt_majority": outcomes["majority"][-1],
-           "mt_fixed": float(outcomes["acc"][0] == 0.0 and outcomes["acc"][-1] == 1.0),
-           "mt_broken": float(outcomes["acc"][0] == 1.0 and outcomes["acc"][-1] == 0.0)}
+           "mt_majority": outcomes["majority"][-1]}
+    row["mt_fixed"], row["mt_broken"] = first_to_last(outcomes["acc"])
     if "parallel" in outcomes:
         row.update(mt_pass_parallel=outcomes["parallel"]["pass"], mt_maj_parallel=outcomes["parallel"]["majority"])
     return row
