@@ -32,10 +32,7 @@ FULL: dict[str, dict[str, Any]] = {
     "batch": {"num_prompts": 128, "max_new_tokens": 32, "pairs": 2},
     "llamacpp": {"num_prompts": 64, "max_new_tokens": 64},
     "sft": {"num_examples": 8, "batch_size": 4, "max_length": 512},
-    # Rollout stages run over a data set, so ours batches questions that the anchors' loops take one at a time:
-    # 24 questions / 8 problems are still far fewer than a rollout's (6 and 4 before 2026-12-06 measured ours
-    # at batches too small to fill: 3.80x and 4.42x).
-    "rollouts": {"agent_questions": 24, "max_steps": 4, "step_tokens": 48, "rise_problems": 4, "eval_problems": 8,
+    "rollouts": {"agent_questions": 6, "max_steps": 4, "step_tokens": 48, "rise_problems": 4, "eval_problems": 4,
                  "turn_tokens": 96, "pairs": 2},
     "contention": {"prompts": 24, "max_new_tokens": 48, "rounds": 2, "batch_size": 16},
 }
