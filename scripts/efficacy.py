@@ -63,8 +63,7 @@ def run_experiment(name: str, spec: dict[str, Any], extra_sets: list[str]) -> Pa
     run_dir = RUNS / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "selfplay.cli.main", "loop", "--config", spec["config"],
-           "--run-dir", str(run_dir.relative_to(REPO)), *[a for s in extra_sets for a in ("--set", s)]]
+    cmd = [sys.executable, "-m", "selfplay.cli.main", *_loop_args(name, spec, extra_sets)]
     print(f"[efficacy] {name}: {shlex.join(cmd[2:])}", flush=True)
     load_before = _loadavg()
     t0 = time.perf_counter()
@@ -72,6 +71,13 @@ def run_experiment(name: str, spec: dict[str, Any], extra_sets: list[str]) -> Pa
     wall = time.perf_counter() - t0
     command = shlex.join(["selfplay", *cmd[3:]])
     return summarize(name, spec, run_dir, command, wall, load_before, _loadavg())
+
+
+def _loop_args(name: str, spec: dict[str, Any], extra_sets: list[str]) -> list[str]:
+    """The loop command an experiment runs (without the interpreter)."""
+    run_dir = RUNS / name
+    return ["loop", "--config", spec["config"], "--run-dir", str(run_dir.relative_to(REPO)),
+            *[a for s in extra_sets for a in ("--set", s)]]
 
 
 def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall: float | None,
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     summ = sub.add_parser("summarize", help="summarize an existing run directory of an experiment")
     summ.add_argument("name")
     summ.add_argument("run_dir", type=Path)
+    summ.add_argument("--wall-seconds", type=float, default=None,
+                      help="the run's wall time where it is known (e.g. a resumed run: the sum of its segments)")
     sub.add_parser("report", help="write docs/RESULTS-efficacy.md from docs/efficacy/*.json")
     args = parser.parse_args(argv)
     manifest = load_manifest()
@@ -260,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             run_experiment(name, manifest[name], args.set)
     elif args.command == "summarize":
-        summarize(args.name, manifest[args.name], args.run_dir, f"(summarized from {args.run_dir})", None, [], [])
-    if args.command in ("run", "report"):
+        # The experiment's own command (a rerun reproduces the run), whatever directory the run was made in.
+        command = shlex.join(["selfplay", *_loop_args(args.name, manifest[args.name], [])])
+        summarize(args.name, manifest[args.name], args.run_dir, command, args.wall_seconds, [], [])
+    if args.command in ("run", "summarize", "report"):
         summaries = {p.stem: json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))}
         PAGE.write_text(render_page(summaries, manifest) + "\n")
         print(f"[efficacy] page -> {PAGE.relative_to(REPO)}")
