@@ -93,8 +93,9 @@ def summarize(name: str, spec: dict[str, Any], run_dir: Path, command: str, wall
     tables = run_tables(run_dir, rows)
     metric = spec["metric"]
     keep = ("iteration", "n", metric, "real_loglik", "accuracy", "sample_accuracy", "mt_acc_t1", "mt_acc_tlast",
-            "mt_oracle", "mt_majority", "mt_fixed", "mt_broken", "mt_pass_parallel", "mt_maj_parallel", "agent_em", "agent_f1", "agent_steps",
-            "agent_finished", "train_loss", "pairs", "steps", "iteration_seconds", "seconds", "selected", "validation")
+            "mt_oracle", "mt_majority", "mt_fixed", "mt_broken", "mt_pass_parallel", "mt_maj_parallel", "agent_em",
+            "agent_f1", "agent_steps", "agent_finished", "train_loss", "pairs", "steps", "iteration_seconds", "seconds",
+            "selected", "validation")
     summary = {
         "name": name, "title": spec.get("title", name), "metric": metric, "baseline": spec.get("baseline"),
         "command": command, "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
@@ -224,7 +225,8 @@ def _also_table(summary: dict[str, Any], metrics: list[str]) -> list[str]:
             else:
                 cell = _fmt_interval(row[metric], st["lo"], st["hi"])
                 if st.get("delta") is not None:
-                    cell += " · Δ " + _fmt_change(st["delta"], st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
+                    change = _fmt_change(st["delta"], st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
+                    cell += f" · Δ {change}"
                 cells.append(cell)
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines
