@@ -96,3 +96,41 @@ def test_single_responses_pack_and_models_without_block_masks_stay_padded(tiny_m
         torch.testing.assert_close(lp.sequence_logps(model, lp.training_batch(model, singles, 0))[0], padded)
     model.config._attn_implementation = "flash_attention_2"  # not given a block mask: padded batches
     assert not lp.uses_packing(model) and "attention_mask" in lp.training_batch(model, singles, pad_id=0)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_evaluation_scores_each_response_as_if_alone(tiny_model, monkeypatch, packed) -> None:
+    """The evaluation's scorer (several responses per prompt, one record per prompt where the model packs)
+    gives each (prompt, response) the log-prob of the model's own forward over that pair alone, truncation
+    included: a long response cuts its prompt and is scored apart from its siblings; prompts with 3, 2 and no
+    responses share batches of 2 sequences."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import selfplay.stages.evaluate as ev
+    from selfplay.core.examples import truncate
+    from selfplay.core.samplers import encode_prompt
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    monkeypatch.setattr(ev, "uses_packing", lambda m: packed)
+    max_length = 40
+    prompts = ["Sam has 9 books and buys 2 more. How many books does Sam have now?", "What is 3 + 4?", "Hello"]
+    long = " ".join(["seven"] * 30)  # with its prompt over max_length: the prompt is cut to its last 20 tokens
+    responses = [["The answer is 11.", long, "11"], ["7", "It is 8."], []]
+    scored = ev.prompt_responses_logps(model, tok, prompts, responses, batch_size=2, max_length=max_length)
+
+    def alone(prompt: str, response: str) -> tuple[float, int]:
+        ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pid, (rid,), _ = truncate(encode_prompt(tok, prompt), [ids], max_length, max_length // 2)
+        with torch.no_grad():
+            logits = model(torch.tensor([pid + rid])).logits[0, len(pid) - 1:-1].float()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(rid)[:, None]).sum().item(), len(rid)
+
+    assert [len(s) for s in scored] == [3, 2, 0]
+    cut = truncate(encode_prompt(tok, prompts[0]), [tok(long)["input_ids"]], max_length, max_length // 2)[2]
+    assert cut  # the long response really is truncated
+    for prompt, texts, got in zip(prompts, responses, scored):
+        for text, (logp, count) in zip(texts, got):
+            want_logp, want_count = alone(prompt, text)
+            assert count == want_count
+            assert logp == pytest.approx(want_logp, abs=1e-4)
