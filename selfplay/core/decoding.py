@@ -42,31 +42,27 @@ GROUPED_ATTENTION = "selfplay_grouped"
 def grouped_query_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
                             **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Eager attention for grouped-query models without ``repeat_kv``'s copy of the whole KV cache.
+    """Attention for grouped-query models without ``repeat_kv``'s copy of the whole KV cache.
 
     query: [B, H, Q, D]; key, value: [B, KVH, T, D] with H = G * KVH (head h reads kv head h // G);
-    attention_mask: additive [B, 1, Q, T]. Returns [B, Q, H, D]. Same math as transformers' eager
-    attention (softmax in fp32; no dropout: generation only). Measured on CPU it was the fastest choice
-    for decoding through the model's forward in bf16 (vs SDPA and eager) and ties SDPA in fp32; it now
-    serves the models the lean step (:mod:`selfplay.core.fast_decode`) does not cover; multi-token
-    queries (prefill) go to PyTorch's fused SDPA kernel, whose memory grows with T, not T².
+    attention_mask: additive [B, 1, Q, T]. Returns [B, Q, H, D]. No dropout: generation only. It serves the
+    models the lean step (:mod:`selfplay.core.fast_decode`) does not cover, and is the lean step's
+    yardstick in bf16 (the same op on the same inputs).
     """
     b, h, q, d = query.shape
-    kvh, t = key.shape[1], key.shape[2]
+    kvh = key.shape[1]
     if q > 1:
-        # Prefill: the fused kernel never materialises the [B, H, Q, T] scores (the matmul path below holds
-        # two fp32 copies of them: 4.6 GB for 16 agent prompts of 2,000 tokens). The mask is additive and
+        # Prefill: the fused kernel never materialises the [B, H, Q, T] scores (two fp32 copies of them in a
+        # matmul path: 4.6 GB for 16 agent prompts of 2,000 tokens). The mask is additive and
         # finite, so a left-padding query that may attend nothing gets a uniform average, never NaN.
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
-    groups = h // kvh
-    scores = torch.matmul(query.reshape(b, kvh, groups * q, d), key.transpose(2, 3)) * scaling  # [B, KVH, G*Q, T]
-    if attention_mask is not None:
-        scores = (scores.view(b, kvh, groups, q, t) + attention_mask[:, :, None]).view(b, kvh, groups * q, t)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, value)  # [B, KVH, G*Q, D]
-    return out.view(b, h, q, d).transpose(1, 2).contiguous(), None
+    # One query: each kv head's G query heads are the G queries of one SDPA call (they share the [B, 1, 1, T]
+    # mask), as the lean decode step attends (selfplay.core.fast_decode: same op, same numbers).
+    out = F.scaled_dot_product_attention(query.reshape(b, kvh, h // kvh, d), key, value, attn_mask=attention_mask,
+                                         scale=scaling)  # [B, KVH, G, D]
+    return out.reshape(b, 1, h, d), None
 
 
 def use_grouped_attention(model: Any) -> None:
