@@ -165,7 +165,8 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     import psutil
     from test_generate import write_sft
 
-    data = write_sft(tmp_path / "sft.jsonl", 40)
+    # 40 prompts a shard: with 20 a fast worker 0 once finished its shard before worker 1 had written 2 records.
+    data = write_sft(tmp_path / "sft.jsonl", 80)
     gen = ["generate", "--model", tiny_model, "--data", data, "--n", 2, "--temperature", 1.0,
            "--max-new-tokens", 32, "--batch-size", 1, "--set", "model.dtype=float32"]
     out = tmp_path / "two"
@@ -190,16 +191,16 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     assert proc.returncode == 2 and f"worker 1 of 2 (PID {workers['0']}) was killed by SIGKILL" in err, err[-2000:]
     assert "Traceback" not in err
     before = [{r["id"] for r in read_jsonl(s, tolerate_torn_tail=True)} for s in shards]
-    assert 2 <= len(before[0]) < 20, "killed too late: the shard had finished"
+    assert 2 <= len(before[0]) < 40, "killed too late: the shard had finished"
     with pytest.raises(ProcessLookupError):
         os.kill(workers["1"], 0)  # the other worker was stopped too: nothing left writing into the shards
     with shards[0].open("a") as f:
-        f.write('{"id": "q39", "prompt_mess')  # what a kill mid-write leaves: a torn last line
+        f.write('{"id": "q79", "prompt_mess')  # what a kill mid-write leaves: a torn last line
 
     rerun = run_cli([*gen, "--out", out, "--set", "launch.num_processes=2"])
     assert "resuming" in rerun.stderr
     after = [[r["id"] for r in read_jsonl(s, tolerate_torn_tail=True)] for s in shards]
-    assert all(len(a) == len(set(a)) == 20 for a in after) and all(b <= set(a) for a, b in zip(after, before))
+    assert all(len(a) == len(set(a)) == 40 for a in after) and all(b <= set(a) for a, b in zip(after, before))
     run_cli(["generate", "merge", out, "--out", tmp_path / "two.jsonl"])
     # One worker, no kill, in fp32: the merged file is byte for byte the same (per-sample seeds survive sharding).
     run_cli([*gen, "--out", tmp_path / "one"])
