@@ -106,13 +106,22 @@ def test_evaluation_scores_each_response_as_if_alone(tiny_model, monkeypatch, pa
     responses share batches of 2 sequences."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import selfplay.core.logprobs as lp
     import selfplay.stages.evaluate as ev
     from selfplay.core.examples import truncate
     from selfplay.core.samplers import encode_prompt
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    monkeypatch.setattr(ev, "uses_packing", lambda m: packed)
+    monkeypatch.setattr(lp, "uses_packing", lambda m: packed)
+    layouts = []
+
+    def spy(*args, **kwargs):
+        batch = lp.training_batch(*args, **kwargs)
+        layouts.append("label_index" in batch)
+        return batch
+
+    monkeypatch.setattr(ev, "training_batch", spy)
     max_length = 40
     prompts = ["Sam has 9 books and buys 2 more. How many books does Sam have now?", "What is 3 + 4?", "Hello"]
     long = " ".join(["seven"] * 30)  # with its prompt over max_length: the prompt is cut to its last 20 tokens
@@ -127,6 +136,7 @@ def test_evaluation_scores_each_response_as_if_alone(tiny_model, monkeypatch, pa
         return logits.log_softmax(-1).gather(-1, torch.tensor(rid)[:, None]).sum().item(), len(rid)
 
     assert [len(s) for s in scored] == [3, 2, 0]
+    assert layouts and set(layouts) == {packed}  # the layout under test scored every batch
     cut = truncate(encode_prompt(tok, prompts[0]), [tok(long)["input_ids"]], max_length, max_length // 2)[2]
     assert cut  # the long response really is truncated
     for prompt, texts, got in zip(prompts, responses, scored):

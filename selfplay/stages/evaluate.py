@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from selfplay.config import Config
-from selfplay.core.examples import Segment, tokenize_segments, truncate
-from selfplay.core.logprobs import collate_left_padded, sequence_logps, uses_packing
-from selfplay.core.packing import collate_packed
+from selfplay.core.examples import Segment, TokenizedExample, tokenize_segments, truncate
+from selfplay.core.logprobs import sequence_logps, training_batch
 from selfplay.core.memory import release_memory
 from selfplay.evals.per_prompt import PER_PROMPT_FILE, write_per_prompt
 from selfplay.hardware import resolve_dtype_name
@@ -73,57 +72,48 @@ def prompt_responses_logps(model: Any, tok: Any, prompts: list[str], responses: 
                            batch_size: int, max_length: int) -> list[list[tuple[float, int]]]:
     """(summed log-prob, scored-token count) of every response in ``responses[i]`` given ``prompts[i]``.
 
-    Each (prompt, response) is truncated on its own, as if scored alone. Where the model takes the packed
-    layout (:func:`selfplay.core.logprobs.uses_packing`), the responses that share a prompt are scored in one
-    record with the prompt encoded once, with no padding: an evaluation's real answer, own answer and the
+    Each (prompt, response) is truncated on its own, as if scored alone; the responses that share a prompt are
+    one record of :func:`selfplay.core.logprobs.training_batch`, so where the model takes the packed layout the
+    prompt is encoded once, with no padding: an evaluation's real answer, own answer and the
     previous iterate's answer take 17,100 token positions instead of 32,704 in three left-padded passes (SPIN
     quickstart, iteration 1, 100 prompts of ~58 tokens). ``batch_size`` bounds the sequences per forward.
     """
     from selfplay.core.samplers import encode_prompt
 
-    # Records: one truncated prompt, its responses' ids and masks, and where each result goes.
-    records: list[tuple[list[int], list[list[int]], list[list[bool]], list[tuple[int, int]]]] = []
+    # One record per prompt and truncated prompt (a long response cuts its prompt, and goes apart from its
+    # siblings); ``where`` says which (prompt, response) each of a record's responses is.
+    records: list[TokenizedExample] = []
+    where: list[list[tuple[int, int]]] = []
     for i, (prompt, texts) in enumerate(zip(prompts, responses)):
-        if not texts:
-            continue
-        prompt_ids = encode_prompt(tok, prompt)
-        by_prompt: dict[tuple[int, ...], tuple[list[list[int]], list[list[bool]], list[tuple[int, int]]]] = {}
+        prompt_ids = encode_prompt(tok, prompt) if texts else []
+        by_prompt: dict[tuple[int, ...], int] = {}
         for j, text in enumerate(texts):
             ids, mask = tokenize_segments(tok, reference_segments(text))
             pid, (rid,), _ = truncate(prompt_ids, [ids], max_length, max_length // 2)
-            group = by_prompt.setdefault(tuple(pid), ([], [], []))
-            group[0].append(rid)
-            group[1].append(mask[:len(rid)])
-            group[2].append((i, j))
-        records += [(list(pid), rids, masks, where) for pid, (rids, masks, where) in by_prompt.items()]
+            if tuple(pid) not in by_prompt:
+                by_prompt[tuple(pid)] = len(records)
+                records.append(TokenizedExample(f"{i}", pid, [], []))
+                where.append([])
+            r = by_prompt[tuple(pid)]
+            records[r].responses.append(rid)
+            records[r].masks.append(mask[:len(rid)])
+            where[r].append((i, j))
     out: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(texts) for texts in responses]
-    if uses_packing(model):
-        # collate_packed takes the same number of responses per record: batch records of equal count.
-        by_count: dict[int, list[int]] = {}
-        for r, rec in enumerate(records):
-            by_count.setdefault(len(rec[1]), []).append(r)
-        batches = [(idx[s:s + max(1, batch_size // k)], k) for k, idx in by_count.items()
-                   for s in range(0, len(idx), max(1, batch_size // k))]
-        for idx, k in batches:
-            chosen = [records[r] for r in idx]
-            batch = collate_packed([c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen])
+    # A batch takes records with the same number of responses (both layouts need it), batch_size sequences.
+    by_count: dict[int, list[int]] = {}
+    for r, rec in enumerate(records):
+        by_count.setdefault(len(rec.responses), []).append(r)
+    for k, idx in by_count.items():
+        per_batch = max(1, batch_size // k)
+        for s in range(0, len(idx), per_batch):
+            chosen = idx[s:s + per_batch]
+            batch = training_batch(model, [records[r] for r in chosen], tok.pad_token_id)
             with torch.no_grad():
                 logps, ntok = sequence_logps(model, {key: v.to(model.device) for key, v in batch.items()})
-            # Output rows are response-major: row j * len(chosen) + b is response j of record b.
-            for j in range(k):
-                for b, c in enumerate(chosen):
-                    i, jj = c[3][j]
-                    out[i][jj] = (float(logps[j * len(chosen) + b]), int(ntok[j * len(chosen) + b]))
-        return out
-    flat = [(c[0], rid, mask, where) for c in records for rid, mask, where in zip(c[1], c[2], c[3])]
-    for s in range(0, len(flat), batch_size):
-        chunk = flat[s:s + batch_size]
-        batch = collate_left_padded([c[0] for c in chunk], [c[1] for c in chunk], tok.pad_token_id,
-                                    [c[2] for c in chunk])
-        with torch.no_grad():
-            logps, ntok = sequence_logps(model, {key: v.to(model.device) for key, v in batch.items()})
-        for (_, _, _, (i, j)), lp, n in zip(chunk, logps.tolist(), ntok.tolist()):
-            out[i][j] = (lp, n)
+            # Rows are response-major (row j * len(chosen) + b is response j of record b), in either layout.
+            for row, (lp, n) in enumerate(zip(logps.tolist(), ntok.tolist())):
+                i, j = where[chosen[row % len(chosen)]][row // len(chosen)]
+                out[i][j] = (lp, n)
     return out
 
 
