@@ -120,11 +120,22 @@ def worker_env(processes: int) -> dict[str, str]:
     return env
 
 
+# oneDNN keeps every kernel it builds (its primitive cache, and ideep's LRU cache in PyTorch's CPU ops), 1024
+# each by default; in bf16 each distinct GEMM shape keeps several MB (scratchpads, AMX kernels), and training on
+# packed batches or prefilling prompt groups meets a new shape almost every call. Measured on the Intel Xeon with
+# AMX: bf16 linears over 220 row counts grew RSS by 2.1 GB with the defaults, by 0.13 GB with 16; the SPIN
+# quickstart's training unit peaked at 3.67 / 3.69 GB with the defaults and 3.21 / 3.24 GB with 64, in
+# 48.2 / 53.9 s and 47.1 / 48.0 s, with identical losses (two alternating runs). fp32 kernels keep little.
+KERNEL_CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+KERNEL_CACHE_CAPACITY = 64
+
+
 def setup() -> int:
     """Configure this process's threads (idempotent; call before torch is imported where possible).
 
     Sets ``OMP_NUM_THREADS`` (torch, MKL and oneDNN read it at import) and the wait policy, and
-    ``torch.set_num_threads`` when torch is already imported. Returns the thread count.
+    ``torch.set_num_threads`` when torch is already imported; bounds oneDNN's kernel caches
+    (:data:`KERNEL_CACHE_ENV`, unless the user set them). Returns the thread count.
     """
     if _setup_done:
         return int(_setup_done["threads"])
@@ -134,6 +145,8 @@ def setup() -> int:
         os.environ.setdefault(key, value)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # HF tokenizers' thread pool
+    for key in KERNEL_CACHE_ENV:
+        os.environ.setdefault(key, str(KERNEL_CACHE_CAPACITY))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     _setup_done["threads"] = threads

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def clean(monkeypatch):
-    for key in ("SELFPLAY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    for key in ("SELFPLAY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", *threads.KERNEL_CACHE_ENV):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(threads, "_setup_done", {})
     monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
@@ -66,6 +66,13 @@ def test_setup_keeps_the_users_setting_for_workers(clean) -> None:
     assert os.environ["OMP_NUM_THREADS"] == "4" and os.environ["GOMP_SPINCOUNT"] == "10000"
     # This process now has OMP_NUM_THREADS=4 in its environment, but its workers still share the cores.
     assert threads.worker_env(2)["OMP_NUM_THREADS"] == "2"
+
+
+def test_setup_bounds_onednn_kernel_caches_unless_the_user_set_them(clean) -> None:
+    clean.setenv("LRU_CACHE_CAPACITY", "512")
+    threads.setup()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(threads.KERNEL_CACHE_CAPACITY) == "64"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "512"
 
 
 @pytest.mark.parametrize("env, affinity, expected", [
