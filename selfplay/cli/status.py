@@ -63,7 +63,7 @@ def _print(info: dict[str, Any]) -> None:
     out.print(table)
     if info.get("peak_unit"):
         top = info["peak_unit"]
-        out.print(f"peak memory: {top['peak_rss_mb'] / 1024:.2f} GB, in {top['unit']}")
+        out.print(f"peak memory: {top['peak_rss_mb'] / 1024:.2f} GiB, in {top['unit']}")
     out.print(f"a rerun with this config: {info['rerun']}")
     row = info["last_row"]
     if row:

@@ -260,8 +260,8 @@ def costs_table(run_dir: Path) -> str:
     if not lines:
         return ""
     return ("\n## Time and peak memory by unit\n\nPeak RSS of the loop's process during the unit, and of its "
-            "worker processes where they did the work (GB = 2^30 bytes).\n\n"
-            "| unit | seconds | peak RSS GB | workers' peak RSS GB |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+            "worker processes where they did the work (GiB = 2^30 bytes).\n\n"
+            "| unit | seconds | peak RSS GiB | workers' peak RSS GiB |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = ()) -> Path:

@@ -169,14 +169,14 @@ def peak_unit(units: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def cost_text(resources: dict[str, float]) -> str:
-    """``12.3 s, 2.41 GB`` (``+ 1.9 GB in workers`` where child processes did the work); empty if not recorded."""
+    """``12.3 s, 2.41 GiB`` (``workers 1.90 GiB`` where child processes did the work); empty if not recorded."""
     if not resources:
         return ""
     parts = [f"{resources['seconds']:.1f} s"] if "seconds" in resources else []
     if "peak_rss_mb" in resources:
-        parts.append(f"{resources['peak_rss_mb'] / 1024:.2f} GB")
+        parts.append(f"{resources['peak_rss_mb'] / 1024:.2f} GiB")
     if "children_peak_rss_mb" in resources:
-        parts.append(f"workers {resources['children_peak_rss_mb'] / 1024:.2f} GB")
+        parts.append(f"workers {resources['children_peak_rss_mb'] / 1024:.2f} GiB")
     return ", ".join(parts)
 
 
