@@ -123,7 +123,7 @@ def worker_env(processes: int) -> dict[str, str]:
 # oneDNN keeps every kernel it builds (its primitive cache, and ideep's LRU cache in PyTorch's CPU ops), 1024
 # each by default; in bf16 each distinct GEMM shape keeps several MB (scratchpads, AMX kernels), and training on
 # packed batches or prefilling prompt groups meets a new shape almost every call. Measured on the Intel Xeon with
-# AMX: bf16 linears over 220 row counts grew RSS by 2.1 GiB with the defaults, by 0.12 GiB with 16; the SPIN
+# AMX: bf16 linears over 220 row counts grew RSS by 2.1-2.4 GiB with the defaults, by 0.12 GiB with 16; the SPIN
 # quickstart's training unit peaked at 3.50 / 3.52 GiB with the defaults and 3.06 / 3.09 GiB with 64, in
 # 48.2 / 53.9 s and 47.1 / 48.0 s, with identical losses (two alternating runs). fp32 kernels keep little.
 KERNEL_CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")

@@ -85,7 +85,9 @@ def prompt_responses_logps(model: Any, tok: Any, prompts: list[str], responses: 
     records: list[TokenizedExample] = []
     where: list[list[tuple[int, int]]] = []
     for i, (prompt, texts) in enumerate(zip(prompts, responses)):
-        prompt_ids = encode_prompt(tok, prompt) if texts else []
+        if not texts:
+            continue
+        prompt_ids = encode_prompt(tok, prompt)
         by_prompt: dict[tuple[int, ...], int] = {}
         for j, text in enumerate(texts):
             ids, mask = tokenize_segments(tok, reference_segments(text))
