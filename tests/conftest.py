@@ -47,6 +47,14 @@ def _import_then_freeze() -> None:
 _import_then_freeze()
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Kill any CLI process a failed test left running (:mod:`cli_process`)."""
+    import sys
+
+    if "cli_process" in sys.modules:
+        sys.modules["cli_process"].stop_all()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that start several processes first: they are the longest, and under ``-n 2`` (make test) a long
     test started last leaves the other worker idle at the end."""

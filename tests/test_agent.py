@@ -8,11 +8,10 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from selfplay.envs.react import (
@@ -24,7 +23,7 @@ from selfplay.envs.react import (
     split_thought_action,
 )
 from selfplay.envs.tasks import TASKS
-from selfplay.envs.verifiers import exact_match, f1_score, normalize_answer
+from selfplay.envs.verifiers import exact_match, f1_score
 from selfplay.errors import DataError, UserError
 from selfplay.io import read_jsonl, write_jsonl
 from selfplay.methods.agent import trajectory_segments
@@ -214,14 +213,14 @@ def test_rollout_resumes_after_sigkill_and_reads_back(tiny_model: Path, tmp_path
                         "reference": "", "meta": {"task": "hotpotqa", "answer": f"author {i}"}} for i in range(10)])
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "selfplay.cli.main", "rollout", "agent", "--model", str(tiny_model), "--data",
+        return ["rollout", "agent", "--model", str(tiny_model), "--data",
                 str(data), "--out", str(out), "--search-sources", str(shared_data / "agent" / "search_cache.json"),
                 "--max-steps", "3", "--set", "agent.retries=1", "--set", "generate.max_new_tokens=12",
                 "--set", "generate.batch_size=1"]
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(cmd(killed), env, capture=False)
     shard = killed / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (shard.exists() and shard.read_text().count("\n") >= 2):
@@ -229,8 +228,8 @@ def test_rollout_resumes_after_sigkill_and_reads_back(tiny_model: Path, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 2 <= shard.read_text().count("\n") < 10, "killed too late or too early"
-    assert subprocess.run(cmd(killed), env=env, capture_output=True).returncode == 0
-    assert subprocess.run(cmd(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    assert cli_process.run_cli(cmd(killed), env).returncode == 0
+    assert cli_process.run_cli(cmd(tmp_path / "clean"), env).returncode == 0
     ours, clean = read_jsonl(shard), read_jsonl(tmp_path / "clean" / "shard-00000-of-00001.jsonl")
     assert sorted(r["id"] for r in ours) == sorted(r["id"] for r in clean) == sorted(f"q{i}" for i in range(10))
     by_id = {r["id"]: r for r in clean}

@@ -15,10 +15,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 import torch
 
@@ -32,13 +32,12 @@ ATOL = 1e-6
 METRIC_ATOL = 1e-5
 
 
-def run_cli(args: list, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "selfplay.cli.main", *map(str, args)], env=env,
-                         capture_output=True, text=True, **kw)
-    if check:
-        assert res.returncode == 0, res.stderr[-4000:]
-    return res
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def run_cli(args: list, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``selfplay ARGS`` as its own process (:mod:`cli_process`: forked after the imports)."""
+    return cli_process.run_cli(args, ENV, check=check, timeout=timeout)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -170,9 +169,7 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     gen = ["generate", "--model", tiny_model, "--data", data, "--n", 2, "--temperature", 1.0,
            "--max-new-tokens", 32, "--batch-size", 1, "--set", "model.dtype=float32"]
     out = tmp_path / "two"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "selfplay.cli.main", *map(str, gen), "--out", str(out), "--set", "launch.num_processes=2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli_process.CLIProcess([*gen, "--out", out, "--set", "launch.num_processes=2"], ENV)
     shards = [out / "shard-00000-of-00002.jsonl", out / "shard-00001-of-00002.jsonl"]
     # Find the workers first (a process-tree scan takes a while on a busy machine: a worker can finish its
     # shard during it), then kill worker 0 the moment both shards hold 2 records.
@@ -270,13 +267,11 @@ def test_two_ddp_processes_killed_twice_then_resumed_train_like_one_process_with
               "--set", "train.logging_steps=1", "--set", "train.warmup_ratio=0.5", "--set", "train.save_steps=2"]
     two = [*common, "--out", tmp_path / "two", "--set", "launch.num_processes=2"]
     state = tmp_path / "two" / "checkpoint" / "trainer_state.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
-    def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, two)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start() -> cli_process.CLIProcess:
+        return cli_process.CLIProcess(two, ENV)
 
-    def launched(proc: subprocess.Popen) -> dict[psutil.Process, list[str]]:
+    def launched(proc: cli_process.CLIProcess) -> dict[psutil.Process, list[str]]:
         found = {}
         for p in psutil.Process(proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper may exit during the scan
@@ -348,12 +343,9 @@ def test_loop_on_two_machines_with_the_follower_killed_then_rerun_equals_one_pro
     args = loop_args(tiny_model, run, "--set", "launch.num_processes=2", "--set", "launch.num_machines=2",
                      "--set", "launch.main_process_ip=127.0.0.1", "--set", f"launch.main_process_port={port}",
                      "--set", "generate.batch_size=1", iters=1)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
-    def start(rank: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *map(str, args), "--set",
-                                 f"launch.machine_rank={rank}"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    def start(rank: int) -> cli_process.CLIProcess:
+        return cli_process.CLIProcess([*args, "--set", f"launch.machine_rank={rank}"], ENV)
 
     machines = [start(0), start(1)]
     shard = run / "iter_0" / "generate" / "shard-00001-of-00002.jsonl"

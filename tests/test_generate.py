@@ -6,11 +6,10 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from selfplay.errors import UserError
@@ -297,8 +296,7 @@ def test_resume_after_sigkill(cli, tiny_model: Path, tmp_path: Path) -> None:
     shard = out / "shard-00000-of-00001.jsonl"
     args = [str(a) for a in gen_args(tiny_model, data, out, "--batch-size", 1, "--max-new-tokens", 48)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(args, env, capture=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if shard.is_file() and shard.read_text().count("\n") >= 3:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 from selfplay.io import read_jsonl
 
 TINY = ["--set", "data.num=20", "--set", "data.eval_num=4", "--set", "generate.max_new_tokens=16",
@@ -61,9 +60,8 @@ def test_two_iteration_spin_loop(cli, tiny_model, tmp_path):
 
 def test_loop_resumes_after_sigkill_mid_generation(tiny_model, tmp_path):
     args = loop_args(tiny_model, tmp_path / "killed", "--set", "generate.batch_size=1", iters=1)
-    cmd = [sys.executable, "-m", "selfplay.cli.main", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(args, env, capture=False)
     shard_dir = tmp_path / "killed" / "iter_0" / "generate"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -74,11 +72,11 @@ def test_loop_resumes_after_sigkill_mid_generation(tiny_model, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "iter_0" / "generate.jsonl").exists(), "killed too late: generation had finished"
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = cli_process.run_cli(args, env)
     assert res.returncode == 0, res.stderr
 
     clean = loop_args(tiny_model, tmp_path / "clean", "--set", "generate.batch_size=1", iters=1)
-    res = subprocess.run([sys.executable, "-m", "selfplay.cli.main", *clean], env=env, capture_output=True, text=True)
+    res = cli_process.run_cli(clean, env)
     assert res.returncode == 0, res.stderr
     killed = read_jsonl(tmp_path / "killed" / "iter_0" / "generate.jsonl")
     clean_rows = read_jsonl(tmp_path / "clean" / "iter_0" / "generate.jsonl")
@@ -125,8 +123,7 @@ def test_a_second_loop_on_a_run_directory_in_use_is_refused(cli, tiny_model, tmp
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     small = ["--set", "data.num=12", "--set", "generate.max_new_tokens=8"]
     first, alone = (loop_args(tiny_model, tmp_path / name, *small, iters=1) for name in ("run", "alone"))
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli.main", *first], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = cli_process.CLIProcess(first, env)
     owner = tmp_path / "run" / ".selfplay.lock.owner"
     deadline = time.time() + 120
     while not owner.exists() and time.time() < deadline and proc.poll() is None:
@@ -136,7 +133,7 @@ def test_a_second_loop_on_a_run_directory_in_use_is_refused(cli, tiny_model, tmp
     assert second.exit_code == 2
     assert f"is in use by another selfplay process (PID {proc.pid}, selfplay loop" in second.stderr
     assert cli(alone).exit_code == 0  # the undisturbed run, while the first still runs
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, proc.communicate()[1]
 
     def result(run: Path) -> list[dict]:
         timing = {"seconds", "iteration_seconds", "model"}

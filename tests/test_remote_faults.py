@@ -357,16 +357,14 @@ def test_teacher_failure_keeps_finished_episodes_and_the_rerun_completes_them(ch
 
 def test_one_retry_line_per_round_and_no_traceback_as_the_user_sees_it(chat_server, tmp_path: Path) -> None:
     """The issue's case: a judge answering 500 to 24 concurrent requests printed ~50 lines; now one per round."""
-    import subprocess
-    import sys
+    import cli_process
 
     server = chat_server(lambda n, body: Reply(500, json.dumps({"error": f"down {SECRET}"}), headers={}))
     samples = _samples(tmp_path / "s.jsonl", [[f"a{i}", f"b{i}", f"c{i}"] for i in range(4)])  # 24 requests
     out = tmp_path / "rank.jsonl"
     env = dict(os.environ, OPENAI_API_KEY=SECRET, HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-m", "selfplay.cli.main", "rank", "--data", str(samples), "--out", str(out),
-                          "--judge", f"llm-judge:{server.url}#j", "--batch-size", "8", *SETTINGS],
-                         env=env, capture_output=True, text=True, timeout=120)
+    res = cli_process.run_cli(["rank", "--data", samples, "--out", out, "--judge", f"llm-judge:{server.url}#j",
+                               "--batch-size", "8", *SETTINGS], env, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert sum("retrying in" in line for line in lines) == RETRIES and len(lines) <= RETRIES + 3, res.stderr

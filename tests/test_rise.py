@@ -8,11 +8,10 @@ import json
 import re
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from selfplay.envs.answer_envs import ENVS, RETRY_FEEDBACK, is_degenerate
@@ -304,13 +303,13 @@ def test_rollout_resumes_after_sigkill(tiny_model: Path, tmp_path: Path) -> None
     write_jsonl(data, [record(f"What is {i} + 1?", f"#### {i + 1}", f"p{i}", "arith") for i in range(12)])
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "selfplay.cli.main", "rollout", "--model", str(tiny_model), "--data",
+        return ["rollout", "--model", str(tiny_model), "--data",
                 str(data), "--out", str(out), "--env", "arith", "--num-samples", "1,2", "--max-new-tokens", "24",
                 "--set", "generate.batch_size=1"]
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(cmd(killed), env, capture=False)
     shard = killed / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (shard.exists() and shard.read_text().count("\n") >= 2):
@@ -319,8 +318,8 @@ def test_rollout_resumes_after_sigkill(tiny_model: Path, tmp_path: Path) -> None
     proc.wait()
     written = shard.read_text().count("\n")
     assert 2 <= written < 12, "killed too late or too early"
-    assert subprocess.run(cmd(killed), env=env, capture_output=True).returncode == 0
-    assert subprocess.run(cmd(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    assert cli_process.run_cli(cmd(killed), env).returncode == 0
+    assert cli_process.run_cli(cmd(tmp_path / "clean"), env).returncode == 0
     ours = read_jsonl(shard)
     clean = read_jsonl(tmp_path / "clean" / "shard-00000-of-00001.jsonl")
     assert sorted(e["id"] for e in ours) == sorted(e["id"] for e in clean) == sorted(f"p{i}" for i in range(12))

@@ -4,16 +4,14 @@ evaluation's weights kept, patience stopping early, the validation split, and re
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 import torch
 
@@ -273,10 +271,10 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
     from selfplay.stages.status import run_status
 
     def command(name: str) -> list[str]:
-        return [sys.executable, "-m", "selfplay.cli.main", *loop_args(tiny_model, tmp_path / name, *select)]
+        return [*loop_args(tiny_model, tmp_path / name, *select)]
 
     def finish(name: str, resumes: bool = False) -> Path:
-        res = subprocess.run(command(name), env=env, capture_output=True, text=True)
+        res = cli_process.run_cli(command(name), env)
         assert res.returncode == 0, res.stderr[-3000:]
         # a rerun that redid the iteration from scratch would end the same: it must continue the checkpoint
         assert ("resuming training at step" in res.stdout + res.stderr) == resumes, res.stderr[-3000:]
@@ -292,7 +290,7 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
     # One kill, once the best weights of an evaluation are saved; a copy of what it left, with best/ taken away,
     # is a run killed between the checkpoint and the weights.
     train = tmp_path / "killed" / "iter_0" / "train"
-    proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(command("killed"), env, capture=False)
     deadline = time.time() + 300
     while time.time() < deadline and not (train / "best" / "best.json").exists():
         time.sleep(0.02)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 from test_loop import loop_args
 from test_runs import hold_in_child
 
@@ -27,9 +26,8 @@ def states(info: dict) -> dict[str, str]:
 def test_status_of_a_killed_held_resumed_and_reconfigured_loop(cli, tiny_model: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = loop_args(tiny_model, run, "--set", "generate.batch_size=1", iters=1)
-    cmd = [sys.executable, "-m", "selfplay.cli.main", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(args, env, capture=False)
     shards = run / "iter_0" / "generate"
     deadline = time.time() + 120
     while time.time() < deadline and not (shards.exists() and sum(
@@ -59,7 +57,7 @@ def test_status_of_a_killed_held_resumed_and_reconfigured_loop(cli, tiny_model: 
         holder.kill()
         holder.wait()
 
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0  # the rerun resumes and finishes
+    assert cli_process.run_cli(args, env).returncode == 0  # the rerun resumes and finishes
     done = status(cli, run)
     assert set(states(done).values()) == {"done"} and done["current"] is None
     assert done["rerun"] == "nothing: every unit is done for these inputs" and done["last_row"]["iteration"] == 0

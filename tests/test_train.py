@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from selfplay.io import read_jsonl, write_jsonl
@@ -97,10 +96,10 @@ def test_train_resumes_after_sigkill(tiny_model, tmp_path):
     """Kill training once a checkpoint exists; the rerun resumes there and finishes the planned steps."""
     pairs = make_pairs(tmp_path / "pairs.jsonl", n=40)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "selfplay.cli.main", "train", "--model", str(tiny_model), "--data", str(pairs),
+    cmd = ["train", "--model", str(tiny_model), "--data", str(pairs),
            "--out", str(out), "--batch-size", "2", "--set", "train.save_steps=2", *FAST]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process.CLIProcess(cmd, env, capture=False)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoint" / "trainer_state.json").exists():
         time.sleep(0.05)
@@ -109,7 +108,7 @@ def test_train_resumes_after_sigkill(tiny_model, tmp_path):
     assert (out / "checkpoint" / "trainer_state.json").exists(), "no checkpoint was written before the kill"
     done_before = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"]
     assert not (out / "summary.json").exists()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = cli_process.run_cli(cmd, env)
     assert res.returncode == 0, res.stderr
     assert "resuming training at step" in res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import threading
 import time
 import urllib.parse

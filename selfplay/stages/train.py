@@ -301,7 +301,7 @@ def _metric_logger(run: _Training, state: dict[str, Any]) -> MetricLogger:
 def _train_loop(run: _Training, state: dict[str, Any], logger: MetricLogger | None) -> dict[str, float]:
     """The optimizer steps from ``state`` on (updated in place), evaluating where ``train.eval_every`` asks
     (which may stop them early); returns the last logged metrics."""
-    cfg, t, accelerator = run.cfg, run.cfg.train, run.accelerator
+    t, accelerator = run.cfg.train, run.accelerator
     processes, ckpt = accelerator.num_processes, run.out_dir / "checkpoint"
     # batches_done counts the batches of all processes; each process skips its own share of them.
     skip = state["batches_done"] // processes
