@@ -73,8 +73,11 @@ def _fork_server() -> Any:
     return _context
 
 
-def _child(args: list[str], env: dict[str, str], cwd: str, stdout: str | None, stderr: str | None) -> None:
-    """In the forked process: become ``python -m selfplay.cli.main ARGS`` and exit with its status."""
+def _child(module: str, args: list[str], env: dict[str, str], cwd: str, stdout: str | None,
+           stderr: str | None) -> None:
+    """In the forked process: become ``python -m MODULE ARGS`` (its ``main()``) and exit with its status."""
+    import importlib
+
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -82,35 +85,45 @@ def _child(args: list[str], env: dict[str, str], cwd: str, stdout: str | None, s
         target = os.open(path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
-    sys.argv = [selfplay.cli.main.__file__, *args]
+    entry = importlib.import_module(module)
+    sys.argv = [entry.__file__, *args]
     code: Any = 0
     try:
-        selfplay.cli.main.main()
+        code = entry.main()  # selfplay.cli.main.main() exits; bench.run.main() returns its status
     except SystemExit as e:
         code = e.code
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
     if not isinstance(code, int):  # sys.exit("message") prints it and exits 1, as the interpreter does
         if code is not None:
-            print(code, file=sys.stderr, flush=True)
+            print(code, file=sys.stderr)
         code = 0 if code is None else 1
+    # What the interpreter does at its exit (multiprocessing's own exit path skips the exit handlers): wait for
+    # the threads that are not daemons, run the handlers libraries registered, flush.
+    import atexit
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
 
 
 class CLIProcess:
     """``selfplay ARGS`` running in a forked process: ``pid``, ``poll``, ``wait``, ``communicate``,
     ``send_signal``, ``kill`` and ``returncode`` as on :class:`subprocess.Popen` (a signal's death is
-    ``-signal``). Output is captured to files (``capture=True``, read by :meth:`communicate`) or dropped."""
+    ``-signal``). Output is captured to files (``capture=True``, read by :meth:`communicate`) or dropped.
+    ``module``: another entry point with a ``main()`` (``bench.run``), as ``python -m MODULE ARGS`` in ``cwd``."""
 
-    def __init__(self, args: Sequence[Any], env: Mapping[str, str] | None = None, capture: bool = True) -> None:
+    def __init__(self, args: Sequence[Any], env: Mapping[str, str] | None = None, capture: bool = True,
+                 module: str = "selfplay.cli.main", cwd: str | Path | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="selfplay-cli-"))
         self._out = str(self._dir / "stdout") if capture else None
         self._err = str(self._dir / "stderr") if capture else None
         env = dict(os.environ if env is None else env)
         self.args = [str(a) for a in args]
         self._process = _fork_server().Process(target=_child, name="selfplay-cli",
-                                               args=(self.args, env, os.getcwd(), self._out, self._err))
+                                               args=(module, self.args, env, str(cwd or os.getcwd()), self._out,
+                                                     self._err))
         self._process.start()
         self.pid: int = self._process.pid
         self.returncode: int | None = None
@@ -143,10 +156,10 @@ class CLIProcess:
 
 
 def run_cli(args: Sequence[Any], env: Mapping[str, str] | None = None, check: bool = False,
-            timeout: float | None = None) -> subprocess.CompletedProcess:
+            timeout: float | None = None, **kw: Any) -> subprocess.CompletedProcess:
     """``selfplay ARGS`` to its end in a forked process: returncode, stdout, stderr (text). ``check``
-    asserts a 0 exit with the end of stderr as the message."""
-    proc = CLIProcess(args, env)
+    asserts a 0 exit with the end of stderr as the message; ``kw``: ``module`` and ``cwd`` of :class:`CLIProcess`."""
+    proc = CLIProcess(args, env, **kw)
     try:
         out, err = proc.communicate(timeout)
     except subprocess.TimeoutExpired:

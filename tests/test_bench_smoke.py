@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,9 +18,9 @@ def run_smoke(tiny_model: Path, shared_data: Path, out: Path, sections: str) -> 
     committed_before = committed.read_text() if committed.exists() else None
     # The compiled arm is left to tests/test_bench.py (a one-layer model): compiling the tiny model here
     # would double this test's time on a fresh machine.
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", sections, "--model", str(tiny_model),
-                           "--data", str(shared_data), "--out", str(out), "--gen-arms", "hf_continuous"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    # bench.run forked like the CLI (tests/cli_process.py): its arms' own processes are real interpreters.
+    proc = cli_process.run_cli(["--smoke", "--only", sections, "--model", tiny_model, "--data", shared_data, "--out", out,
+                                "--gen-arms", "hf_continuous"], module="bench.run", cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (committed.read_text() if committed.exists() else None) == committed_before
     results = json.loads((out / "results.json").read_text())
