@@ -173,8 +173,11 @@ def run_cli(args: Sequence[Any], env: Mapping[str, str] | None = None, check: bo
 
 def stop_all() -> None:
     """Kill what a failed test left running (pytest's session end calls it), so the run's exit never waits
-    for a forked CLI still at work."""
+    for a forked CLI still at work; remove the captured output."""
+    import shutil
+
     for proc in _started:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        shutil.rmtree(proc._dir, ignore_errors=True)
