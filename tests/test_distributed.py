@@ -32,12 +32,14 @@ ATOL = 1e-6
 METRIC_ATOL = 1e-5
 
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+def command_env() -> dict[str, str]:
+    """The commands' environment: offline, one thread per process (the test's own, as it is now)."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
 def run_cli(args: list, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     """``selfplay ARGS`` as its own process (:mod:`cli_process`: forked after the imports)."""
-    return cli_process.run_cli(args, ENV, check=check, timeout=timeout)
+    return cli_process.run_cli(args, command_env(), check=check, timeout=timeout)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -169,7 +171,7 @@ def test_sigkill_of_one_generation_worker_then_rerun_loses_and_duplicates_nothin
     gen = ["generate", "--model", tiny_model, "--data", data, "--n", 2, "--temperature", 1.0,
            "--max-new-tokens", 32, "--batch-size", 1, "--set", "model.dtype=float32"]
     out = tmp_path / "two"
-    proc = cli_process.CLIProcess([*gen, "--out", out, "--set", "launch.num_processes=2"], ENV)
+    proc = cli_process.CLIProcess([*gen, "--out", out, "--set", "launch.num_processes=2"], command_env())
     shards = [out / "shard-00000-of-00002.jsonl", out / "shard-00001-of-00002.jsonl"]
     # Find the workers first (a process-tree scan takes a while on a busy machine: a worker can finish its
     # shard during it), then kill worker 0 the moment both shards hold 2 records.
@@ -269,7 +271,7 @@ def test_two_ddp_processes_killed_twice_then_resumed_train_like_one_process_with
     state = tmp_path / "two" / "checkpoint" / "trainer_state.json"
 
     def start() -> cli_process.CLIProcess:
-        return cli_process.CLIProcess(two, ENV)
+        return cli_process.CLIProcess(two, command_env())
 
     def launched(proc: cli_process.CLIProcess) -> dict[psutil.Process, list[str]]:
         found = {}
@@ -345,7 +347,7 @@ def test_loop_on_two_machines_with_the_follower_killed_then_rerun_equals_one_pro
                      "--set", "generate.batch_size=1", iters=1)
 
     def start(rank: int) -> cli_process.CLIProcess:
-        return cli_process.CLIProcess([*args, "--set", f"launch.machine_rank={rank}"], ENV)
+        return cli_process.CLIProcess([*args, "--set", f"launch.machine_rank={rank}"], command_env())
 
     machines = [start(0), start(1)]
     shard = run / "iter_0" / "generate" / "shard-00001-of-00002.jsonl"
