@@ -62,8 +62,9 @@ install -e "$spec"
 # 20 s, busy machine); one import of the stack with writing allowed compiles what is used (12 s), and
 # compileall the rest of selfplay's own modules (0.2 s of import per process measured).
 # The dev extras add what the tests' processes import (pytest, trl, lm-eval, matplotlib, and scipy, which
-# transformers then imports in every process): without their bytecode a fresh clone's `make test` ran 9m02s
-# against 6m01s in a venv that had it. Redone whenever the installed packages or this list change (the stamp).
+# transformers then imports in every process): a fresh clone had none of their bytecode, one cause (not measured
+# alone) of its `make test` taking 9m02s against 6m01s in a warm venv. Redone whenever the installed packages or
+# this list change (the stamp).
 .venv/bin/python -m compileall -q selfplay >/dev/null
 imports="import selfplay.cli.main, selfplay.stages.loop, selfplay.stages.train, selfplay.stages.generate, \
 selfplay.stages.evaluate, accelerate, peft, datasets

@@ -271,7 +271,7 @@ def test_loop_resumes_a_killed_iteration_with_its_evaluations_and_best(tiny_mode
     from selfplay.stages.status import run_status
 
     def command(name: str) -> list[str]:
-        return [*loop_args(tiny_model, tmp_path / name, *select)]
+        return loop_args(tiny_model, tmp_path / name, *select)
 
     def finish(name: str, resumes: bool = False) -> Path:
         res = cli_process.run_cli(command(name), env)
