@@ -127,6 +127,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
+    # Records per batch of the reference log-prob pass (null: batch_size). It runs without gradients, so it can take
+    # more than a micro-batch sized for the backward's activations (TRL's precompute_ref_batch_size). Results can
+    # differ from batch_size's in the last float bits (other matrix shapes).
+    reference_batch_size: int | None = None
     max_length: int = 1024
     max_prompt_length: int = 512
     gradient_checkpointing: bool = False

@@ -38,6 +38,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.weight_decay": (0, True, None, False),
     "train.batch_size": (1, True, None, False),
     "train.grad_accum": (1, True, None, False),
+    "train.reference_batch_size": (1, True, None, False),
     "train.max_length": (2, True, None, False),
     "train.max_prompt_length": (1, True, None, False),
     "train.logging_steps": (1, True, None, False),

@@ -160,3 +160,31 @@ def test_adamw_runs_its_fused_kernel(cli, tiny_model, tmp_path, monkeypatch):
                    "--batch-size", 2, "--max-steps", 1, "--set", f"train.optimizer={optimizer}", *FAST])
         assert res.exit_code == 0, res.output
     assert [(name, kw.get("fused")) for name, kw in made] == [("AdamW", True), ("RMSprop", None)]
+
+
+def test_reference_pass_batches_by_reference_batch_size(cli, tiny_model, tmp_path, monkeypatch):
+    """train.reference_batch_size sets the reference pass's batches (default: train.batch_size); the log-probs are
+    the same up to float rounding (other matrix shapes); 0 is refused."""
+    import selfplay.stages.train as train_stage
+
+    seen: list[int] = []
+    real = train_stage.precompute_reference
+
+    def recording(accelerator, scorer, policy, examples, pad_id, batch_size, *rest):
+        seen.append(batch_size)
+        return real(accelerator, scorer, policy, examples, pad_id, batch_size, *rest)
+
+    monkeypatch.setattr(train_stage, "precompute_reference", recording)
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=6)
+    refs = []
+    for name, extra in (("default", []), ("six", ["--set", "train.reference_batch_size=6"])):
+        res = cli(["train", "--model", tiny_model, "--data", pairs, "--out", tmp_path / name, "--method", "spin",
+                   "--batch-size", 2, "--max-steps", 1, *FAST, *extra])
+        assert res.exit_code == 0, res.output
+        refs.append({r["id"]: (r["chosen"], r["rejected"]) for r in read_jsonl(tmp_path / name / "ref_logps.jsonl")})
+    assert seen == [2, 6]
+    assert refs[0].keys() == refs[1].keys() and len(refs[0]) == 6
+    assert all(abs(a - b) < 1e-4 for k in refs[0] for a, b in zip(refs[0][k], refs[1][k]))
+    res = cli(["train", "--model", tiny_model, "--data", pairs, "--out", tmp_path / "zero", "--method", "spin",
+               "--set", "train.reference_batch_size=0", *FAST])
+    assert res.exit_code != 0 and "train.reference_batch_size" in res.output

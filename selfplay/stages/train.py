@@ -266,12 +266,9 @@ def _reference_pass(run: _Training) -> dict[str, list[float]]:
     examples = run.examples
     ref_fp = fingerprint(run.model_dir, [(e.id, e.prompt_ids, e.responses, e.masks) for e in examples],
                          _precision(run.cfg))
-    # Batches of a whole optimizer step (batch_size x grad_accum): without gradients nothing is kept between
-    # layers, so a small training micro-batch (chosen for the backward's activations) would only make this pass
-    # slower (agent quickstart, micro-batch 1 x 8: the pass took 30 s in batches of 1, 20 s in batches of 8).
     t = run.cfg.train
     return precompute_reference(run.accelerator, run.scorer, run.policy, examples, run.tok.pad_token_id,
-                                t.batch_size * t.grad_accum, run.out_dir / "ref_logps.jsonl", ref_fp,
+                                t.reference_batch_size or t.batch_size, run.out_dir / "ref_logps.jsonl", ref_fp,
                                 RESPONSE_FIELDS[run.objective.record_kind])
 
 
