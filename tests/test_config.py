@@ -77,7 +77,12 @@ def test_cli_config_show(cli, tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+    configs = Path(__file__).parents[1] / "configs"
+    # The experiments' recipes too (not the efficacy manifest beside them, nor accelerate's own files).
+    paths = sorted(configs.glob("*.yaml")) + sorted(set((configs / "experiments").glob("*.yaml"))
+                                                    - {configs / "experiments" / "experiments.yaml"})
+    assert configs / "experiments" / "rise.yaml" in paths
+    for path in paths:
         load_config(path)
 
 
