@@ -61,16 +61,23 @@ def run_experiment(name: str, spec: dict[str, Any], extra_sets: list[str]) -> Pa
     import shutil
 
     run_dir = RUNS / name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "selfplay.cli.main", *_loop_args(name, spec, extra_sets)]
-    print(f"[efficacy] {name}: {shlex.join(cmd[2:])}", flush=True)
+    before = spec.get("before", {})
+    for stale in (run_dir, *([REPO / before["dir"]] if before.get("dir") else [])):
+        if stale.exists():
+            shutil.rmtree(stale)
+    steps = [shlex.split(c) for c in before.get("commands", [])] + [["selfplay", *_loop_args(name, spec, extra_sets)]]
     load_before = _loadavg()
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
+    for step in steps:  # what the loop needs first (e.g. the GPM it ranks with), then the loop: timed together
+        print(f"[efficacy] {name}: {shlex.join(step)}", flush=True)
+        subprocess.run([sys.executable, "-m", "selfplay.cli.main", *step[1:]], cwd=REPO, check=True)
     wall = time.perf_counter() - t0
-    command = shlex.join(["selfplay", *cmd[3:]])
-    return summarize(name, spec, run_dir, command, wall, load_before, _loadavg())
+    return summarize(name, spec, run_dir, _command(steps), wall, load_before, _loadavg())
+
+
+def _command(steps: list[list[str]]) -> str:
+    """The shell command that reproduces a run: its steps joined by ``&&``."""
+    return " && ".join(shlex.join(step) for step in steps)
 
 
 def _loop_args(name: str, spec: dict[str, Any], extra_sets: list[str]) -> list[str]:
@@ -158,8 +165,9 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
         "",
         "How to read it: every value is the mean over the held-out problems with its 95% interval (Wilson for 0/1 "
         "per-problem outcomes, percentile bootstrap over problems otherwise). Δ base is the paired change against the "
-        "base model on the same problems; Δ SFT the paired change against the SFT baseline's model of the same "
-        "iteration on the same data (paired bootstrap, 10,000 resamples, seeded). **Bold** changes exclude 0; "
+        "base model on the same problems; Δ NAME the paired change against the model of the same iteration of the "
+        "experiment NAME on the same problems — the SFT baseline on the same data for SPIN, SPPO with the verifier for "
+        "GPO (paired bootstrap, 10,000 resamples, seeded). **Bold** changes exclude 0; "
         "`n.s.` marks a change whose interval includes 0: no measurable change. Settings were chosen on validation "
         "problems (a different seed of the generated task, or a different slice of the data), never on the held-out "
         "problems reported here.",
@@ -179,7 +187,7 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
                   f"{_load(s['load_average'])}; commit `{s['commit'][:10]}`{' (uncommitted changes)' if s['dirty'] else ''}, "
                   f"{s['date']}.", ""]
         validated = any(row.get("validation") is not None for row in s["rows"])
-        header = ["iteration", s["metric"], "Δ base"] + ([f"Δ SFT ({baseline['name']})"] if baseline else []) + \
+        header = ["iteration", s["metric"], "Δ base"] + ([f"Δ {baseline['name']}"] if baseline else []) + \
                  ["real loglik"] + ([_validation_header(s)] if validated else []) + ["gen+train s"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in s["rows"]:
@@ -271,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             run_experiment(name, manifest[name], args.set)
     elif args.command == "summarize":
         # The experiment's own command (a rerun reproduces the run), whatever directory the run was made in.
-        command = shlex.join(["selfplay", *_loop_args(args.name, manifest[args.name], [])])
+        spec = manifest[args.name]
+        command = _command([shlex.split(c) for c in spec.get("before", {}).get("commands", [])]
+                           + [["selfplay", *_loop_args(args.name, spec, [])]])
         summarize(args.name, manifest[args.name], args.run_dir, command, args.wall_seconds, [], [])
     if args.command in ("run", "summarize", "report"):
         summaries = {p.stem: json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))}

@@ -72,3 +72,28 @@ def test_also_metrics_show_their_intervals_and_changes(efficacy):
     assert "| metric | base | 0 |" in table
     assert "| mt_fixed | 0.000 [0.000, 0.100] | 0.300 [0.200, 0.400] · Δ **+0.300 [+0.200, +0.400]** |" in table
     assert "| mt_broken | – | – |" in table  # a metric the run did not record is a dash, not a zero
+
+
+def test_run_makes_what_the_loop_needs_first_and_times_it_with_the_loop(efficacy, tmp_path, monkeypatch):
+    """A manifest's ``before`` commands (GPO: the GPM it ranks with) run in order before the loop, from a clean
+    directory, and the summary's command reproduces all of them."""
+    stale = tmp_path / "runs" / "judge"
+    (stale / "model").mkdir(parents=True)
+    (tmp_path / "runs" / "exp" / "gpo").mkdir(parents=True)
+    monkeypatch.setattr(efficacy, "REPO", tmp_path)
+    monkeypatch.setattr(efficacy, "RUNS", tmp_path / "runs" / "exp")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(efficacy.subprocess, "run", lambda cmd, **kw: ran.append(cmd[3:]) or None)
+    seen = {}
+    monkeypatch.setattr(efficacy, "summarize", lambda name, spec, run_dir, command, *a: seen.update(
+        command=command, run_dir_exists=run_dir.exists(), stale_exists=stale.exists()))
+    spec = {"config": "c/gpo.yaml", "before": {"dir": "runs/judge", "commands": [
+        "selfplay data synth arith-prefs --out runs/judge/prefs", "selfplay train --method gpm --out runs/judge/j"]}}
+    efficacy.run_experiment("gpo", spec, ["loop.iters=1"])
+    assert ran == [["data", "synth", "arith-prefs", "--out", "runs/judge/prefs"],
+                   ["train", "--method", "gpm", "--out", "runs/judge/j"],
+                   ["loop", "--config", "c/gpo.yaml", "--run-dir", "runs/exp/gpo", "--set", "loop.iters=1"]]
+    assert not seen["stale_exists"] and not seen["run_dir_exists"]  # both cleared first: a run from scratch
+    assert seen["command"] == ("selfplay data synth arith-prefs --out runs/judge/prefs && selfplay train --method gpm "
+                               "--out runs/judge/j && selfplay loop --config c/gpo.yaml --run-dir runs/exp/gpo --set "
+                               "loop.iters=1")
