@@ -61,11 +61,11 @@ def run_experiment(name: str, spec: dict[str, Any], extra_sets: list[str]) -> Pa
     import shutil
 
     run_dir = RUNS / name
-    before = spec.get("before", {})
-    for stale in (run_dir, *([REPO / before["dir"]] if before.get("dir") else [])):
+    steps = _before_steps(name, spec) + [["selfplay", *_loop_args(name, spec, extra_sets)]]
+    before_dir = spec.get("before", {}).get("dir")
+    for stale in (run_dir, *([REPO / before_dir] if before_dir else [])):
         if stale.exists():
             shutil.rmtree(stale)
-    steps = [shlex.split(c) for c in before.get("commands", [])] + [["selfplay", *_loop_args(name, spec, extra_sets)]]
     load_before = _loadavg()
     t0 = time.perf_counter()
     for step in steps:  # what the loop needs first (e.g. the GPM it ranks with), then the loop: timed together
@@ -73,6 +73,16 @@ def run_experiment(name: str, spec: dict[str, Any], extra_sets: list[str]) -> Pa
         subprocess.run([sys.executable, "-m", "selfplay.cli.main", *step[1:]], cwd=REPO, check=True)
     wall = time.perf_counter() - t0
     return summarize(name, spec, run_dir, _command(steps), wall, load_before, _loadavg())
+
+
+def _before_steps(name: str, spec: dict[str, Any]) -> list[list[str]]:
+    """The manifest's ``before`` commands, split; each is a ``selfplay`` command (run with this interpreter)."""
+    steps = [shlex.split(c) for c in spec.get("before", {}).get("commands", [])]
+    for step in steps:
+        if not step or step[0] != "selfplay":
+            raise SystemExit(f"{MANIFEST}: experiment '{name}': a `before` command must start with `selfplay`, "
+                             f"got {shlex.join(step)!r}")
+    return steps
 
 
 def _command(steps: list[list[str]]) -> str:
@@ -280,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "summarize":
         # The experiment's own command (a rerun reproduces the run), whatever directory the run was made in.
         spec = manifest[args.name]
-        command = _command([shlex.split(c) for c in spec.get("before", {}).get("commands", [])]
-                           + [["selfplay", *_loop_args(args.name, spec, [])]])
-        summarize(args.name, manifest[args.name], args.run_dir, command, args.wall_seconds, [], [])
+        command = _command(_before_steps(args.name, spec) + [["selfplay", *_loop_args(args.name, spec, [])]])
+        summarize(args.name, spec, args.run_dir, command, args.wall_seconds, [], [])
     if args.command in ("run", "summarize", "report"):
         summaries = {p.stem: json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))}
         PAGE.write_text(render_page(summaries, manifest) + "\n")

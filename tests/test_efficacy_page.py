@@ -97,3 +97,5 @@ def test_run_makes_what_the_loop_needs_first_and_times_it_with_the_loop(efficacy
     assert seen["command"] == ("selfplay data synth arith-prefs --out runs/judge/prefs && selfplay train --method gpm "
                                "--out runs/judge/j && selfplay loop --config c/gpo.yaml --run-dir runs/exp/gpo --set "
                                "loop.iters=1")
+    with pytest.raises(SystemExit, match="must start with `selfplay`"):
+        efficacy.run_experiment("gpo", {"config": "c/gpo.yaml", "before": {"commands": ["rm -rf /"]}}, [])
