@@ -33,6 +33,11 @@ TARGETS = [
 
 
 def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The node at ``path``; a section recorded as ``{"same_as": OTHER}`` (the fp32 generation section on a CPU
+    that generates in fp32 anyway) is read from section OTHER."""
+    top = tree.get(path[0]) if path else None
+    if isinstance(top, dict) and "same_as" in top:
+        path = (top["same_as"], *path[1:])
     for key in path:
         if not isinstance(tree, dict) or key not in tree:
             return None
