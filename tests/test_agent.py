@@ -281,6 +281,7 @@ def test_eval_agent_cli(cli, tiny_model: Path, shared_data: Path, tmp_path: Path
     metrics = json.loads((tmp_path / "ev" / "agent.json").read_text())
     assert metrics["episodes"] == 3 and 0 <= metrics["em"] <= metrics["f1"] + 1e-9 <= 1 + 1e-9
     assert 1 <= metrics["steps"] <= 2 and "EM" in res.output and "n = 3 episodes" in res.output
+    assert "eval agent (hotpotqa)" in res.output  # progress over the episodes
     assert {k: v["method"] for k, v in metrics["stats"].items()} == {
         "em": "wilson", "f1": "bootstrap", "steps": "bootstrap", "finished": "wilson"}
     assert metrics["stats"]["em"]["n"] == 3 and "outcomes" not in metrics

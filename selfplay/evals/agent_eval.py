@@ -20,13 +20,20 @@ def evaluate_agent(cfg: Config, sampler: Any, records: list[dict[str, Any]], out
     from selfplay.envs.agent_episodes import (agent_info, load_agent, new_episodes, play_agent_episodes, sampler_steps,
                                               trajectory_row)
     from selfplay.io import write_json, write_jsonl
+    from selfplay.progress import progress_bar
 
     agent = load_agent(cfg.agent, cfg.remote)
     one = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, samples=1))
     done: list[Any] = []
     episodes = new_episodes(records, lambda m: format_prompt(sampler.tokenizer, m, cfg.generate.prompt_format),
                             fewshot=agent.fewshot, samples=1, seed=cfg.generate.seed)
-    play_agent_episodes(agent, sampler_steps(sampler, cfg.generate), episodes, one.agent, done.append, temperature=0.0)
+    with progress_bar(f"eval agent ({agent.task.name})", total=len(episodes)) as bar:
+        def finished(episode: Any) -> None:
+            done.append(episode)
+            bar.advance()
+
+        play_agent_episodes(agent, sampler_steps(sampler, cfg.generate), episodes, one.agent, finished,
+                            temperature=0.0)
     n = max(1, len(done))
     # Per episode (one per question): what the metrics average, kept for intervals and paired changes.
     outcomes = {ep.record["id"]: {"em": float(ep.info.get("em", 0.0)), "f1": float(ep.info.get("f1", 0.0)),
