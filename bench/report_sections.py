@@ -107,17 +107,33 @@ ROLLOUTS = {"agent": ("agent rollouts", "trajectories"), "rise": ("RISE rollouts
             "multiturn": ("5-turn sequential evaluation", "problems")}
 
 
+def _first(s: dict[str, Any], anchor_key: str, ours_key: str) -> str:
+    """How many of ours' records the anchor played (results before the split played them all)."""
+    return f"the first {s[anchor_key]}" if s.get(anchor_key, s[ours_key]) < s[ours_key] else "all of them"
+
+
+def _agent_steps(s: dict[str, Any]) -> str:
+    if s.get("finish_ends_episode", True):  # results written before the multi-step workload
+        return f"at most {s['max_steps']} steps"
+    return (f"every episode {s['max_steps']} steps (finish scores the answer without ending the episode, on both "
+            "sides: the base model answers at once, a trained agent searches for several steps, and the steps after "
+            "the first are the work a kept cache saves)")
+
+
 def rollouts(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     lines = [
         "## 5. Rollouts: ours vs the anchors' loops", "",
         f"{s['dtype']}; ours at batch {s['batch_size']} with its KV budget ({s['cache_bytes'] / 2**20:.0f} MiB), each "
         "episode's cache kept between its steps; the anchors one conversation at a time through `model.generate` "
-        f"(bench/rollout_anchors.py). Agent: {s['agent_questions']} HotpotQA questions, replay search, one-shot ReAct "
-        f"prompt (Alpaca), greedy, at most {s['max_steps']} steps of {s['step_tokens']} tokens, no retry. RISE: "
+        f"(bench/rollout_anchors.py), so their rate does not depend on how many they play: each anchor is timed on "
+        f"the first of ours' records, and the ratios are of rates. Agent: {s['agent_questions']} HotpotQA questions "
+        f"(the anchor: {_first(s, 'anchor_questions', 'agent_questions')}), replay search, one-shot ReAct prompt "
+        f"(Alpaca), greedy, {_agent_steps(s)} of at most {s['step_tokens']} tokens, no retry. RISE: "
         f"{s['rise_problems']} GSM8K problems, turn 1 one sample, turn 2 the best of 4, temperature 1.0, "
-        f"{s['turn_tokens']} tokens per answer. Sequential evaluation: {s['eval_problems']} problems x 5 turns, "
-        f"context window 2. {s['pairs']} alternating round(s) after a warm-up of both sides.", "",
+        f"{s['turn_tokens']} tokens per answer. Sequential evaluation: {s['eval_problems']} problems (the anchor: "
+        f"{_first(s, 'anchor_eval_problems', 'eval_problems')}) x 5 turns, context window 2. {s['pairs']} alternating "
+        "round(s) after a warm-up of both sides.", "",
         "| work | ours per s | anchor per s | ours / anchor | ours tokens/s | anchor tokens/s | tokens/s ratio | "
         "prompt tokens ours took from its cache |", "|---|---|---|---|---|---|---|---|",
     ]

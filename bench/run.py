@@ -32,8 +32,9 @@ FULL: dict[str, dict[str, Any]] = {
     "batch": {"num_prompts": 128, "max_new_tokens": 32, "pairs": 2},
     "llamacpp": {"num_prompts": 64, "max_new_tokens": 64},
     "sft": {"num_examples": 8, "batch_size": 4, "max_length": 512},
-    "rollouts": {"agent_questions": 6, "max_steps": 4, "step_tokens": 48, "rise_problems": 4, "eval_problems": 4,
-                 "turn_tokens": 96, "pairs": 2},
+    # The anchors play one conversation at a time: they are timed on the first anchor_* of ours' records.
+    "rollouts": {"agent_questions": 16, "anchor_questions": 6, "max_steps": 4, "step_tokens": 48, "rise_problems": 4,
+                 "eval_problems": 16, "anchor_eval_problems": 4, "turn_tokens": 96, "pairs": 2},
     "contention": {"prompts": 24, "max_new_tokens": 48, "rounds": 2, "batch_size": 16},
 }
 SMOKE: dict[str, dict[str, Any]] = {
@@ -46,8 +47,8 @@ SMOKE: dict[str, dict[str, Any]] = {
     "batch": {"num_prompts": 4, "max_new_tokens": 4, "pairs": 1, "batch_sizes": (2, 4)},
     "llamacpp": {"num_prompts": 4, "max_new_tokens": 4, "probe_batches": (2, 4)},
     "sft": {"num_examples": 2, "batch_size": 2, "max_length": 512},
-    "rollouts": {"agent_questions": 2, "max_steps": 2, "step_tokens": 6, "rise_problems": 2, "eval_problems": 2,
-                 "turn_tokens": 6, "pairs": 1},
+    "rollouts": {"agent_questions": 2, "anchor_questions": 1, "max_steps": 2, "step_tokens": 6, "rise_problems": 2,
+                 "eval_problems": 2, "anchor_eval_problems": 1, "turn_tokens": 6, "pairs": 1},
     "contention": {"prompts": 2, "max_new_tokens": 4, "rounds": 1, "batch_size": 2, "competitor_threads": 1},
 }
 

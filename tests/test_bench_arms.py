@@ -56,6 +56,20 @@ def test_anchor_loops_play_every_record(recipe, shared_data: Path) -> None:
     assert r["samples"] == 6 and 6 <= r["tokens"] <= 24
 
 
+def test_finish_goes_on_only_inside_the_agent_arm(shared_data: Path) -> None:
+    from bench.rollout_bench import finish_goes_on
+    from selfplay.config import AgentConfig
+    from selfplay.envs.agent_episodes import load_agent
+
+    config = AgentConfig(task="hotpotqa", search_sources=[str(shared_data / "agent" / "search_cache.json")])
+    record = {"id": "q", "meta": {"answer": "Paris"}}
+    with finish_goes_on():
+        seen = load_agent(config).tools["finish"].run("Paris", record)
+    after = load_agent(config).tools["finish"].run("Paris", record)
+    assert (seen.done, after.done) == (False, True)
+    assert seen.text == after.text and seen.reward == after.reward == 1.0
+
+
 def _tiny_gguf(path: Path) -> dict[str, object]:
     """A small llama-architecture GGUF with a Q4_1 matrix, a Q8_0 matrix and an F32 norm; returns the
     dequantized values the file holds."""

@@ -78,10 +78,13 @@ def test_bench_smoke_decoding_and_training_sections(tiny_model: Path, shared_dat
     assert set(sft["summary"]) == {"ours", "trl"} and {"ours_over_trl", "memory_ours_over_trl"} <= sft["ratios"].keys()
     # The same records: nearly the same tokens (TRL's chat template adds a newline after EOS).
     assert 0.8 < sft["runs"]["ours"][0]["tokens"] / sft["runs"]["trl"][0]["tokens"] <= 1.0
-    for work in ("agent", "rise", "multiturn"):
+    for work, anchor_count in (("agent", 1), ("rise", 2), ("multiturn", 1)):
         arm = results["rollouts"][work]
-        assert arm["runs"]["ours"][0]["episodes"] == arm["runs"]["anchor"][0]["episodes"] == 2, work
+        assert arm["runs"]["ours"][0]["episodes"] == 2 and arm["runs"]["anchor"][0]["episodes"] == anchor_count, work
         assert arm["ratio_episodes"]["n"] == 1 and arm["tokens_per_s"]["anchor"]["median"] > 0, work
+    # Every agent episode plays all its steps on both sides (finish does not end it in this arm).
+    agent = results["rollouts"]["agent"]["runs"]
+    assert agent["ours"][0]["calls"] == 2 * 2 and agent["anchor"][0]["steps"] == 1 * 2
     for heading in ("## 1. Generation", "## 2. Training", "## 1a. Generation in fp32",
                     "## 1b. Decode throughput vs batch size", "## 1c. Ours vs llama.cpp", "## 2c. Likelihood training",
                     "## 5. Rollouts"):
