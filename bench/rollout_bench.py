@@ -159,7 +159,8 @@ def run_rollout_bench(model_name: str, data_dir: Path, out_dir: Path, *, agent_q
                            seed=rep + 1, release=turn_model.release)
         return counted, time.perf_counter() - t0
 
-    def measured(ours_fn: Any, anchor_fn: Any, count: int, label: str, anchor_count: int | None = None) -> dict[str, Any]:
+    def measured(ours_fn: Any, anchor_fn: Any, count: int, label: str,
+                 anchor_count: int | None = None) -> dict[str, Any]:
         anchor_count = anchor_count or count
         ours_fn(max(1, count // 4), -1)  # warm-up, both sides
         anchor_fn(max(1, anchor_count // 4))
