@@ -288,7 +288,8 @@ def render(results: dict[str, Any]) -> str:
     for row in target_rows(results):
         verdict = {True: "met", False: "**missed**", None: "not run"}[row["met"]]
         lines.append(f"| {row['what']} | {row['target']} | {_spread(row['spread'], '{:.3f}')} | {verdict} |")
-    lines += [""] + [f"Skipped: {s}" for s in meta.get("skipped", [])] + [""]
+    lines += [""] + [f"Skipped: {s}" for s in meta.get("skipped", [])]
+    lines += [f"Rerun: {s}" for s in meta.get("reruns", [])] + [""]
     lines += _machine(results["machine"]) + _load_note(meta, results["machine"])
     if "generation" in results:
         lines += _generation(results["generation"])
