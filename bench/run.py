@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,9 @@ def _notes(results: dict[str, Any]) -> list[str]:
                      f"limit ({b['bound_tokens_per_s']:.0f} tokens/s at batch {g['settings']['batch_size']}). The "
                      f"recipe spends {100 * waste:.0f}% of its decode rows on sequences that already ended; skipping "
                      f"them (as ours does) can gain at most {1 / max(1 - waste, 1e-9):.2f}x at equal cost per row.")
+        whole = _workload_compute_bound(g, results.get("machine", {}))
+        if whole:
+            notes.append(whole)
     if t and any(w.startswith("training") for w in missed):
         s = t["summary"]
         notes.append("Training: " + "; ".join(
@@ -115,6 +119,25 @@ def _notes(results: dict[str, Any]) -> list[str]:
                      f"gradients + optimizer state take {state:.0f} MiB; the rest is the activations of one batch, "
                      f"{100 * w['padding_fraction']:.0f}% of whose positions are padding.")
     return notes
+
+
+def _workload_compute_bound(g: dict[str, Any], machine: dict[str, Any]) -> str | None:
+    """The compute bound on generated tokens/s counting the prompts' FLOPs too: the decode bound above counts
+    decode steps only, yet both arms prefill every prompt once (about 2 x params FLOPs per prompt token, the same
+    work on both sides). None where the results lack what it needs (runs before these fields existed)."""
+    peak = machine.get("matmul_peak_gflops", {}).get(g["settings"]["dtype"])
+    if not peak or "mean_prompt_tokens" not in g:
+        return None
+    prompt_tokens = g["mean_prompt_tokens"] * g["settings"]["prompts"]
+    generated = statistics.median(r["tokens"] for r in g["runs"]["ours"])
+    min_seconds = 2 * g["decode_bound"]["params"] * (prompt_tokens + generated) / (peak * 1e9)
+    bound = generated / min_seconds
+    shares = ", ".join(f"{arm} {100 * g['tokens_per_s'][arm]['median'] / bound:.0f}%"
+                       for arm in ("ours", "spin_recipe") if arm in g["tokens_per_s"])
+    return (f"Counting the prompts too ({prompt_tokens:.0f} prompt tokens, each prefilled once by both arms, beside "
+            f"{generated:.0f} generated), this workload's FLOPs at the measured matmul peak ({peak:.0f} GFLOP/s) "
+            f"allow at most {bound:.0f} generated tokens/s, {100 * prompt_tokens / (prompt_tokens + generated):.0f}% "
+            f"of the FLOPs in prefill: {shares} of it.")
 
 
 def main(argv: list[str] | None = None) -> int:
