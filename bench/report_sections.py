@@ -114,10 +114,10 @@ def _first(s: dict[str, Any], anchor_key: str, ours_key: str) -> str:
 
 def _agent_steps(s: dict[str, Any]) -> str:
     if s.get("finish_ends_episode", True):  # results written before the multi-step workload
-        return f"at most {s['max_steps']} steps"
-    return (f"every episode {s['max_steps']} steps (finish scores the answer without ending the episode, on both "
-            "sides: the base model answers at once, a trained agent searches for several steps, and the steps after "
-            "the first are the work a kept cache saves)")
+        return f"at most {s['max_steps']} steps of at most {s['step_tokens']} tokens"
+    return (f"every episode {s['max_steps']} steps of at most {s['step_tokens']} tokens (finish scores the answer "
+            "without ending the episode, on both sides: the base model answers at once, a trained agent searches for "
+            "several steps, and the steps after the first are the work a kept cache saves)")
 
 
 def rollouts(r: dict[str, Any]) -> list[str]:
@@ -129,7 +129,7 @@ def rollouts(r: dict[str, Any]) -> list[str]:
         f"(bench/rollout_anchors.py), so their rate does not depend on how many they play: each anchor is timed on "
         f"the first of ours' records, and the ratios are of rates. Agent: {s['agent_questions']} HotpotQA questions "
         f"(the anchor: {_first(s, 'anchor_questions', 'agent_questions')}), replay search, one-shot ReAct prompt "
-        f"(Alpaca), greedy, {_agent_steps(s)} of at most {s['step_tokens']} tokens, no retry. RISE: "
+        f"(Alpaca), greedy, {_agent_steps(s)}, no retry. RISE: "
         f"{s['rise_problems']} GSM8K problems, turn 1 one sample, turn 2 the best of 4, temperature 1.0, "
         f"{s['turn_tokens']} tokens per answer. Sequential evaluation: {s['eval_problems']} problems (the anchor: "
         f"{_first(s, 'anchor_eval_problems', 'eval_problems')}) x 5 turns, context window 2. {s['pairs']} alternating "
