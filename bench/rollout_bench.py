@@ -48,7 +48,7 @@ class Counted:
 
     def generate(self, prompts: list[str], **kwargs: Any) -> list[list[str]]:
         out = self.sampler.generate(prompts, **kwargs)
-        self.calls += len(prompts)  # agent steps, RISE candidates' turns, evaluation turns
+        self.calls += len(prompts)  # prompts decoded: one per agent step (no retries), per turn of an episode
         stats = self.sampler.last_stats
         self.tokens += stats["tokens"]
         self.prompt_tokens += stats["prompt_tokens"]
@@ -62,10 +62,9 @@ class Counted:
 class _FinishThatGoesOn:
     """``finish[answer]`` scored by the task, shown as the finish tool shows it, without ending the episode."""
 
-    name, usage, concurrent = "finish", "finish[answer]", False
-
     def __init__(self, finish: Any) -> None:
         self.finish = finish
+        self.name, self.usage, self.concurrent = finish.name, finish.usage, finish.concurrent
 
     def run(self, argument: str, record: dict[str, Any]) -> Any:
         return dataclasses.replace(self.finish.run(argument, record), done=False)
@@ -159,9 +158,7 @@ def run_rollout_bench(model_name: str, data_dir: Path, out_dir: Path, *, agent_q
                            seed=rep + 1, release=turn_model.release)
         return counted, time.perf_counter() - t0
 
-    def measured(ours_fn: Any, anchor_fn: Any, count: int, label: str,
-                 anchor_count: int | None = None) -> dict[str, Any]:
-        anchor_count = anchor_count or count
+    def measured(ours_fn: Any, anchor_fn: Any, count: int, label: str, anchor_count: int) -> dict[str, Any]:
         ours_fn(max(1, count // 4), -1)  # warm-up, both sides
         anchor_fn(max(1, anchor_count // 4))
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "anchor": []}
@@ -193,7 +190,7 @@ def run_rollout_bench(model_name: str, data_dir: Path, out_dir: Path, *, agent_q
         "rise": measured(ours_rise, lambda n: rise_episodes(
             model, tokenizer, env, problems[:n], max_turns=2, num_samples=[1, 4], max_new_tokens=turn_tokens,
             temperature=1.0, prompt_format="chat", max_repeats=rise_cfg.rise.max_word_repeats),
-            rise_problems, "RISE rollouts"),
+            rise_problems, "RISE rollouts", rise_problems),
         "multiturn": measured(ours_multiturn, lambda n: sequential_eval(
             model, tokenizer, env, problems[:n], turns=5, context_window=2, max_new_tokens=turn_tokens,
             temperature=1.0, prompt_format="chat"), eval_problems, "sequential evaluation", anchor_eval_problems),

@@ -152,7 +152,8 @@ def test_the_workload_compute_bound_counts_the_prompts() -> None:
 
     # 10 prompts x 50 tokens + 500 generated, 2 x 1e8 FLOPs per token, 100 GFLOP/s: 2 s at best, 250 tokens/s.
     g = {"settings": {"dtype": "float32", "prompts": 10}, "mean_prompt_tokens": 50.0,
-         "decode_bound": {"params": 1e8}, "runs": {"ours": [{"tokens": 500.0}, {"tokens": 500.0}]},
+         "decode_bound": {"params": 1e8}, "runs": {"ours": [{"tokens": 500.0}, {"tokens": 500.0}],
+                                                    "spin_recipe": [{"tokens": 500.0}]},
          "tokens_per_s": {"ours": {"median": 100.0}, "spin_recipe": {"median": 50.0}}}
     note = _workload_compute_bound(g, {"matmul_peak_gflops": {"float32": 100.0}})
     assert "at most 250 generated tokens/s, 50% of the FLOPs in prefill: ours 40%, spin_recipe 20%" in note
