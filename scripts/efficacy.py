@@ -183,6 +183,7 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
         "problems reported here.",
         "",
     ]
+    lines += _glance(summaries, manifest)
     for name, spec in manifest.items():
         s = summaries.get(name)
         if s is None:  # listed, never silently dropped: a recipe without a run says so
@@ -222,6 +223,45 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
             lines += ["", final_text(s["final"]).replace(str(REPO) + "/", "")]
         lines.append("")
     return "\n".join(lines)
+
+
+def _glance(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[str, Any]]) -> list[str]:
+    """The page's first table: per experiment its task metric from the base model through every iteration, the
+    paired change of the last iteration and of the best one against the base model, the iterations run of those
+    planned, and the wall time (each section below gives the machine and its load around the run)."""
+    lines = ["## At a glance", "",
+             "| experiment | task metric (n held-out) | base → iterations | Δ base, last iteration | best iteration, "
+             "Δ base | iterations run | wall time |", "|---|---|---|---|---|---|---|"]
+    for name in manifest:
+        s = summaries.get(name)
+        if s is None:
+            lines.append(f"| {name} | not run | – | – | – | – | – |")
+            continue
+        metric, rows = s["metric"], s["rows"]
+        trained = [row for row in rows if row["iteration"] != "base" and row.get(metric) is not None]
+        path = " → ".join(f"{row[metric]:.3f}" for row in rows if row.get(metric) is not None)
+        last = trained[-1] if trained else None
+        best = max(trained, key=lambda row: row[metric]) if trained else None
+
+        def change(row: dict[str, Any] | None) -> str:
+            st = (row or {}).get("stats", {}).get(metric) or {}
+            return _fmt_change(st.get("delta"), st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
+
+        planned = ((s.get("config") or {}).get("loop") or {}).get("iters")
+        ran = f"{len(trained)} of {planned}" if planned else str(len(trained))
+        if (s.get("final") or {}).get("stopped_after") is not None:
+            ran += " (stopped)"
+        n = rows[0].get("n", "?")
+        lines.append(f"| [{name}](#{_anchor(s['title'])}) | `{metric}` ({n}) | {path} | {change(last)} | "
+                     f"{best['iteration'] if best else '–'}: {change(best)} | {ran} | "
+                     f"{_minutes(s['wall_seconds'])} |")
+    return lines + [""]
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a ``## title`` heading: lower case, punctuation dropped, spaces as hyphens."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
 
 
 def _also_table(summary: dict[str, Any], metrics: list[str]) -> list[str]:

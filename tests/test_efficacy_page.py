@@ -55,6 +55,33 @@ def test_page_pairs_against_the_baseline_and_never_shows_zero_effect_as_a_gain(e
     assert "python scripts/efficacy.py run rise" in page
 
 
+def test_glance_table_leads_with_every_experiment_and_its_last_and_best_change(efficacy):
+    """The page opens with one row per manifest entry: the metric from base through every iteration, the paired
+    change of the last and of the best iteration (n.s. where the interval includes 0), and a link to its section."""
+    ids = [f"p{i}" for i in range(40)]
+    half = {i: float(k % 2) for k, i in enumerate(ids)}
+    all_right = {i: 1.0 for i in ids}
+    base = {"lo": 0.3, "hi": 0.7}
+    up = {"lo": 0.9, "hi": 1.0, "delta": 0.5, "delta_lo": 0.35, "delta_hi": 0.65, "significant": True}
+    flat = {"lo": 0.3, "hi": 0.7, "delta": 0.0, "delta_lo": -0.1, "delta_hi": 0.1, "significant": False}
+    summary = _summary("spin", {"base": half, "0": all_right, "1": half}, {"base": base, "0": up, "1": flat})
+    summary["title"] = "SPIN (one-step arithmetic, greedy)"
+    summary["config"] = {"loop": {"iters": 3}}
+    manifest = {"spin": {"title": summary["title"], "config": "c/spin.yaml"},
+                "rise": {"title": "RISE recipe", "config": "c/rise.yaml"}}
+    page = efficacy.render_page({"spin": summary}, manifest)
+    glance = page.split("## At a glance")[1].split("\n## ")[0]
+    spin_row = next(line for line in glance.splitlines() if line.startswith("| [spin]"))
+    cells = [c.strip() for c in spin_row.strip("|").split("|")]
+    assert cells[2] == "0.500 → 1.000 → 0.500"
+    assert cells[3] == "+0.000 [-0.100, +0.100] n.s."  # the last iteration: no measurable change, never bold
+    assert cells[4] == "0: **+0.500 [+0.350, +0.650]**"  # the best iteration
+    assert cells[5] == "2 of 3"
+    # The link points at the section's heading as GitHub anchors it.
+    assert "(#spin-one-step-arithmetic-greedy)" in cells[0] and "## SPIN (one-step arithmetic, greedy)" in page
+    assert "| rise | not run |" in glance
+
+
 def test_also_metrics_show_their_intervals_and_changes(efficacy):
     """A manifest's ``also`` metrics (RISE: acc@t1, wrong→right, ...) get a table: value [lo, hi] per iteration
     and, after the base model, the paired change — bold only when its interval excludes 0."""
