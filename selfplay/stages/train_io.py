@@ -38,6 +38,8 @@ def batch_order(lengths: list[int], batch_size: int, epochs: float, seed: int) -
 
     Grouping similar lengths cuts padding (the cost of a batch is its longest row); the windowed shuffle
     keeps batches random. Being a pure function of the seed makes resume a matter of skipping batches.
+    The unit is the micro-batch: with accumulation, another ``batch_size`` regroups which examples share an
+    optimizer step (1 x 8 is not 2 x 4 in another rounding), so changing it starts a different run.
     """
     g = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(len(lengths) / batch_size)
