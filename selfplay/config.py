@@ -134,6 +134,10 @@ class TrainConfig:
     max_length: int = 1024
     max_prompt_length: int = 512
     gradient_checkpointing: bool = False
+    # RMSNorm and the SwiGLU product recompute their elementwise intermediates in backward instead of keeping them
+    # (Llama/Mistral/Qwen2; selfplay.core.lean_activations): the same gradients up to rounding, fewer activations.
+    # Left off under a DeepSpeed or custom accelerate config (sharded weights: not tested there).
+    lean_activations: bool = True
     # "auto": bf16 where the hardware supports it.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     save_merged: bool = False

@@ -31,6 +31,7 @@ import torch
 
 from selfplay.config import Config, save_config
 from selfplay.core.examples import RESPONSE_FIELDS, TokenizedExample
+from selfplay.core.lean_activations import keep_fewer_activations
 from selfplay.core.logprobs import training_batch
 from selfplay.core.memory import large_blocks_unmapped, release_memory
 from selfplay.core.objectives import Objective, batch_values, get_objective
@@ -127,7 +128,9 @@ def _accelerator(cfg: Config, out_dir: Path) -> Any:
 
 
 def _policy(cfg: Config, policy: Any) -> Any:
-    """LoRA adapters and gradient checkpointing as configured."""
+    """LoRA adapters, gradient checkpointing and lean activations as configured."""
+    if cfg.train.lean_activations and not (cfg.launch.deepspeed_config or cfg.launch.accelerate_config):
+        keep_fewer_activations(policy)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
