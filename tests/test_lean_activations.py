@@ -93,6 +93,24 @@ def test_other_architectures_are_left_alone():
     assert keep_fewer_activations(model) == 0
 
 
+def test_a_norm_that_computes_something_else_is_not_patched(tiny_model, monkeypatch):
+    """Should a transformers release change what the class computes (here: Gemma's 1 + weight), nothing is patched."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from selfplay.core.lean_activations import keep_fewer_activations
+
+    def gemma_style(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return (normed * (1 + self.weight)).to(x.dtype)
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", gemma_style)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert keep_fewer_activations(model) == 0
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
 @pytest.mark.parametrize("grad_weight", [True, False])
 def test_rmsnorm_function_against_the_formula(grad_weight):
     """The norm against autograd through transformers' formula written out (which normalises in float32 whatever

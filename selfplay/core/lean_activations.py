@@ -93,20 +93,32 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
+def _same_forward(module: torch.nn.Module, patched: Any, width: int) -> bool:
+    """Whether ``patched`` computes the module class's own forward, bit for bit, on a small random input: the
+    guard against a transformers release that changes what these classes compute."""
+    weight = next(module.parameters())
+    if weight.device.type == "meta" or weight.numel() == 0:  # not materialised (or sharded): nothing to compare
+        return False
+    x = torch.randn(2, width, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        return torch.equal(type(module).forward(module, x), patched(module, x))
+
+
 def keep_fewer_activations(model: Any) -> int:
     """Patch every RMSNorm and MLP of a supported ``model`` (PEFT-wrapped or not) in place; returns how many
-    modules now recompute their elementwise intermediates in backward (0 when the model is not supported)."""
+    modules now recompute their elementwise intermediates in backward (0 when the model is not supported, or
+    when a module's own forward no longer computes what the patch does)."""
     if unsupported_reason(model) is not None:
         return 0
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     norm_cls, mlp_cls = SUPPORTED[inner.config.model_type]
-    patched = 0
-    for module in inner.modules():
-        kind = type(module).__name__
-        if kind == norm_cls:
-            module.forward = types.MethodType(_norm_forward, module)
-            patched += 1
-        elif kind == mlp_cls:
-            module.forward = types.MethodType(_mlp_forward, module)
-            patched += 1
-    return patched
+    norms = [m for m in inner.modules() if type(m).__name__ == norm_cls]
+    mlps = [m for m in inner.modules() if type(m).__name__ == mlp_cls]
+    if not norms or not mlps or not (_same_forward(norms[0], _norm_forward, norms[0].weight.shape[0])
+                                     and _same_forward(mlps[0], _mlp_forward, mlps[0].gate_proj.in_features)):
+        return 0
+    for module in norms:
+        module.forward = types.MethodType(_norm_forward, module)
+    for module in mlps:
+        module.forward = types.MethodType(_mlp_forward, module)
+    return len(norms) + len(mlps)
