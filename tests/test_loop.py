@@ -201,3 +201,20 @@ def test_per_iteration_rows_reach_tensorboard(cli, tiny_model, tmp_path):
     assert cli(args).exit_code == 0  # everything done: nothing is logged twice
     assert len(read_jsonl(run / "eval" / "metrics.jsonl")) == 2
     assert [step for step, _ in _tensorboard_scalars(run / "trackers")["real_loglik"]] == [0, 1]
+
+
+def test_runs_made_before_lean_activations_keep_their_training_fingerprint():
+    """train.lean_activations joins the training unit's inputs only when off: on (the default) what a run made
+    before the setting existed hashed is unchanged, so resuming it after an upgrade trains nothing again."""
+    import dataclasses
+
+    from selfplay.config import Config
+    from selfplay.stages.loop import _train_inputs
+
+    cfg = Config()
+    before = dataclasses.asdict(cfg.train)
+    before.pop("eval_every")
+    before.pop("lean_activations")
+    assert _train_inputs(cfg, "data")[0] == before
+    cfg.train.lean_activations = False
+    assert _train_inputs(cfg, "data")[0] == {**before, "lean_activations": False}

@@ -137,9 +137,12 @@ def _training_records(method: Method, it: Iteration, collected_path: Path, colle
 def _train_inputs(ck: Config, data_fp: str) -> list[Any]:
     """What an iteration's training depends on besides its model and records: the train and LoRA settings and,
     with evaluation inside the iteration, its settings and validation prompts. Those join only when evaluation
-    is on, so runs made before they existed keep their fingerprints (and are not trained again)."""
+    is on, so runs made before they existed keep their fingerprints (and are not trained again). Likewise
+    ``train.lean_activations`` joins only when turned off: on (the default) it changes gradients by rounding only."""
     train = dataclasses.asdict(ck.train)
     every = train.pop("eval_every")
+    if not train.pop("lean_activations"):
+        train["lean_activations"] = False
     inputs: list[Any] = [train, dataclasses.asdict(ck.model.lora)]
     if every:
         loop = ck.loop
