@@ -152,6 +152,12 @@ def _fmt_change(delta: float | None, lo: float | None, hi: float | None, signifi
     return f"**{text}**" if significant else f"{text} n.s."
 
 
+def _change_vs_base(row: dict[str, Any], metric: str) -> str:
+    """A row's paired change of ``metric`` against the base model, as the tables print it ("–" where none)."""
+    st = (row.get("stats") or {}).get(metric) or {}
+    return _fmt_change(st.get("delta"), st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
+
+
 def _paired_vs(summary: dict[str, Any], other: dict[str, Any], iteration: str) -> dict[str, Any] | None:
     """The paired change of ``summary``'s task metric against ``other``'s at the same iteration (same prompts)."""
     from selfplay.evals.stats import paired_bootstrap
@@ -204,9 +210,7 @@ def render_page(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[s
         for row in s["rows"]:
             st = row["stats"].get(s["metric"])
             value = _fmt_interval(row[s["metric"]], st["lo"], st["hi"]) if st else f"{row.get(s['metric'], '–')}"
-            change = _fmt_change(st.get("delta"), st.get("delta_lo"), st.get("delta_hi"), st.get("significant")) \
-                if st else "–"
-            cells = [str(row["iteration"]), value, change]
+            cells = [str(row["iteration"]), value, _change_vs_base(row, s["metric"])]
             if baseline:
                 vs = _paired_vs(s, baseline, str(row["iteration"])) if row["iteration"] != "base" else None
                 cells.append(_fmt_change(vs["delta"], vs["lo"], vs["hi"], vs["significant"]) if vs else "–")
@@ -240,20 +244,15 @@ def _glance(summaries: dict[str, dict[str, Any]], manifest: dict[str, dict[str, 
         metric, rows = s["metric"], s["rows"]
         trained = [row for row in rows if row["iteration"] != "base" and row.get(metric) is not None]
         path = " → ".join(f"{row[metric]:.3f}" for row in rows if row.get(metric) is not None)
-        last = trained[-1] if trained else None
-        best = max(trained, key=lambda row: row[metric]) if trained else None
-
-        def change(row: dict[str, Any] | None) -> str:
-            st = (row or {}).get("stats", {}).get(metric) or {}
-            return _fmt_change(st.get("delta"), st.get("delta_lo"), st.get("delta_hi"), st.get("significant"))
-
+        last = _change_vs_base(trained[-1], metric) if trained else "–"
+        top = max(trained, key=lambda row: row[metric]) if trained else None  # task metrics: higher is better
+        best = f"{top['iteration']}: {_change_vs_base(top, metric)}" if top else "–"
         planned = ((s.get("config") or {}).get("loop") or {}).get("iters")
         ran = f"{len(trained)} of {planned}" if planned else str(len(trained))
         if (s.get("final") or {}).get("stopped_after") is not None:
             ran += " (stopped)"
         n = rows[0].get("n", "?")
-        lines.append(f"| [{name}](#{_anchor(s['title'])}) | `{metric}` ({n}) | {path} | {change(last)} | "
-                     f"{best['iteration'] if best else '–'}: {change(best)} | {ran} | "
+        lines.append(f"| [{name}](#{_anchor(s['title'])}) | `{metric}` ({n}) | {path} | {last} | {best} | {ran} | "
                      f"{_minutes(s['wall_seconds'])} |")
     return lines + [""]
 
