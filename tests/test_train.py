@@ -140,6 +140,49 @@ def test_a_checkpoint_swap_killed_midway_is_recovered(tmp_path: Path, killed_at:
     expected = {"before the swap": 2, "between the renames": 4, "between the renames, new one torn": 2,
                 "after the swap": 4}[killed_at]
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == expected
+    assert not old.exists()  # the next swap renames checkpoint onto that name
+
+
+class _OneProcessAccelerator:
+    """What save_checkpoint calls on an accelerator, for one process: ``save_state`` writes a file; each
+    barrier records whether the copy was already marked complete."""
+
+    is_main_process = True
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.barriers = tmp, []
+
+    def save_state(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "random_states_0.pkl").write_bytes(b"rng")
+
+    def wait_for_everyone(self) -> None:
+        self.barriers.append((self.tmp / "trainer_state.json").exists())
+
+
+def test_a_checkpoint_after_a_swap_killed_while_deleting_the_old_one(tmp_path: Path) -> None:
+    """A kill after the swap, while the previous checkpoint was being deleted, leaves a half-deleted
+    checkpoint.old: the rerun's next checkpoint must still swap in (rename() onto a non-empty directory fails),
+    and every rank's files are in the copy before it is marked complete (a barrier after save_state)."""
+    from selfplay.io import write_json
+    from selfplay.stages.train_io import recover_checkpoint, save_checkpoint
+
+    ckpt, old = tmp_path / "checkpoint", tmp_path / "checkpoint.old"
+    ckpt.mkdir()
+    write_json(ckpt / "trainer_state.json", {"step": 4})
+    old.mkdir()
+    (old / "optimizer.bin").write_bytes(b"half deleted")  # its trainer_state.json already gone
+    recover_checkpoint(ckpt)
+    assert not old.exists()
+
+    old.mkdir()  # the same leftover, where a resume did not pass through recover_checkpoint
+    (old / "optimizer.bin").write_bytes(b"half deleted")
+    accelerator = _OneProcessAccelerator(tmp_path / "checkpoint.tmp")
+    save_checkpoint(accelerator, ckpt, {"step": 6})
+    assert json.loads((ckpt / "trainer_state.json").read_text()) == {"step": 6}
+    assert (ckpt / "random_states_0.pkl").exists() and not old.exists()
+    assert not (tmp_path / "checkpoint.tmp").exists()
+    assert accelerator.barriers[:2] == [False, False]  # before save_state, and after it before the marker
 
 
 def test_adamw_runs_its_fused_kernel(cli, tiny_model, tmp_path, monkeypatch):

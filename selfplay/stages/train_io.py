@@ -81,6 +81,9 @@ def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int], needed:
     try:
         with writing(ckpt, needed):
             accelerator.save_state(str(tmp))
+            # save_state ends without a barrier and every rank writes its RNG state into the directory: a rank
+            # still writing must not find it renamed (or its file missing from a copy marked complete).
+            accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 write_json(tmp / "trainer_state.json", state)  # last: marks the copy complete
                 fsync_tree(tmp)
@@ -90,6 +93,9 @@ def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int], needed:
         raise
     if accelerator.is_main_process:
         old = ckpt.with_name(ckpt.name + ".old")
+        # One left by a swap killed before its end (recover_checkpoint removes it too): rename() onto a
+        # non-empty directory fails, and would fail at every checkpoint of every rerun.
+        shutil.rmtree(old, ignore_errors=True)
         if ckpt.exists():
             ckpt.rename(old)
         tmp.rename(ckpt)
@@ -103,15 +109,19 @@ def recover_checkpoint(ckpt: Path, marker: str = "trainer_state.json") -> None:
     of (main process only).
 
     Between its two renames ``ckpt`` is missing: ``ckpt.tmp`` then holds the newer, complete checkpoint
-    (its ``marker`` file is written last, atomically), ``ckpt.old`` the previous one.
+    (its ``marker`` file is written last, atomically), ``ckpt.old`` the previous one. Whatever ``ckpt.old``
+    is left afterwards (a kill after the swap, or while it was being deleted) is removed: the next swap
+    renames ``ckpt`` onto that name.
     """
+    old = ckpt.with_name(ckpt.name + ".old")
+    if not (ckpt / marker).exists():
+        for candidate in (ckpt.with_name(ckpt.name + ".tmp"), old):
+            if (candidate / marker).exists():
+                shutil.rmtree(ckpt, ignore_errors=True)
+                candidate.rename(ckpt)
+                break
     if (ckpt / marker).exists():
-        return
-    for candidate in (ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")):
-        if (candidate / marker).exists():
-            shutil.rmtree(ckpt, ignore_errors=True)
-            candidate.rename(ckpt)
-            return
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def finish(accelerator: Any, cfg: Config, scorer: Any, tok: Any, out_dir: Path, state: dict[str, int],
