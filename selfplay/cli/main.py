@@ -21,9 +21,11 @@ class _Root(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
+            from selfplay.models import pause_full_collections
             from selfplay.threads import setup
 
             setup()  # threads and their wait policy, before any command imports torch
+            pause_full_collections()  # until the first model: the imports then are frozen (selfplay.models)
             return super().invoke(ctx)
         except Exception as e:
             error = e if isinstance(e, UserError) else disk_full_error(e)

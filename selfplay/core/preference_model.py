@@ -306,6 +306,9 @@ def load_preference_model(path: str | Path, device: str, dtype: torch.dtype) -> 
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from selfplay.models import freeze_import_time_objects
+
+    freeze_import_time_objects()  # as load_model does before a process's first model
     path = Path(path)
     heads = load_head_weights(path)
     spec = head_spec(path, heads)

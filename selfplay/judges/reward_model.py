@@ -38,7 +38,7 @@ class RewardModelJudge:
         from transformers import AutoModelForSequenceClassification
 
         from selfplay.core.preference_model import find_head_weights
-        from selfplay.models import resolve_model
+        from selfplay.models import freeze_import_time_objects, resolve_model
 
         local = resolve_model(path)
         heads = find_head_weights(local)
@@ -57,6 +57,7 @@ class RewardModelJudge:
         self.max_length = max_length
         self.tokenizer = load_tokenizer_with_template(local, "reward model")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        freeze_import_time_objects()  # as load_model does before a process's first model
         self.model = AutoModelForSequenceClassification.from_pretrained(local, dtype=dtype)
         if self.model.config.num_labels != 1:
             raise UserError(f"reward model '{path}' has {self.model.config.num_labels} outputs; a reward "

@@ -57,9 +57,11 @@ def _run(cfg: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from selfplay.models import pause_full_collections
     from selfplay.threads import setup
 
     setup()  # this worker's share of the threads (set by its launcher), before torch is imported
+    pause_full_collections()  # as the CLI: until the first model, whose imports are then frozen
     from selfplay.core.launchers import exit_with_parent
     from selfplay.methods import load_config
     from selfplay.progress import quiet_libraries
