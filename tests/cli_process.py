@@ -40,6 +40,11 @@ import selfplay.stages.loop  # noqa: F401
 import selfplay.stages.train  # noqa: F401
 
 transformers.LlamaForCausalLM, transformers.AutoTokenizer  # noqa: B018 (loads the lazy modules)
+# Frozen once here, as the test session does (conftest): each forked command then skips the full collection
+# over ~400k import-time objects that its first model would start with (selfplay.models).
+from selfplay.models import freeze_import_time_objects  # noqa: E402
+
+freeze_import_time_objects()
 
 _context: Any = None
 _started: list[CLIProcess] = []
