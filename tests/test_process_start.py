@@ -25,7 +25,8 @@ import selfplay.stages.worker as worker
 worker._run = lambda cfg, args: out.__setitem__("worker", gc.get_threshold())
 config = Path(sys.argv[2])
 config.write_text("method: spin\\n")
-assert worker.main(["generate", "--shards", "0", "--num-shards", "1", "--config", str(config), "--data", "x", "--out", "y"]) == 0
+args = ["--shards", "0", "--num-shards", "1", "--config", str(config), "--data", "x", "--out", "y"]
+assert worker.main(["generate", *args]) == 0
 import torch, transformers  # what a stage imports before its model: collected young only
 from selfplay.models import load_model
 model, tok = load_model(sys.argv[1])
