@@ -35,6 +35,7 @@ def test_two_iteration_spin_loop(cli, tiny_model, tmp_path):
     assert rows[1]["pairs"] == own[0] >= 12 and rows[2]["pairs"] == own[0] + own[1]
     assert (run / "eval" / "plots" / "iterations.png").stat().st_size > 1000
     assert "| iter |" in (run / "eval" / "report.md").read_text()
+    assert "train loss (" not in (run / "eval" / "report.md").read_text()  # SPIN's logistic loss needs no note
     state = json.loads((run / "state.json").read_text())["units"]
     assert all(u["done"] for u in state.values()) and "iter_1/train" in state
     assert (run / "config.yaml").exists() and (run / "iter_1" / "train" / "model" / "config.json").exists()
@@ -101,7 +102,11 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
     # fresh samples on the held-out prompts, scored by the verifier and by the judge
     assert all(r["samples_per_prompt"] == 2 and 0 <= r["sample_accuracy"] <= 1 and isinstance(r["sample_score"], float)
                for r in rows)
-    assert "sample acc" in (run / "eval" / "report.md").read_text()
+    report = (run / "eval" / "report.md").read_text()
+    assert "sample acc" in report
+    # The squared loss's scale is explained under the table, in the terminal and in the report (beta = 0.1 here).
+    assert "train loss (sppo): the squared distance" in report and "1/beta = 10;" in report
+    assert "train loss (sppo): the squared distance" in " ".join(res.output.split())
     ids = [{r["id"] for r in read_jsonl(run / f"iter_{k}" / "generate.jsonl")} for k in (0, 1)]
     assert len(ids[0]) == len(ids[1]) == 6 and not ids[0] & ids[1]  # disjoint prompt slices
     for rec in read_jsonl(run / "iter_0" / "rank.jsonl"):

@@ -263,3 +263,23 @@ def test_matches_trl(ours, trl_name, beta):
     torch.testing.assert_close(out.losses.mean(), trl_mean, rtol=1e-9, atol=1e-9)
     assert metrics["rewards/chosen"][0] == pytest.approx(out.chosen_rewards.mean().item(), rel=1e-9)
     assert metrics["rewards/rejected"][0] == pytest.approx(out.rejected_rewards.mean().item(), rel=1e-9)
+
+
+def test_the_squared_losses_carry_a_note_on_their_scale() -> None:
+    """SPPO/GPO losses scale as 1/beta^2: a table of them says so (the anchors' beta = 1e-3 gives values in
+    the thousands, which read as a divergence otherwise); the logistic losses need no note."""
+    from selfplay.core.losses import LOSSES, loss_note
+
+    note = loss_note("sppo", 1e-3)
+    assert note is not None and "1/beta = 1000;" in note and "up to 250000" in note
+    assert all(loss_note(name, 1e-3) for name in ("sppo_single", "sppo_hard", "gpo"))
+    assert not any(loss_note(name, 0.1) for name in ("sigmoid", "dpo", "spin", "hinge", "ipo"))
+    assert {"sppo", "sppo_single", "sppo_hard", "gpo"} <= LOSSES.keys()
+    # The bound it quotes: SPPO's loss at the start (log-ratios 0) with targets at their extremes.
+    import torch
+
+    from selfplay.core.losses import sppo_loss
+
+    zero = torch.zeros(1)
+    start = sppo_loss(zero, zero, zero, zero, beta=1e-3, chosen_prob=torch.ones(1), rejected_prob=torch.zeros(1))
+    assert abs(start.losses.item() - 250000) < 1e-3 * 250000

@@ -341,6 +341,22 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # Extra keyword options of a loss, read from the train config: loss -> {loss keyword: train config key}.
 LOSS_OPTIONS: dict[str, dict[str, str]] = {"gpo": {"clamp": "gpo_clamp"}}
+# The regression losses (SPPO, GPO): squared distances of the log-ratios to targets of size 1/beta, so their
+# values scale as 1/beta^2 (thousands and more at the anchors' beta = 1e-3), which a reader of the iteration
+# table would otherwise take for a divergence.
+_SQUARED_TARGET_LOSSES: frozenset[str] = frozenset({"sppo", "sppo_single", "sppo_hard", "gpo"})
+
+
+def loss_note(loss: str, beta: float) -> str | None:
+    """A line for the iteration table where the loss's values need one (see _SQUARED_TARGET_LOSSES), else None."""
+    if loss not in _SQUARED_TARGET_LOSSES:
+        return None
+    return (f"train loss ({loss}): the squared distance of each response's log(pi/pi_ref) to its target, "
+            f"(P(win) - 1/2)/beta or the judge's score/beta, with 1/beta = {1 / beta:g}; it scales as 1/beta^2 "
+            f"(up to {0.25 / beta ** 2:g} for SPPO's targets), so compare it across steps and iterations, "
+            f"not with other losses")
+
+
 # Losses that accept label smoothing (cDPO); the others refuse a non-zero value.
 LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "dpo", "spin"})
 

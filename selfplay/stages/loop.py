@@ -236,7 +236,9 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
                 logger: MetricLogger | None) -> list[dict[str, Any]]:
     """The base evaluation and the iterations, each unit skipped when done for its inputs. A row whose
     evaluation ran in this call goes to ``logger`` (a resumed run does not log its finished rows again)."""
+    from selfplay.core.losses import loss_note
     from selfplay.data.records import load_sft
+    from selfplay.methods import loss_of
     from selfplay.model_card import add_evaluation
     from selfplay.model_meta import kept_text
     from selfplay.stages.evaluate import evaluate_model
@@ -244,6 +246,7 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     from selfplay.stages.train import train_stage
 
     run_dir = run.dir
+    notes = tuple(n for n in [loss_note(loss_of(cfg), cfg.train.beta)] if n)  # under the iteration table
     fresh: set[str] = set()  # eval units that ran in this call
     model, model_fp = cfg.model.name_or_path, fingerprint(cfg.model.name_or_path, cfg.model.revision, data_fp)
     judge = _eval_judge(cfg, method)
@@ -338,13 +341,13 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
             add_evaluation(train_dir, k, rows[-1])  # the iteration's held-out metrics into its model cards
             if decided:
                 write_final(run_dir, stop.final(models, stopped_after, cfg.loop.iters))
-            print_iteration_table(rows, method.columns)
-            write_report(run_dir, rows, method.columns)  # after every iteration: `eval compare` works on a run in progress
+            print_iteration_table(rows, method.columns, notes=notes)
+            write_report(run_dir, rows, method.columns, notes)  # after every iteration: `eval compare` reads it
         if stopped_after is not None:
             console.print(final_text(stop.final(models, stopped_after, cfg.loop.iters)), highlight=False)
             break
     if not cfg.loop.iters and main:
         if stop is not None and stop.values:
             write_final(run_dir, stop.final(models, None, 0))
-        write_report(run_dir, with_stats(run_dir, rows), method.columns)
+        write_report(run_dir, with_stats(run_dir, rows), method.columns, notes)
     return rows

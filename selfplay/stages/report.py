@@ -149,9 +149,10 @@ def _pack(units: list[list[_Cells]], width: int) -> list[list[_Cells]]:
     return [[first, *g] for g in groups]
 
 
-def print_iteration_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] = (), width: int | None = None) -> None:
+def print_iteration_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] = (), width: int | None = None,
+                          notes: tuple[str, ...] = ()) -> None:
     """The table a user watches grow: one line per evaluated model (base, iter 0, ...), split into several
-    tables when the columns do not fit the terminal."""
+    tables when the columns do not fit the terminal; ``notes`` (e.g. how to read the loss) below it."""
     from rich.table import Table
     from rich.text import Text
 
@@ -170,6 +171,8 @@ def print_iteration_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] 
         console.print(table)
     console.print(INTERVALS_NOTE if any(r.get("stats") for r in rows) else NO_INTERVALS_NOTE, style="dim",
                   highlight=False)
+    for note in notes:
+        console.print(note, style="dim", highlight=False)
 
 
 def _style(verdict: bool | None) -> str:
@@ -177,15 +180,16 @@ def _style(verdict: bool | None) -> str:
     return "" if verdict is None else ("bold" if verdict else "dim")
 
 
-def markdown_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] = ()) -> str:
+def markdown_table(rows: list[dict[str, Any]], extra: tuple[Column, ...] = (), notes: tuple[str, ...] = ()) -> str:
     """The iteration table in markdown: values with intervals, Δ columns (significant ones in bold, the
-    others marked n.s.), preceded by a line with n and how the intervals are computed."""
+    others marked n.s.), preceded by a line with n and how the intervals are computed, ``notes`` after it."""
     cols = [c for unit in _columns(rows, extra, " ") for c in unit]
     note = INTERVALS_NOTE if any(r.get("stats") for r in rows) else NO_INTERVALS_NOTE
     lines = [f"{_title(rows).capitalize()}. {note}.", "",
              "| " + " | ".join(c.title for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in range(len(rows)):
         lines.append("| " + " | ".join(f"**{c.texts[r]}**" if c.verdicts[r] else c.texts[r] for c in cols) + " |")
+    lines += [f"\n{note}." for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -264,14 +268,16 @@ def costs_table(run_dir: Path) -> str:
             "| unit | seconds | peak RSS GiB | workers' peak RSS GiB |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
-def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = ()) -> Path:
-    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md, report.html and plots/iterations.png."""
+def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = (),
+                 notes: tuple[str, ...] = ()) -> Path:
+    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md (``notes`` under its table), report.html and
+    plots/iterations.png."""
     from selfplay.htmlreport import write_html_report
 
     eval_dir = Path(run_dir) / "eval"
     write_jsonl(eval_dir / "iterations.jsonl", rows)
     plot = plot_iterations(rows, eval_dir / "plots" / "iterations.png", extra)
-    text = f"# selfplay run: {Path(run_dir).name}\n\n" + markdown_table(rows, extra)
+    text = f"# selfplay run: {Path(run_dir).name}\n\n" + markdown_table(rows, extra, notes)
     if plot:
         text += "\n![iterations](plots/iterations.png)\n"
     final = read_final(run_dir)
