@@ -287,8 +287,8 @@ def pause_full_collections() -> None:
     """While a process starts: no automatic full collections (the young generations are collected as usual).
 
     Why: importing torch and transformers' modeling stack triggers ~7 full collections, each walking the
-    growing heap (0.01 up to 0.15 s each): starting a process and loading the tiny model took 5.5 s with them
-    and 4.9 s without (3 runs each, 2-core AVX2 machine), in every CLI command and worker process.
+    growing heap (0.01 up to 0.15 s each): starting a process and loading the tiny model took 5.5-5.9 s with
+    them and 4.6-5.1 s without (3 alternating runs each, 2-core AVX2 machine), in every CLI command and worker.
     :func:`freeze_import_time_objects` (before the first model) collects once, freezes what the imports made
     and resumes them; a command that loads no model keeps them paused, while the stages' release_memory
     still collects in full between stages."""
