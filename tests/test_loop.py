@@ -116,6 +116,7 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
     assert len(pairs) == 6 and all(p["chosen_prob"] >= p["rejected_prob"] for p in pairs)
     html = (run / "eval" / "report.html").read_text()  # K samples with scores, the win matrix, the pair marked
     assert 'class="heatmap"' in html and "badge chosen" in html and "badge rejected" in html and "score " in html
+    assert "train loss (sppo): the squared distance" in html
     import yaml
 
     saved = yaml.safe_load((run / "config.yaml").read_text())

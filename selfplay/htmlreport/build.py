@@ -203,11 +203,13 @@ def _subtitle(run_cfg: dict[str, Any]) -> str:
 
 
 def render_run(run_dir: Path, rows: list[dict[str, Any]], columns: list[Column], plotted: set[str], out: Path,
-               max_prompts: int = MAX_PROMPTS, seed: int = 0) -> Html:
+               max_prompts: int = MAX_PROMPTS, seed: int = 0, notes: tuple[str, ...] = ()) -> Html:
+    """One run's page; ``notes`` (how to read a column, e.g. the loss) under its metrics table."""
     run_dir = Path(run_dir)
     cfg = R.load_config(run_dir)
     final = read_final(run_dir)  # loop.stop_patience: the model the run chose on validation
     metrics = [el("h2", "Metrics on held-out prompts"), metrics_table(rows, columns) if rows else None,
+               [el("p", note, class_="muted") for note in notes],
                el("p", final_text(final), class_="final") if final is not None else None,
                metric_charts({"": rows}, columns, plotted) if rows else None, train_chart(run_dir),
                train_chart(run_dir, "eval/accuracy"), train_chart(run_dir, "eval/real_loglik")]
@@ -246,12 +248,12 @@ def render_compare(runs: dict[str, tuple[Path, list[dict[str, Any]]]], columns: 
 
 
 def write_html_report(run_dir: Path, rows: list[dict[str, Any]], columns: list[Column], plotted: set[str],
-                      out: Path | None = None, max_prompts: int = MAX_PROMPTS) -> Path:
+                      out: Path | None = None, max_prompts: int = MAX_PROMPTS, notes: tuple[str, ...] = ()) -> Path:
     """Write ``run_dir/eval/report.html`` (or ``out``); returns its path."""
     from selfplay.io import atomic_write_text
 
     out = Path(out) if out is not None else Path(run_dir) / "eval" / "report.html"
-    atomic_write_text(out, render_run(Path(run_dir), rows, columns, plotted, out, max_prompts))
+    atomic_write_text(out, render_run(Path(run_dir), rows, columns, plotted, out, max_prompts, notes=notes))
     return out
 
 

@@ -270,7 +270,7 @@ def costs_table(run_dir: Path) -> str:
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column, ...] = (),
                  notes: tuple[str, ...] = ()) -> Path:
-    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md (``notes`` under its table), report.html and
+    """run_dir/eval/iterations.jsonl, run_dir/eval/report.md and report.html (``notes`` under their tables) and
     plots/iterations.png."""
     from selfplay.htmlreport import write_html_report
 
@@ -285,5 +285,5 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[Column,
         text += "\n" + final_text(final) + "\n"
     text += costs_table(Path(run_dir))
     atomic_write_text(eval_dir / "report.md", text)
-    write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra})
+    write_html_report(run_dir, rows, present_columns(rows, extra), PLOTTED | {c[0] for c in extra}, notes=notes)
     return eval_dir / "report.md"
