@@ -50,3 +50,26 @@ def test_collections_pause_as_a_process_starts_until_its_first_model_freezes_the
     # Frozen with transformers' modeling stack: what a full collection still walks is the model and the
     # loading's leftovers (~15k objects measured), not the ~210k objects of the lazily imported stack.
     assert r["unfrozen"] < 60_000, r["unfrozen"]
+
+
+def test_a_pause_without_a_model_ends_by_itself(monkeypatch) -> None:
+    """A command that never loads a model through selfplay.models (a remote judge, vLLM) gets automatic full
+    collections back after PAUSE_LIMIT_S, at the next collection of any generation."""
+    import gc
+
+    import selfplay.models as models
+
+    default = gc.get_threshold()
+    try:
+        monkeypatch.setattr(models, "PAUSE_LIMIT_S", 3600.0)
+        models.pause_full_collections()
+        gc.collect(0)
+        assert gc.get_threshold()[2] >= 1 << 30  # within the limit: still paused
+        monkeypatch.setattr(models, "PAUSE_LIMIT_S", -1.0)
+        models.pause_full_collections()
+        gc.collect(0)
+        assert gc.get_threshold() == default
+        gc.collect(0)  # resumed: the callback stays registered but does nothing
+        assert gc.get_threshold() == default and models._end_a_long_pause in gc.callbacks
+    finally:
+        models.resume_full_collections()
