@@ -102,7 +102,7 @@ def atomic_dir(dest: Path, needed: int | None = None) -> Iterator[Path]:
     block fails — a full disk (:class:`DiskFullError` naming ``dest`` and ``needed`` bytes) or anything else —
     the temporary directory is removed and ``dest`` is left as it was."""
     dest = Path(dest)
-    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with writing(dest, needed):
@@ -112,6 +112,15 @@ def atomic_dir(dest: Path, needed: int | None = None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial copy is useless, and it holds the space the rerun needs
         raise
+    swap_in(tmp, dest)
+
+
+def swap_in(tmp: Path, dest: Path) -> None:
+    """Replace directory ``dest`` by the complete directory ``tmp`` with two renames, through ``dest.old``
+    (a kill between them leaves ``dest`` missing: ``selfplay.stages.train_io.recover_checkpoint`` finishes it).
+    A ``dest.old`` left by a swap killed before its end goes first: rename() onto a non-empty directory fails,
+    and would fail at every later swap."""
+    old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from selfplay.config import Config
-from selfplay.io import atomic_dir, fsync_dir, fsync_tree, write_json, writing
+from selfplay.io import atomic_dir, fsync_tree, swap_in, write_json, writing
 
 
 @dataclass
@@ -92,15 +92,7 @@ def save_checkpoint(accelerator: Any, ckpt: Path, state: dict[str, int], needed:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
-        old = ckpt.with_name(ckpt.name + ".old")
-        # One left by a swap killed before its end (recover_checkpoint removes it too): rename() onto a
-        # non-empty directory fails, and would fail at every checkpoint of every rerun.
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        fsync_dir(ckpt.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, ckpt)
     accelerator.wait_for_everyone()
 
 
