@@ -124,3 +124,31 @@ def test_grouped_attention_equals_eager_attention(queries: int) -> None:
     ours, _ = grouped_query_attention(module, query, key, value, mask, scaling=0.35)
     theirs, _ = eager_attention_forward(module, query, key, value, mask, scaling=0.35)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_training_keeps_a_smaller_mmap_threshold_the_user_set(monkeypatch):
+    """``large_blocks_unmapped`` maps blocks of 1 MiB and more, then hands glibc back its maximum; a smaller
+    ``MALLOC_MMAP_THRESHOLD_`` of the user's (memory over time) is used inside and kept after it."""
+    from selfplay.core import memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "_mallopt", lambda param, value: calls.append(value) or True)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with memory.large_blocks_unmapped():
+        assert calls == [1 << 20]
+    assert calls == [1 << 20, 32 << 20]
+    calls.clear()
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    with memory.large_blocks_unmapped():
+        assert calls == [131072]
+    assert calls == [131072, 131072]
+    calls.clear()
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(64 << 20))  # larger than ours: ours inside, the user's after
+    with memory.large_blocks_unmapped():
+        pass
+    assert calls == [1 << 20, 64 << 20]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "lots")  # not a number: glibc ignores it, so do we
+    calls.clear()
+    with memory.large_blocks_unmapped():
+        pass
+    assert calls == [1 << 20, 32 << 20]
