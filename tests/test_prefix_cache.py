@@ -144,3 +144,24 @@ def test_sequential_evaluation_samples_what_full_prefills_sample(sampler) -> Non
         results[cached] = (metrics["sequential"], metrics["parallel"], metrics["outcomes"], proxy.reused)
     assert results[True][:3] == results[False][:3]
     assert results[True][3] > 0 and len(sampler.prefix_store) == 0
+
+
+def test_a_lora_model_takes_its_cache_under_the_base_models_keyword(tiny_model: Path) -> None:
+    """PEFT's forward names neither ``cache`` nor ``past_key_values`` and passes both on: the keyword is the base
+    model's, so decoding a LoRA model uses the name transformers keeps (no deprecation warning)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from selfplay.core.kv_cache import cache_kwarg, new_cache
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    keyword = cache_kwarg(base)
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert cache_kwarg(lora) == keyword
+    cache = new_cache(lora.get_base_model())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        lora(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{keyword: cache})
+    assert cache.get_seq_length() == 3

@@ -150,7 +150,7 @@ class Batch:
             self.logits = fast(tokens, self.mask, self.next_pos, self.cache).float()
         else:
             out = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_pos,
-                        use_cache=True, logits_to_keep=1, **{cache_kwarg(type(model)): self.cache})
+                        use_cache=True, logits_to_keep=1, **{cache_kwarg(model): self.cache})
             self.logits = out.logits[:, -1].float()
         self.next_pos = self.next_pos + 1
 
@@ -252,7 +252,7 @@ def _prefill_group(model: Any, prompt_ids: list[list[int]], prompts: list[int], 
             layer.lazy_initialization(*parts[0])
             _concat_rows(layer, [(k.to(device), v.to(device)) for k, v in parts], past)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **{cache_kwarg(type(model)): cache})
+                logits_to_keep=1, **{cache_kwarg(model): cache})
     logits = out.logits[:, -1].float()
     if n > 1:
         cache.batch_repeat_interleave(n)

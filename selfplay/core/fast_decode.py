@@ -184,11 +184,11 @@ def step_logits(model: Any, attention: str, step: FastStep | None = None) -> tor
         model.set_attn_implementation(attention)
         cache = new_cache(model)
         model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-              **{cache_kwarg(type(model)): cache})
+              **{cache_kwarg(model): cache})
         if step is not None:
             return step(tokens, step_mask, step_pos, cache).float()
         return model(input_ids=tokens[:, None], attention_mask=step_mask, position_ids=step_pos, use_cache=True,
-                     logits_to_keep=1, **{cache_kwarg(type(model)): cache}).logits[:, -1].float()
+                     logits_to_keep=1, **{cache_kwarg(model): cache}).logits[:, -1].float()
     finally:
         model.set_attn_implementation(previous)
 

@@ -55,10 +55,16 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def cache_kwarg(model: Any) -> str:
+    """The forward() keyword that takes ``model``'s KV cache: ``cache`` (transformers >= 5.24, which deprecates
+    ``past_key_values`` and removes it in 5.40) or ``past_key_values`` (earlier 5.x releases). A PEFT model
+    passes the keyword through to its base model, whose signature decides (PEFT's own forward names neither)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_kwarg_of(type(base))
+
+
 @functools.lru_cache(maxsize=None)
-def cache_kwarg(model_class: type) -> str:
-    """The forward() keyword that takes the KV cache: ``cache`` (transformers >= 5.24, which deprecates
-    ``past_key_values`` and removes it in 5.40) or ``past_key_values`` (earlier 5.x releases)."""
+def _cache_kwarg_of(model_class: type) -> str:
     params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
