@@ -47,9 +47,10 @@ def _mallopt(param: int, value: int) -> bool:
 
 
 def user_mmap_threshold() -> int | None:
-    """The mmap threshold the user gave glibc (``MALLOC_MMAP_THRESHOLD_``, bytes), or None."""
+    """The mmap threshold the user gave glibc (``MALLOC_MMAP_THRESHOLD_``, bytes), or None where there is none
+    or glibc ignores it (not a number, or above its 32 MiB maximum)."""
     value = os.environ.get("MALLOC_MMAP_THRESHOLD_", "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdigit() and int(value) <= _GLIBC_MAX_MMAP_THRESHOLD else None
 
 
 @contextmanager
