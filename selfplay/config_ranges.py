@@ -42,6 +42,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.max_length": (2, True, None, False),
     "train.max_prompt_length": (1, True, None, False),
     "train.logging_steps": (1, True, None, False),
+    "train.mmap_threshold": (4096, True, 32 << 20, True),  # a page .. glibc's maximum (32 MiB on 64-bit)
     "train.save_steps": (0, True, None, False),
     "train.label_smoothing": (0, True, 0.5, True),
     "train.gpo_clamp": (0, False, None, False),

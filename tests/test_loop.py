@@ -211,7 +211,8 @@ def test_per_iteration_rows_reach_tensorboard(cli, tiny_model, tmp_path):
 
 def test_runs_made_before_lean_activations_keep_their_training_fingerprint():
     """train.lean_activations joins the training unit's inputs only when off: on (the default) what a run made
-    before the setting existed hashed is unchanged, so resuming it after an upgrade trains nothing again."""
+    before the setting existed hashed is unchanged, so resuming it after an upgrade trains nothing again.
+    train.mmap_threshold (memory and time only) never joins."""
     import dataclasses
 
     from selfplay.config import Config
@@ -221,6 +222,9 @@ def test_runs_made_before_lean_activations_keep_their_training_fingerprint():
     before = dataclasses.asdict(cfg.train)
     before.pop("eval_every")
     before.pop("lean_activations")
+    before.pop("mmap_threshold")
+    assert _train_inputs(cfg, "data")[0] == before
+    cfg.train.mmap_threshold = 131072
     assert _train_inputs(cfg, "data")[0] == before
     cfg.train.lean_activations = False
     assert _train_inputs(cfg, "data")[0] == {**before, "lean_activations": False}

@@ -205,6 +205,26 @@ def test_adamw_runs_its_fused_kernel(cli, tiny_model, tmp_path, monkeypatch):
     assert [(name, kw.get("fused")) for name, kw in made] == [("AdamW", True), ("RMSprop", None)]
 
 
+def test_training_maps_blocks_from_train_mmap_threshold(cli, tiny_model, tmp_path, monkeypatch):
+    """train.mmap_threshold is the glibc mmap threshold while training (1 MiB by default), handed back after it;
+    out of its range (a page .. glibc's 32 MiB) it is refused before anything is written."""
+    from selfplay.core import memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "_mallopt", lambda param, value: calls.append(value) or True)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=4)
+    common = ["train", "--model", tiny_model, "--data", pairs, "--method", "spin", "--batch-size", 2, "--max-steps", 1,
+              *FAST]
+    for out, extra, wanted in (("default", [], 1 << 20), ("small", ["--set", "train.mmap_threshold=131072"], 131072)):
+        calls.clear()
+        res = cli([*common, "--out", tmp_path / out, *extra])
+        assert res.exit_code == 0, res.output
+        assert calls == [wanted, 32 << 20], out
+    res = cli([*common, "--out", tmp_path / "huge", "--set", f"train.mmap_threshold={64 << 20}"])
+    assert res.exit_code == 2 and "train.mmap_threshold" in res.output and not (tmp_path / "huge").exists()
+
+
 def test_reference_pass_batches_by_reference_batch_size(cli, tiny_model, tmp_path, monkeypatch):
     """train.reference_batch_size sets the reference pass's batches (default: train.batch_size); the log-probs are
     the same up to float rounding (other matrix shapes); 0 is refused."""

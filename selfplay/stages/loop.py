@@ -138,9 +138,11 @@ def _train_inputs(ck: Config, data_fp: str) -> list[Any]:
     """What an iteration's training depends on besides its model and records: the train and LoRA settings and,
     with evaluation inside the iteration, its settings and validation prompts. Those join only when evaluation
     is on, so runs made before they existed keep their fingerprints (and are not trained again). Likewise
-    ``train.lean_activations`` joins only when turned off: on (the default) it changes gradients by rounding only."""
+    ``train.lean_activations`` joins only when turned off: on (the default) it changes gradients by rounding only;
+    ``train.mmap_threshold`` never (memory and time only)."""
     train = dataclasses.asdict(ck.train)
     every = train.pop("eval_every")
+    train.pop("mmap_threshold")
     if not train.pop("lean_activations"):
         train["lean_activations"] = False
     inputs: list[Any] = [train, dataclasses.asdict(ck.model.lora)]

@@ -313,8 +313,9 @@ def _train_loop(run: _Training, state: dict[str, Any], logger: MetricLogger | No
     window: list[dict[str, float]] = []
     last: dict[str, float] = {}
     t0, tokens0 = time.perf_counter(), state["tokens"]
-    with large_blocks_unmapped(), progress_bar("train", total=run.total_steps, completed=state["step"],
-                                               disable=not accelerator.is_main_process) as bar:
+    with large_blocks_unmapped(run.cfg.train.mmap_threshold), \
+            progress_bar("train", total=run.total_steps, completed=state["step"],
+                         disable=not accelerator.is_main_process) as bar:
         for (b,) in active:
             exs = [run.examples[i] for i in run.order[int(b)]]
             # The objective's layout: for log-probs packed (each prompt once) where the model allows it, else
