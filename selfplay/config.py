@@ -141,8 +141,8 @@ class TrainConfig:
     # While training, allocations of at least this many bytes get their own mapping and go back to the OS when
     # freed (glibc's mmap threshold; selfplay.core.memory.large_blocks_unmapped). Smaller: less fragmentation,
     # lower peak memory, more page faults (time). Memory and time only: the same results. With 131072 the SPIN
-    # quickstart's second training unit alone peaked at 2.50 GiB instead of 2.95, and the whole quickstart's
-    # training at 2.88 GiB instead of 3.09 (README, Threads and memory; one run each).
+    # quickstart's second training unit alone peaked at 2.50 GiB instead of 2.95-2.96, and the whole quickstart's
+    # training at 2.88 GiB instead of 3.02-3.09 (README, Threads and memory; one run against 2 and 4).
     mmap_threshold: int = 1 << 20
     # "auto": bf16 where the hardware supports it.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
