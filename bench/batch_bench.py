@@ -64,6 +64,7 @@ def run_batch_bench(model_name: str, source: Path, out_dir: Path, *, num_prompts
     tokens_per_s = {b: {a: summarize([r["tokens_per_s"] for r in rs]) for a, rs in arms_runs.items()}
                     for b, arms_runs in runs.items()}
     best = {a: max(tokens_per_s, key=lambda b: tokens_per_s[b][a]["median"]) for a in arms}
+    default = default_batch_size(str(sampler.model.device), sampler.model.dtype)  # the generate stage's, unset
     return {
         "settings": {"model": model_name, "prompts": num_prompts, "max_new_tokens": max_new_tokens, "pairs": pairs,
                      "dtype": str(sampler.model.dtype).replace("torch.", ""), "batch_sizes": list(batch_sizes),
@@ -72,11 +73,10 @@ def run_batch_bench(model_name: str, source: Path, out_dir: Path, *, num_prompts
         "tokens_per_s": tokens_per_s,
         "ratio_ours_over_spin": {b: ratios(r, "tokens_per_s", "ours", "spin_recipe") for b, r in runs.items()},
         "best_batch": best,
-        "default_batch_size": default_batch_size(str(sampler.model.device)),
+        "default_batch_size": default,
         # the generate stage's default against the fastest size measured (per round; absent if not swept)
         "default_over_best": summarize([d["tokens_per_s"] / b["tokens_per_s"] for d, b in zip(
-            runs[str(default_batch_size(str(sampler.model.device)))]["ours"], runs[best["ours"]]["ours"])])
-        if str(default_batch_size(str(sampler.model.device))) in runs else {},
+            runs[str(default)]["ours"], runs[best["ours"]]["ours"])]) if str(default) in runs else {},
         # ours at its fastest size over the recipe at its fastest: each arm at the batch it does best with
         "ratio_best_over_best": summarize([o["tokens_per_s"] / s["tokens_per_s"] for o, s in
                                            zip(runs[best["ours"]]["ours"], runs[best["spin_recipe"]]["spin_recipe"])]),

@@ -50,7 +50,7 @@ def run_llamacpp_bench(model_name: str, source: Path, out_dir: Path, *, num_prom
     ids = [encode_prompt(sampler.tokenizer, p) for p in prompts]
     context = max(map(len, ids)) + max_new_tokens + 8
     settings = {"temperature": 1.0, "top_p": 1.0}
-    ours_batch = ours_batch or default_batch_size("cpu")
+    ours_batch = ours_batch or default_batch_size("cpu", sampler.model.dtype)
     sampler.batch_size = ours_batch
 
     def ours(n: int, seed: int) -> dict[str, float]:

@@ -67,8 +67,8 @@ class GenerateConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    # Prompts decoded at once (HF backend; n rows each); unset: the device's default (64 on a CPU, 256 on a GPU,
-    # core.samplers.default_batch_size), the KV-cache budget bounding the rows either way.
+    # Prompts decoded at once (HF backend; n rows each); unset: the device's default (on a CPU 64 in bf16, 32 in
+    # fp32; 256 on a GPU: core.samplers.default_batch_size), the KV-cache budget bounding the rows either way.
     batch_size: int | None = None
     seed: int = 0
     # chat (the model's template) | spin-instruct (SPIN's "### Instruction:") | alpaca (FireAct / SPIN-agents)

@@ -378,3 +378,21 @@ def test_python_api_ids_and_prepared_dir(tiny_model: Path, tmp_path: Path, share
     assert shard.name == "shard-00000-of-00001.jsonl"
     merged = read_lines(merge_shards(tmp_path / "gen"))
     assert [r["id"] for r in merged] == ids and all("####" in r["reference"] for r in merged)
+
+
+def test_unset_batch_size_defaults_by_device_and_sampling_dtype(tiny_model: Path) -> None:
+    """64 prompts at once on a CPU in bf16, 32 in fp32 (the faster size in each on the machines measured),
+    256 on a GPU; the sampler a stage builds with ``generate.batch_size`` unset takes its model's dtype's."""
+    import torch
+
+    from selfplay.config import ModelConfig
+    from selfplay.core.samplers import batch_size_for, default_batch_size, make_sampler
+
+    assert default_batch_size("cpu", torch.bfloat16) == default_batch_size("cpu", "bfloat16") == 64
+    assert default_batch_size("cpu", torch.float32) == default_batch_size("cpu", "float32") == 32
+    assert default_batch_size("cpu") == 64  # dtype unknown: only sizes a stage's chunks of work
+    assert batch_size_for(5, "cpu", torch.float32) == 5
+    if torch.cuda.is_available():
+        assert default_batch_size("cuda", torch.float32) == 256
+    sampler = make_sampler("hf", str(tiny_model), model_cfg=ModelConfig(dtype="float32"), device="cpu")
+    assert sampler.batch_size == 32

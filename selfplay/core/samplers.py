@@ -373,23 +373,32 @@ def _vllm_finish(output: Any) -> str:
 # --------------------------------------------------------------------------- factory
 
 # Prompts decoded at once (n rows each) when ``generate.batch_size`` is unset. On a CPU a decode step reads
-# every weight once whatever the rows, so more rows are nearly free until their KV-cache reads and the
+# every weight once whatever the rows, so in bf16 more rows are nearly free until their KV-cache reads and the
 # vocabulary-sized sampling per row catch up with the weights (SmolLM2-135M in bf16: 270 MB of weights, ~7 MB
-# of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128.
+# of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128: in
+# bf16 (Intel Xeon with AMX) 64 rows were the fastest. In fp32 (what dtype auto picks on CPUs without bf16
+# units) the small matmuls are compute-bound, not bandwidth-bound, and wider batches pay more padding: on an
+# AMD EPYC with AVX2, 32 rows were the fastest in both sweeps run (bench/RESULTS-avx2.md), 64 rows at 0.86-0.92
+# of their tokens/s.
 CPU_BATCH_SIZE = 64
+CPU_FP32_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
 
 
-def default_batch_size(device: str = "auto") -> int:
-    """Prompts a decode call runs at once on ``device`` when the config leaves ``generate.batch_size`` unset."""
+def default_batch_size(device: str = "auto", dtype: Any = None) -> int:
+    """Prompts a decode call runs at once on ``device`` when the config leaves ``generate.batch_size`` unset;
+    ``dtype`` (a torch dtype or its name) is the sampling model's, where known (None: the half-precision
+    default, which only sizes how much work a stage hands out at a time)."""
     from selfplay.models import resolve_device
 
-    return GPU_BATCH_SIZE if resolve_device(device).startswith("cuda") else CPU_BATCH_SIZE
+    if resolve_device(device).startswith("cuda"):
+        return GPU_BATCH_SIZE
+    return CPU_FP32_BATCH_SIZE if str(dtype).replace("torch.", "") == "float32" else CPU_BATCH_SIZE
 
 
-def batch_size_for(batch_size: int | None, device: str = "auto") -> int:
+def batch_size_for(batch_size: int | None, device: str = "auto", dtype: Any = None) -> int:
     """``batch_size`` as configured, or the device's default when unset (None)."""
-    return batch_size if batch_size is not None else default_batch_size(device)
+    return batch_size if batch_size is not None else default_batch_size(device, dtype)
 
 
 
@@ -408,7 +417,7 @@ def make_sampler(backend: str, model: str, *, model_cfg: ModelConfig | None = No
             from selfplay.core.decoding import use_grouped_attention
 
             use_grouped_attention(loaded)
-        return HFSampler(loaded, tokenizer, batch_size=batch_size_for(batch_size, str(loaded.device)))
+        return HFSampler(loaded, tokenizer, batch_size=batch_size_for(batch_size, str(loaded.device), loaded.dtype))
     if backend == "vllm":
         return VLLMSampler(resolve_model(model, cfg.revision), tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, seed=seed, dtype=cfg.dtype,
