@@ -145,31 +145,3 @@ def test_an_unexpected_module_layout_falls_back() -> None:
     model.model = torch.nn.Module()  # no .layers, .embed_tokens, ...
     fast, why = fast_step_for(model, 4)
     assert fast is None and why.startswith("building it failed")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_query_attention_on_growing_cache_views_equals_eager_attention(dtype: torch.dtype) -> None:
-    """The decode attention (batched matmuls in fp32, the fused kernel otherwise) on the cache's strided views,
-    against eager attention written out on contiguous copies with each query head's kv head repeated."""
-    from selfplay.core.kv_cache import GrowingLayer, one_query_attention
-
-    torch.manual_seed(0)
-    rows, kv_heads, group, dim, positions = 3, 2, 3, 8, 11
-    layer = GrowingLayer()
-    for t in range(positions):  # one position at a time: the views have spare room along T
-        keys, values = layer.update(torch.randn(rows, kv_heads, 1, dim, dtype=dtype),
-                                    torch.randn(rows, kv_heads, 1, dim, dtype=dtype))
-    assert not keys.is_contiguous()
-    mask = torch.zeros(rows, 1, 1, positions, dtype=dtype)
-    mask[1, ..., :4] = torch.finfo(dtype).min  # a left-padded row
-    query = torch.randn(rows, kv_heads, group, dim, dtype=dtype)
-    out = one_query_attention(query, keys, values, mask, 0.3)
-
-    k, v, q = (x.float() for x in (keys.contiguous(), values.contiguous(), query))
-    scores = torch.einsum("bhgd,bhtd->bhgt", q, k) * 0.3 + mask.float()
-    expected = torch.einsum("bhgt,bhtd->bhgd", scores.softmax(-1), v)
-    assert out.shape == (rows, kv_heads, group, dim) and out.dtype == dtype
-    assert torch.allclose(out.float(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2)
-    # The padded row attends to its 7 real positions only.
-    assert torch.allclose(one_query_attention(query[1:2], keys[1:2, :, 4:], values[1:2, :, 4:], None, 0.3).float(),
-                          out[1:2].float(), atol=1e-5 if dtype == torch.float32 else 2e-2)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from selfplay.core.kv_cache import Admission, GrowingLayer, cache_kwarg, new_cache, one_query_attention
+from selfplay.core.kv_cache import Admission, GrowingLayer, cache_kwarg, new_cache
 from selfplay.core.prefix_cache import CachedRow
 
 # top-p keeps a shortlist of this many most likely tokens before falling back to a full vocabulary sort.
@@ -58,9 +58,10 @@ def grouped_query_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
-    # One query: each kv head's G query heads are its G queries (they share the [B, 1, 1, T] mask), as the lean
-    # decode step attends (selfplay.core.fast_decode: same function, same numbers).
-    out = one_query_attention(query.reshape(b, kvh, h // kvh, d), key, value, attention_mask, scaling)  # [B, KVH, G, D]
+    # One query: each kv head's G query heads are the G queries of one SDPA call (they share the [B, 1, 1, T]
+    # mask), as the lean decode step attends (selfplay.core.fast_decode: same op, same numbers).
+    out = F.scaled_dot_product_attention(query.reshape(b, kvh, h // kvh, d), key, value, attn_mask=attention_mask,
+                                         scale=scaling)  # [B, KVH, G, D]
     return out.reshape(b, 1, h, d), None
 
 

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 
@@ -54,30 +53,6 @@ class GrowingLayer(DynamicLayer):
         buffers[1][:, :, old:new] = value_states
         self.keys, self.values = buffers[0][:, :, :new], buffers[1][:, :, :new]
         return self.keys, self.values
-
-
-def one_query_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-                        scaling: float) -> torch.Tensor:
-    """One decode step's attention over the cache, each kv head's G query heads as its G queries (they share
-    the mask): query [B, H, G, D]; keys, values [B, H, T, D] (:class:`GrowingLayer`'s views, which have room to
-    grow along T); mask additive [B, 1, 1, T] (or None). Returns [B, H, G, D]. The lean decode step and the grouped
-    attention of the model's forward both call it, so the two compute the same numbers.
-
-    float32: two batched matmuls on [B H, T, D] views of the cache buffers (no copy: B and H merge because the
-    buffers are contiguous), in eager attention's order (scale, add the mask, softmax, weigh the values).
-    Measured on a 2-core AVX2 CPU (SmolLM2's 3 kv heads x 3 query heads, 30 layers): 0.68x PyTorch's fused
-    SDPA kernel's time at 16 rows x 200 positions, 0.70x at 32 x 560, 0.88x at 64 x 400 (its CPU kernel is
-    tiled for many queries). Other dtypes take the fused kernel: in bf16 it took 0.4-0.5x the time of
-    batched matmuls (16-48 rows, 150-300 positions, 1-2 threads).
-    """
-    if query.dtype != torch.float32:
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling)
-    b, h, g, d = query.shape
-    t = keys.shape[2]
-    scores = torch.bmm(query.reshape(b * h, g, d), keys.flatten(0, 1).transpose(1, 2))  # [B H, G, T]
-    scores = scores.view(b, h, g, t).mul_(scaling)
-    probs = torch.softmax(scores if mask is None else scores.add_(mask), dim=-1)  # [B, H, G, T]
-    return torch.bmm(probs.view(b * h, g, t), values.flatten(0, 1)).view(b, h, g, d)
 
 
 def cache_kwarg(model: Any) -> str:
