@@ -377,9 +377,10 @@ def _vllm_finish(output: Any) -> str:
 # vocabulary-sized sampling per row catch up with the weights (SmolLM2-135M in bf16: 270 MB of weights, ~7 MB
 # of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128: in
 # bf16 (Intel Xeon with AMX) 64 rows were the fastest. In fp32 (what dtype auto picks on CPUs without bf16
-# units) the small matmuls are compute-bound, not bandwidth-bound, and wider batches pay more padding: on an
-# AMD EPYC with AVX2, 32 rows were the fastest in both sweeps run (bench/RESULTS-avx2.md), 64 rows at 0.86-0.92
-# of their tokens/s.
+# units) the weights are not the bound: at 16 rows the lean step's linears read them at 10.5 GB/s of a measured
+# 34 (the small-row GEMM kernels' efficiency is), so rows are not nearly free, and wider batches attend over
+# more padding. On an AMD EPYC with AVX2, 32 rows were the fastest in both sweeps run (bench/RESULTS-avx2.md
+# and a second one, README "Tests and benchmarks"), 64 rows at 0.86-0.87 of their tokens/s (medians).
 CPU_BATCH_SIZE = 64
 CPU_FP32_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
