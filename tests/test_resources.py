@@ -13,6 +13,7 @@ import pytest
 from selfplay.io import read_json
 
 MB = 2**20
+HAS_PROC = Path("/proc/self/statm").exists()  # Linux: per-unit peaks are recorded
 
 
 def _in_fresh_process(code: str) -> dict:
@@ -22,7 +23,7 @@ def _in_fresh_process(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc for the resident set")
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux's /proc for the resident set")
 def test_each_unit_gets_its_own_peak_and_the_process_keeps_its_own() -> None:
     code = f"""
 import json, time
@@ -74,7 +75,7 @@ def test_loop_records_costs_status_and_report_show_them(tiny_spin_run: Path) -> 
     for name in ("eval/base", "iter_0/train", "iter_0/eval"):
         res = units[name]["resources"]
         assert res["seconds"] > 0, name
-        if Path("/proc/self/statm").exists():
+        if HAS_PROC:
             # a tiny model: the process holds torch, transformers and the model, far from a GB
             assert 100 < res["peak_rss_mb"] < 4096, (name, res)
     proc = subprocess.run([sys.executable, "-m", "selfplay.cli.main", "status", str(tiny_spin_run), "--json"],
@@ -83,7 +84,7 @@ def test_loop_records_costs_status_and_report_show_them(tiny_spin_run: Path) -> 
     status = json.loads(proc.stdout)
     by_unit = {u["unit"]: u for u in status["units"]}
     assert by_unit["iter_0/train"]["resources"] == units["iter_0/train"]["resources"]
-    if Path("/proc/self/statm").exists():
+    if HAS_PROC:
         peaks = {n: max(u["resources"].get("peak_rss_mb", 0), u["resources"].get("children_peak_rss_mb", 0))
                  for n, u in units.items()}
         assert status["peak_unit"] == {"unit": max(peaks, key=peaks.get), "peak_rss_mb": max(peaks.values())}

@@ -8,8 +8,8 @@ step computes the same layers with
 * q/k/v and gate/up fused into one matmul each, with weights prepacked for oneDNN (``mkldnn`` blocked
   layout, the same prepacking ``torch.compile``'s freezing pass and IPEX do for CPU linears);
 * one rotary call on q and k together, one additive mask per step;
-* attention as two batched matmuls per layer with each kv head's query heads as rows (grouped heads without
-  copying the KV cache; the eager order of operations) on :class:`~selfplay.core.kv_cache.GrowingLayer`'s
+* attention through PyTorch's fused SDPA kernel with each kv head's query heads as its queries (grouped heads
+  without copying the KV cache; :meth:`FastStep._attend`) on :class:`~selfplay.core.kv_cache.GrowingLayer`'s
   in-place cache.
 
 Prefill (many tokens per row, compute bound) stays with the model's forward; both write the same cache.

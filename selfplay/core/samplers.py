@@ -378,11 +378,11 @@ def _vllm_finish(output: Any) -> str:
 # of KV cache per row at 300 positions); the KV budget bounds the rows in any case. bench/ sweeps 16-128: in
 # bf16 (Intel Xeon with AMX) 64 rows were the fastest. In fp32 (what dtype auto picks on CPUs without bf16
 # units) the weights are not the bound: at 16 rows the lean step's linears read them at 10.5 GB/s of a measured
-# 34 (the small-row GEMM kernels' efficiency is), so rows are not nearly free, and wider batches attend over
-# more padding. On an AMD EPYC with AVX2, three sweeps (2 rounds each; README "Tests and benchmarks"): 32 rows
-# the fastest in two, 64 rows at 0.86 (0.69-1.03) and 0.87 (0.81-0.92) of their tokens/s; in the third
-# (bench/RESULTS-avx2.md) 64 rows the fastest and 32 at 0.96 (0.91-1.01) of it. Within this CPU's noise the two
-# are close; 32 keeps half the KV cache.
+# 34 (the bound is the small-row GEMM kernels' efficiency), so rows are not nearly free, and wider batches
+# attend over more padding. On an AMD EPYC with AVX2, three sweeps (2 rounds each; README "Tests and
+# benchmarks"): 32 rows the fastest in two, 64 rows at 0.86 (0.69-1.03) and 0.87 (0.81-0.92) of their tokens/s;
+# in the third (bench/RESULTS-avx2.md) 64 rows the fastest and 32 at 0.96 (0.91-1.01) of it. Within this CPU's
+# noise the two are close; 32 keeps half the KV cache.
 CPU_BATCH_SIZE = 64
 CPU_FP32_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
