@@ -15,6 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from selfplay.hardware import fast_bf16
+
 
 def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
     """Fastest of ``reps`` timed calls after one untimed warm-up call (the least-disturbed run)."""
@@ -130,6 +132,7 @@ def describe_machine(threads: int = 2, quick: bool = False, dtypes: tuple[str, .
         "transformers": _version("transformers"),
         "trl": _version("trl"),
         "load_average_at_start": list(os.getloadavg()),
+        "auto_dtype": str(fast_bf16("cpu")),
     }
     info["matmul_peak_gflops"] = {name: matmul_peak_gflops(name, threads, largest, reps=reps) for name in dtypes}
     info["memory_bandwidth"] = memory_bandwidth_gbs(threads, mib, reps)

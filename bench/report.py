@@ -77,8 +77,10 @@ def _machine(m: dict[str, Any]) -> list[str]:
         f"| python / torch / transformers / trl | {m['python']} / {m['torch']} / {m['transformers']} / {m['trl']} |",
         f"| matmul peak, {m['threads_used']} threads (measured for the dtypes this run used) | "
         + ", ".join(f"{SHORT_DTYPE.get(k, k)} {v:.0f} GFLOP/s" for k, v in peaks.items()) + " |",
-        f"| CPU kind | {'native bf16 units' if {'avx512_bf16', 'amx_bf16'} & set(m['cpu_flags']) else 'no bf16 units'}"
-        " (bf16 is fast only with avx512_bf16 or amx_bf16; without them `--gen-dtype auto` runs every arm in fp32) |",
+        f"| CPU kind | {'bf16 instructions' if {'avx512_bf16', 'amx_bf16'} & set(m['cpu_flags']) else 'no bf16 units'}"
+        " (bf16 can be fast only with avx512_bf16 or amx_bf16; without them `--gen-dtype auto` runs every arm in "
+        "fp32) |",
+        *([f"| `dtype: auto` on this CPU | {m['auto_dtype']} |"] if "auto_dtype" in m else []),
         f"| memory bandwidth (measured, 256 MiB buffers) | read {bw['read_gbs']:.1f} GB/s, "
         f"copy {bw['copy_gbs']:.1f} GB/s (read+write) |",
         f"| load average at start (1/5/15 min) | {' / '.join(f'{x:.2f}' for x in m['load_average_at_start'])} |",

@@ -15,7 +15,8 @@ def _spread(s: dict[str, float] | None, fmt: str = "{:.1f}") -> str:
 def generation_fp32(g: dict[str, Any]) -> list[str]:
     if "same_as" in g:
         return ["## 1a. Generation in fp32: ours vs the SPIN recipe", "",
-                "This CPU has no bf16 units, so section 1 ran every arm in float32: its ratio is the fp32 figure.", ""]
+                "`--gen-dtype auto` is float32 on this CPU (no bf16 units, or bf16 no faster there), so section 1 ran "
+                "every arm in float32: its ratio is the fp32 figure.", ""]
     s = g["settings"]
     return [
         "## 1a. Generation in fp32: ours vs the SPIN recipe", "",

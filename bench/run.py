@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", action="store_true",
                    help="skip the extra bf16-autocast training arm (skipped anyway on CPUs without bf16 units)")
     p.add_argument("--gen-dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="dtype of every generation arm; auto = bf16 where the CPU has bf16 units (SPIN's HF "
-                   "generation script loads the model in bf16), else fp32, where bf16 is emulated and slow")
+                   help="dtype of every generation arm; auto = what `model.dtype: auto` picks: bf16 where the CPU "
+                   "has bf16 units that are faster than fp32 there (SPIN's HF generation script loads the model in "
+                   "bf16), else fp32")
     p.add_argument("--profile", action="store_true",
                    help="gen: also profile one whole run of ours (torch profiler, top 15 ops by self CPU time) "
                    "into RESULTS.md")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         # with --profile on 2026-12-01 held 20.9 GB here and the training section was OOM-killed).
         release_memory()
     if "gen32" in args.only and gen_dtype == "float32" and "generation" in results:
-        # This CPU generates in fp32 already (no bf16 units): section 1 is the fp32 measurement.
+        # This CPU generates in fp32 already (`dtype: auto`): section 1 is the fp32 measurement.
         results["generation_fp32"] = {"same_as": "generation"}
     elif "gen32" in args.only and available(gsm8k_test, "fp32 generation benchmark"):
         from bench.gen_bench import run_generation_bench

@@ -59,6 +59,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def cache_root() -> Path:
+    """Where selfplay keeps what it derives once per machine (converted models, the bf16 probe):
+    ``$SELFPLAY_CACHE`` or ``~/.cache/selfplay``."""
+    return Path(os.environ.get("SELFPLAY_CACHE") or Path.home() / ".cache" / "selfplay")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename: readers never see half a file, and a
     failed write (a full disk) leaves the previous file as it was."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from selfplay.errors import UserError
+from selfplay.io import cache_root
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -35,11 +36,6 @@ SMOLLM2_CHAT_TEMPLATE = (
 _COMPLETE_MARKER = ".selfplay-complete"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def cache_root() -> Path:
-    """Where selfplay keeps converted models: ``$SELFPLAY_CACHE`` or ``~/.cache/selfplay``."""
-    return Path(os.environ.get("SELFPLAY_CACHE") or Path.home() / ".cache" / "selfplay")
 
 
 def _hub_offline() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import threading
 from pathlib import Path
 
@@ -105,8 +107,9 @@ def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
         models.load_model(str(tmp_path / "empty-model"))
 
 
-def test_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto follows the CPU's flags (bf16 only with native bf16 units); an explicit dtype is kept."""
+def test_dtype_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """auto follows the CPU's flags and, where it has bf16 instructions, the probe of their speed; an explicit
+    dtype is kept."""
     import torch
 
     from selfplay import hardware
@@ -115,9 +118,50 @@ def test_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert models.resolve_dtype("auto", "cpu") == torch.float32
     assert "without bf16 units" in hardware.fast_bf16("cpu").reason
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    speedup = 3.0
+    monkeypatch.setattr(hardware, "bf16_probe", lambda: hardware.Bf16Probe(speedup, tmp_path / "probe.json"))
     assert models.resolve_dtype("auto", "cpu") == torch.bfloat16
-    assert hardware.fast_bf16("cpu").reason == "CPU has avx512_bf16/amx_bf16"
+    assert hardware.fast_bf16("cpu").reason == "CPU has avx512_bf16/amx_bf16; bf16 matmuls 3.00x fp32 here"
+    # bf16 instructions slower than fp32 on this CPU (an Intel Xeon with AVX512-BF16 and no AMX measured 0.6x)
+    speedup = 0.6
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert "but its bf16 matmuls run at 0.60x fp32 here" in hardware.fast_bf16("cpu").reason
+    speedup = hardware.BF16_MIN_SPEEDUP
+    assert models.resolve_dtype("auto", "cpu") == torch.bfloat16
     assert models.resolve_dtype("float32", "cpu") == torch.float32
     assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         models.resolve_dtype("fp8", "cpu")
+
+
+def test_bf16_probe_is_measured_once_per_machine_and_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The first process measures and writes the answer under $SELFPLAY_CACHE; later ones read it (the same
+    dtype on a busy machine as on an idle one); another CPU, flags or torch is another key, another file."""
+    from selfplay import hardware
+
+    monkeypatch.setenv("SELFPLAY_CACHE", str(tmp_path))
+    measured = iter([0.61, 2.5])
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda: next(measured))
+    hardware.bf16_probe.cache_clear()
+    try:
+        first = hardware.bf16_probe()
+        assert first.speedup == 0.61 and first.path.parent == tmp_path / "hardware"
+        assert json.loads(first.path.read_text())["speedup"] == 0.61
+        hardware.bf16_probe.cache_clear()  # as in a new process
+        assert hardware.bf16_probe() == first  # read back, not measured again (that would give 2.5)
+        monkeypatch.setattr(hardware, "_probe_key", lambda: "another-cpu")
+        hardware.bf16_probe.cache_clear()
+        assert hardware.bf16_probe().speedup == 2.5
+    finally:
+        hardware.bf16_probe.cache_clear()
+
+
+def test_bf16_probe_sees_emulated_bf16_as_slow() -> None:
+    """The real measurement: positive, and on a CPU without bf16 instructions (PyTorch emulates them) far
+    below the bar, where the flags alone already decide."""
+    from selfplay import hardware
+
+    speedup = hardware.measure_bf16_speedup(rounds=3, repeats=2)
+    assert speedup > 0
+    if not hardware.cpu_has_bf16():
+        assert speedup < hardware.BF16_MIN_SPEEDUP

@@ -32,6 +32,7 @@ from typing import Any
 
 from selfplay.config import LaunchConfig
 from selfplay.errors import UserError
+from selfplay.hardware import bf16_probe, cpu_has_bf16
 from selfplay.threads import process_threads, worker_env
 
 PARENT_ENV = "SELFPLAY_PARENT_PID"
@@ -111,6 +112,13 @@ def cpu_threads_per_process(processes: int) -> int:
     return process_threads(processes)[0]
 
 
+def settle_cpu_dtype() -> None:
+    """Decide ``auto``'s CPU dtype before starting processes: each then reads the probe this process kept
+    (:func:`selfplay.hardware.bf16_probe`) rather than measuring its own, so all of them pick the same dtype."""
+    if cpu_has_bf16():
+        bf16_probe()
+
+
 def run_launched(launch: LaunchConfig, module: str, args: list[str]) -> None:
     """Run ``module`` under ``accelerate launch`` and wait; a failure names the process that failed first.
 
@@ -120,6 +128,8 @@ def run_launched(launch: LaunchConfig, module: str, args: list[str]) -> None:
     its PID and host, and how it ended. The launcher's other output passes through as it comes.
     """
     cmd, extra = accelerate_command(launch, module, args)
+    if not _cuda_available():
+        settle_cpu_dtype()
     env = {**os.environ, **extra, "SELFPLAY_LAUNCHED": "1", PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
                             errors="replace", bufsize=1)
@@ -217,6 +227,7 @@ def run_workers(launch: LaunchConfig, module: str, worker_args: list[list[str]],
     base = {**os.environ, "SELFPLAY_LAUNCHED": "1", PARENT_ENV: str(os.getpid())}
     if devices[0] is None:
         base.update(worker_env(len(worker_args)))
+        settle_cpu_dtype()
     procs = []
     for args, dev in zip(worker_args, devices):
         env = dict(base, CUDA_VISIBLE_DEVICES=dev) if dev is not None else base
