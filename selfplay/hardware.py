@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfplay.errors import DiskFullError
 from selfplay.io import atomic_write_text, cache_root
 
 # CPU flags that mean native bf16 matrix math (Linux names).
@@ -135,14 +136,14 @@ def bf16_probe() -> Bf16Probe:
         pass
     import torch
 
-    speedup = measure_bf16_speedup()
-    record = {"speedup": round(speedup, 4), "cpu": describe_cpu(), "torch": torch.__version__,
+    speedup = round(measure_bf16_speedup(), 4)  # as every later process reads it back
+    record = {"speedup": speedup, "cpu": describe_cpu(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "shape": list(PROBE_SHAPE),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    except OSError:
-        pass
+    except (OSError, DiskFullError):  # not kept: the next process measures again (a full disk is the run's
+        pass                           # own writes' to report)
     return Bf16Probe(speedup, path)
 
 

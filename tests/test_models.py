@@ -152,6 +152,13 @@ def test_bf16_probe_is_measured_once_per_machine_and_kept(monkeypatch: pytest.Mo
         monkeypatch.setattr(hardware, "_probe_key", lambda: "another-cpu")
         hardware.bf16_probe.cache_clear()
         assert hardware.bf16_probe().speedup == 2.5
+        # a cache that cannot be written (here: a file where the directory would go) only loses the keeping
+        blocked = tmp_path / "not-a-directory"
+        blocked.write_text("")
+        monkeypatch.setenv("SELFPLAY_CACHE", str(blocked))
+        monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda: 0.7)
+        hardware.bf16_probe.cache_clear()
+        assert hardware.bf16_probe().speedup == 0.7 and not blocked.is_dir()
     finally:
         hardware.bf16_probe.cache_clear()
 
