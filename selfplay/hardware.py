@@ -7,8 +7,8 @@ decode-shaped 16x576 @ 576x1536 matmul at 1.2 GFLOP/s in bf16 against 35-38 in f
 
 The flags alone do not settle it. On an Intel Xeon with AVX512-BF16 but no AMX (2 cores, 2026-12-07) bf16
 matmuls ran at 0.55-0.73x fp32 (oneDNN, 32-512 rows), and the SPIN quickstart's training unit with bf16
-autocast took 104 / 85 s against 58 / 59 s in fp32 (two alternating rounds; sampling the same speed either
-way). So on a CPU with bf16 instructions, ``auto`` picks bf16 only where a short probe (:func:`bf16_probe`,
+autocast took 104 / 85 s against 58 / 59 s in fp32 (two alternating rounds; sampling showed no measurable
+difference either way). So on a CPU with bf16 instructions, ``auto`` picks bf16 only where a short probe (:func:`bf16_probe`,
 ~0.1 s: fp32 and bf16 matmuls of a training shape, alternated) finds bf16 at least ``BF16_MIN_SPEEDUP``x
 faster. The probe runs once per machine and is kept in ``$SELFPLAY_CACHE/hardware/`` under the CPU's name,
 flags and the torch version, so every later process on the machine picks the same dtype, busy or idle; a CPU
