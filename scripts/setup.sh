@@ -20,9 +20,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+# The installed torch, read from its metadata: importing torch to ask costs 1.3 s, twice per run.
+torch_pin() { .venv/bin/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" 2>/dev/null; }
+if ! torch_pin >/dev/null; then
   echo "[setup] installing torch==2.13.0"
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  # --no-compile: pip would write the bytecode of all of torch's ~4,000 modules (11.5 of the 20 s this install
+  # took, fresh venv, local wheel); the import step below compiles the ones selfplay's processes import.
+  .venv/bin/python -m pip install -q --no-compile "torch==2.13.0"
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
@@ -30,7 +34,7 @@ spec="."
 # install ARGS...: uv where available, else pip; torch stays the installed build either way.
 hold="$(mktemp)"
 trap 'rm -f "$hold"' EXIT
-.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > "$hold"
+torch_pin > "$hold"
 use_uv=0
 if [ "${SELFPLAY_INSTALLER:-uv}" = uv ]; then
   if [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv >/dev/null 2>&1; then
@@ -60,7 +64,9 @@ install -e "$spec"
 # start would compile transformers & co. from source again (torch + transformers' Llama: 10.6 s instead of 7.8 s
 # to import, busy machine). uv's --compile-bytecode compiles all of site-packages (dev install 76 s instead of
 # 20 s, busy machine); one import of the stack with writing allowed compiles what is used (12 s), and
-# compileall the rest of selfplay's own modules (0.2 s of import per process measured).
+# compileall the rest of selfplay's own modules (0.2 s of import per process measured). The second line: what
+# each `accelerate launch` process and training rank imports besides (found by listing, at exit, the modules a
+# 2-process loop's processes loaded without bytecode).
 # The dev extras add what the tests' processes import (pytest, trl, lm-eval, matplotlib, and scipy, which
 # transformers then imports in every process): a fresh clone had none of their bytecode, one cause (not measured
 # alone) of its `make test` taking 9m02s against 6m01s in a warm venv. Redone whenever the installed packages or
@@ -68,6 +74,7 @@ install -e "$spec"
 .venv/bin/python -m compileall -q selfplay >/dev/null
 imports="import selfplay.cli.main, selfplay.stages.loop, selfplay.stages.train, selfplay.stages.generate, \
 selfplay.stages.evaluate, accelerate, peft, datasets
+import accelerate.commands.launch, torch.distributed.run, transformers.optimization, transformers.trainer_pt_utils
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM"
 if [[ ",$extras," == *",dev,"* ]]; then
   imports="$imports
