@@ -104,6 +104,10 @@ def test_two_iteration_sppo_loop(cli, tiny_model, tiny_reward, tmp_path):
                for r in rows)
     report = (run / "eval" / "report.md").read_text()
     assert "sample acc" in report
+    # The SPIN margin is SPIN's (and its baselines'): an SPPO evaluation scores only the real answers.
+    assert not any("spin_margin" in r for r in rows) and "SPIN margin" not in report
+    samples = read_jsonl(run / "iter_1" / "eval" / "samples.jsonl")
+    assert all("answer_logp" not in r and r["real_logp"] < 0 for r in samples)
     # The squared loss's scale is explained under the table, in the terminal and in the report (beta = 0.1 here).
     assert "train loss (sppo): the squared distance" in report and "1/beta = 10;" in report
     assert "train loss (sppo): the squared distance" in " ".join(res.output.split())
@@ -228,3 +232,24 @@ def test_runs_made_before_lean_activations_keep_their_training_fingerprint():
     assert _train_inputs(cfg, "data")[0] == before
     cfg.train.lean_activations = False
     assert _train_inputs(cfg, "data")[0] == {**before, "lean_activations": False}
+
+
+def test_evaluation_without_the_margin_scores_the_real_answers_alike(tiny_model, tmp_path):
+    """An evaluation for a method without the SPIN margin scores only the real answers: the same real
+    log-likelihoods and answers as with the margin (the packed layout scores each response on its own)."""
+    from selfplay.config import load_config
+    from selfplay.data.synth_arith import make_problems
+    from selfplay.stages.evaluate import evaluate_model
+
+    cfg = load_config(sets=["model.dtype=float32", "eval.max_new_tokens=12", "eval.batch_size=4"])
+    records = make_problems(6, seed=3)
+    base = evaluate_model(cfg, tiny_model, records, tmp_path / "base")
+    previous = tmp_path / "base" / "samples.jsonl"
+    with_margin = evaluate_model(cfg, tiny_model, records, tmp_path / "with", previous=previous)
+    without = evaluate_model(cfg, tiny_model, records, tmp_path / "without", previous=previous, margin=False)
+    assert "spin_margin" in with_margin and "spin_margin" not in without and "spin_margin" not in base
+    assert abs(with_margin["real_loglik"] - without["real_loglik"]) < 1e-5
+    a, b = (read_jsonl(tmp_path / name / "samples.jsonl") for name in ("with", "without"))
+    assert [r["answer"] for r in a] == [r["answer"] for r in b]
+    assert all(abs(x["real_logp"] - y["real_logp"]) < 1e-4 and "answer_logp" in x and "answer_logp" not in y
+               for x, y in zip(a, b))

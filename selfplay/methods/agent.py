@@ -159,7 +159,7 @@ SPIN_AGENT = Method(
     summary="real ReAct trajectory vs. the agent's own, tool observations as context (SPIN + FireAct)",
     collects="trajectories", build=build_spin_agent_pairs, objective="preference", default_loss="sigmoid",
     preset=_PRESET, mixes_previous=True, names=("real", "generated"), columns=_COLUMNS, evaluations=("agent",),
-    target_metric="agent_em", check=_check,
+    target_metric="agent_em", check=_check, margin=True,
 )
 AGENT_DPO = Method(
     name="agent-dpo",
@@ -174,7 +174,7 @@ AGENT_SFT = Method(
     collects="trajectories", build=build_agent_sft, objective="likelihood", default_loss="sft",
     preset=_SFT_PRESET,
     names=("response", "response"), columns=_COLUMNS, evaluations=("agent",), target_metric="agent_em",
-    check=_check,
+    check=_check, margin=True,  # spin-agent's baseline
 )
 
 

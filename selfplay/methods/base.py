@@ -13,6 +13,7 @@ on a method's name:
 * ``preset`` — the anchors' numbers, layered between the defaults and the user's YAML;
 * ``names``, ``columns``, ``evaluations`` — how its training metrics are named, which extra columns its
   iteration table shows and which extra per-iteration evaluations it runs;
+* ``margin`` — whether its evaluations report the SPIN margin against the previous iterate;
 * ``iterates`` — False for a judge trained once with ``selfplay train`` (gpm, bt-rm): ``loop`` refuses it.
 
 Adding a method is one module that defines a ``Method`` plus one line in :data:`selfplay.methods.METHODS`
@@ -56,3 +57,7 @@ class Method:
     check: Callable[[Config], None] | None = None
     # False for methods that train a judge once (``selfplay train``), which ``loop`` refuses.
     iterates: bool = True
+    # Its evaluations also score each model's own greedy answers and the previous iterate's, for the SPIN margin
+    # (the log-ratio SPIN trains). SPIN and its SFT baselines report it; for the others it was a column nobody
+    # reads at half of each evaluation's scoring (SPPO quickstart: 4 evaluations of 100 prompts).
+    margin: bool = False

@@ -35,4 +35,5 @@ METHOD = Method(
     objective="likelihood",
     default_loss="sft",
     names=("response", "response"),
+    margin=True,  # SPIN's baseline: compared with SPIN column by column (eval compare)
 )

@@ -45,4 +45,5 @@ METHOD = Method(
     default_loss="sigmoid",
     mixes_previous=True,
     names=("real", "generated"),
+    margin=True,
 )

@@ -162,13 +162,15 @@ EVALUATIONS: dict[str, Evaluation] = {"multiturn": multiturn_evaluation, "agent"
 
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, Any]], out_dir: Path,
                    previous: Path | None = None, judge: str | None = None,
-                   evaluations: tuple[str, ...] = ()) -> dict[str, Any]:
+                   evaluations: tuple[str, ...] = (), margin: bool = True) -> dict[str, Any]:
     """Evaluate one model on held-out records; writes ``out_dir/samples.jsonl``, ``per_prompt.jsonl`` (every
     metric's value per prompt, :mod:`selfplay.evals.per_prompt`) and ``metrics.json`` (the means).
 
     ``previous``: the previous evaluation's ``samples.jsonl`` (for the SPIN margin), or None for the base.
     ``judge``: a scoring judge spec (reward model, ...) whose mean score of the answers is reported (SPPO).
     ``evaluations``: names in :data:`EVALUATIONS` whose metrics join the row (e.g. RISE's multi-turn).
+    ``margin``: also score the model's own answers and ``previous``'s for the SPIN margin; without it only the
+    real answers are scored (less than half the scoring: the answers are the longer texts).
     """
     from selfplay.core.samplers import HFSampler, format_prompt
     from selfplay.models import load_model, resolve_model
@@ -189,16 +191,18 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     sampler = HFSampler.from_loaded(gen_model, tok, batch_size=cfg.eval.batch_size)
     answers = [s[0] for s in sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0,
                                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed)]
-    prev = {p["id"]: p for p in read_jsonl(previous)} if previous is not None and Path(previous).exists() else None
-    have = [i for i, r in enumerate(records) if prev is not None and r["id"] in prev]
+    prev = ({p["id"]: p for p in read_jsonl(previous)} if margin and previous is not None and Path(previous).exists()
+            else None)
+    # An evaluation written without the margin has no answer log-probs: the next one has nothing to compare with.
+    have = [i for i, r in enumerate(records) if prev is not None and "answer_logp" in prev.get(r["id"], {})]
     # Per prompt, in one pass: the real answer, the model's own answer and the previous iterate's answer.
-    responses = [[r["reference"], a] for r, a in zip(records, answers)]
+    responses = [[r["reference"], a] if margin else [r["reference"]] for r, a in zip(records, answers)]
     for i in have:
         responses[i].append(prev[records[i]["id"]]["answer"])
     scored = prompt_responses_logps(model, tok, prompts, responses, batch_size=cfg.eval.batch_size,
                                     max_length=cfg.train.max_length)
     real_sum, real_n = [s[0][0] for s in scored], [s[0][1] for s in scored]
-    own_sum = [s[1][0] for s in scored]
+    own_sum = [s[1][0] for s in scored] if margin else None
     prev_sum = [scored[i][2][0] for i in have]
     if gen_model is not model:
         # Every log-prob is computed: what follows only samples, so one copy of the model stays (not fp32 + bf16).
@@ -238,14 +242,15 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
             metrics[score_key] = sum(map(sum, scores)) / max(1, sum(map(len, scores))) if scores else None
             for r, s in zip(records, scores or []):
                 per_prompt[r["id"]][score_key] = sum(s) / len(s) if s else None
-    rows = [{"id": r["id"], "answer": a, "real_logp": rl, "answer_logp": al}
-            for r, a, rl, al in zip(records, answers, real_sum, own_sum)]
-    if prev is not None:
+    rows = [{"id": r["id"], "answer": a, "real_logp": rl} for r, a, rl in zip(records, answers, real_sum)]
+    for row, own in zip(rows, own_sum or []):
+        row["answer_logp"] = own
+    if have:
         margins = [(real_sum[i] - prev[records[i]["id"]]["real_logp"]) - (ps - prev[records[i]["id"]]["answer_logp"])
                    for i, ps in zip(have, prev_sum)]
         metrics["spin_margin"] = sum(margins) / max(1, len(margins))
-        for i, margin in zip(have, margins):
-            per_prompt[records[i]["id"]]["spin_margin"] = margin
+        for i, value in zip(have, margins):
+            per_prompt[records[i]["id"]]["spin_margin"] = value
     for name in evaluations:
         extra = EVALUATIONS[name](cfg, sampler, records, out_dir)
         for key, values in extra.pop("per_prompt", {}).items():
