@@ -253,3 +253,17 @@ def test_evaluation_without_the_margin_scores_the_real_answers_alike(tiny_model,
     assert [r["answer"] for r in a] == [r["answer"] for r in b]
     assert all(abs(x["real_logp"] - y["real_logp"]) < 1e-4 and "answer_logp" in x and "answer_logp" not in y
                for x, y in zip(a, b))
+
+
+def test_an_evaluation_without_the_margin_is_redone_for_a_method_with_it(cli, tiny_model, tmp_path):
+    """The base model evaluated for SPPO (no answer log-probs) is evaluated again when the run directory goes on
+    with SPIN, so SPIN's first margin has the base model's answers to compare with."""
+    run = tmp_path / "run"
+    # How far SPPO gets on the random tiny model does not matter: its base evaluation is written first.
+    cli(loop_args(tiny_model, run, "--method", "sppo", "--set", "rank.judge=verifier:arith", "--set", "generate.n=2",
+                  iters=1))
+    assert "answer_logp" not in read_jsonl(run / "eval" / "base" / "samples.jsonl")[0]
+    res = cli(loop_args(tiny_model, run, iters=1))
+    assert res.exit_code == 0, res.output
+    assert all("answer_logp" in r for r in read_jsonl(run / "eval" / "base" / "samples.jsonl"))
+    assert [("spin_margin" in r) for r in read_jsonl(run / "eval" / "iterations.jsonl")] == [False, True]

@@ -255,19 +255,18 @@ def _iterations(cfg: Config, method: Method, run: RunState, train: list[dict[str
     # Every evaluation samples with the run's base generate settings (not an iteration's schedule), so
     # the rows stay comparable.
     sampling = (cfg.generate.temperature, cfg.generate.top_p) if cfg.eval.num_samples else None
-    # The SPIN margin where the method reports it or the loop stops on it (every evaluation then keeps the answer
-    # log-probs the next one compares with). An evaluation without it is another input (the fingerprint says so):
-    # a later run with the margin must not take it for one with the answer log-probs.
-    margin = method.margin or cfg.loop.stop_metric == "spin_margin"
+    # The SPIN margin where the method reports it (every evaluation then keeps the answer log-probs the next one
+    # compares with). An evaluation without it is another input (the fingerprint says so): a later run with the
+    # margin must not take it for one with the answer log-probs.
     eval_inputs = (dataclasses.asdict(cfg.eval), cfg.generate.prompt_format, judge, sampling, method.evaluations,
-                   *([] if margin else ["no margin"]))
+                   *([] if method.margin else ["no margin"]))
 
     def evaluate(unit: str, model_path: str, fp: str, out_dir: Path, previous: Path | None, extra: dict,
                  records: list[dict[str, Any]] = held_out) -> dict:
         def work() -> dict[str, Any]:
             t0 = time.perf_counter()
             evaluate_model(cfg, model_path, records, out_dir, previous=previous, judge=judge,
-                           evaluations=method.evaluations, margin=margin)
+                           evaluations=method.evaluations, margin=method.margin)
             fresh.add(unit)
             return {"seconds": time.perf_counter() - t0, **extra}
 
