@@ -170,7 +170,8 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
     ``judge``: a scoring judge spec (reward model, ...) whose mean score of the answers is reported (SPPO).
     ``evaluations``: names in :data:`EVALUATIONS` whose metrics join the row (e.g. RISE's multi-turn).
     ``margin``: also score the model's own answers and ``previous``'s for the SPIN margin; without it only the
-    real answers are scored (less than half the scoring: the answers are the longer texts).
+    real answers are scored (the answers are the longer texts: the SPPO quickstart's evaluations took 326 s
+    instead of 442 s without them, one run).
     """
     from selfplay.core.samplers import HFSampler, format_prompt
     from selfplay.models import load_model, resolve_model
@@ -195,7 +196,8 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[dict[str, 
             else None)
     # An evaluation written without the margin has no answer log-probs: the next one has nothing to compare with.
     have = [i for i, r in enumerate(records) if prev is not None and "answer_logp" in prev.get(r["id"], {})]
-    # Per prompt, in one pass: the real answer, the model's own answer and the previous iterate's answer.
+    # Per prompt, in one pass: the real answer and, for the margin, the model's own answer and the previous
+    # iterate's.
     responses = [[r["reference"], a] if margin else [r["reference"]] for r, a in zip(records, answers)]
     for i in have:
         responses[i].append(prev[records[i]["id"]]["answer"])
